@@ -1,0 +1,74 @@
+-- identity_bindings: tables.
+--
+-- users.id (a UUID, owned by the application) is the only identity. A wallet, a Discord
+-- snowflake, a GitHub id are bindings attached to a user; the proof of each binding lives only in
+-- the append-only event log. The functions of the extension are the only writers.
+
+-- Who can be bound: built-in providers are canonicalized natively; custom ones by a pattern that
+-- must match the whole external id.
+CREATE TABLE identity.providers (
+    name        text PRIMARY KEY
+                CONSTRAINT provider_name_is_identifier CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    builtin     boolean NOT NULL DEFAULT false,
+    pattern     text,
+    description text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT custom_provider_has_pattern CHECK (builtin OR pattern IS NOT NULL)
+);
+COMMENT ON TABLE identity.providers IS
+    'Providers whose external ids can be bound. Register custom ones with identity.register_provider(name, pattern).';
+
+INSERT INTO identity.providers (name, builtin, description) VALUES
+    ('wallet',  true, 'EVM account address; stored EIP-55 checksummed, all-lowercase or all-uppercase input accepted'),
+    ('discord', true, 'Discord user id (snowflake): unsigned 64-bit decimal, no sign or leading zeros'),
+    ('github',  true, 'GitHub numeric user id (not the login): unsigned 64-bit decimal, no sign or leading zeros'),
+    ('google',  true, 'Google OpenID Connect subject (sub): 1 to 255 printable ASCII characters, case sensitive');
+
+-- The current state: one row per live (provider, external_id). No evidence column: proof lives
+-- in identity.identity_events.
+CREATE TABLE identity.user_bindings (
+    id          uuid PRIMARY KEY,
+    user_id     uuid NOT NULL,
+    provider    text NOT NULL REFERENCES identity.providers (name),
+    external_id text NOT NULL CHECK (octet_length(external_id) BETWEEN 1 AND 512),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT user_bindings_provider_external_id_key UNIQUE (provider, external_id)
+);
+CREATE INDEX user_bindings_user_id_idx ON identity.user_bindings (user_id);
+COMMENT ON TABLE identity.user_bindings IS
+    'Live bindings of external accounts to users. Written only by identity.create_binding, revoke_binding and merge_users.';
+
+-- The audit trail. Append-only (a trigger refuses UPDATE, DELETE and TRUNCATE); each event is a
+-- link of its user's keccak-256 hash chain: seq numbers it, prev_hash points at the previous link.
+CREATE TABLE identity.identity_events (
+    id          uuid PRIMARY KEY,
+    user_id     uuid NOT NULL,
+    seq         bigint NOT NULL CHECK (seq >= 1),
+    event_type  text NOT NULL CHECK (event_type IN ('bind', 'revoke', 'merge')),
+    payload     jsonb NOT NULL,
+    created_at  timestamptz NOT NULL,
+    prev_hash   bytea,
+    hash        bytea NOT NULL CHECK (octet_length(hash) = 32),
+    CONSTRAINT identity_events_user_seq_key UNIQUE (user_id, seq),
+    CONSTRAINT identity_events_chain_link CHECK (
+        (seq = 1) = (prev_hash IS NULL) AND (prev_hash IS NULL OR octet_length(prev_hash) = 32))
+);
+COMMENT ON TABLE identity.identity_events IS
+    'Append-only log of bind, revoke and merge events with their evidence, hash-chained per user. Check with identity.verify_event_chain().';
+
+-- The newest link of every chain: the per-user append lock, and the anchor that makes removing a
+-- chain's newest events detectable. Export it (or its hashes) to anchor the log outside the database.
+CREATE TABLE identity.event_chain_heads (
+    user_id       uuid PRIMARY KEY,
+    last_seq      bigint NOT NULL CHECK (last_seq >= 1),
+    last_hash     bytea NOT NULL CHECK (octet_length(last_hash) = 32),
+    last_event_id uuid NOT NULL
+);
+COMMENT ON TABLE identity.event_chain_heads IS
+    'Newest link of each user''s event chain: lock for appends, anchor for verification.';
+
+-- pg_dump keeps the data of every table; built-in providers come back with CREATE EXTENSION.
+SELECT pg_catalog.pg_extension_config_dump('identity.providers', 'WHERE NOT builtin');
+SELECT pg_catalog.pg_extension_config_dump('identity.user_bindings', '');
+SELECT pg_catalog.pg_extension_config_dump('identity.identity_events', '');
+SELECT pg_catalog.pg_extension_config_dump('identity.event_chain_heads', '');

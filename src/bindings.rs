@@ -1,0 +1,568 @@
+//! Bindings: external accounts attached to a user, each with its evidenced event.
+//!
+//! A binding and its event are written in one step of the caller's transaction, so either both
+//! exist or neither does. An external id bound to one user is never re-pointed here except by an
+//! explicit, evidenced merge, or by a revoke followed by a new bind (NO_AUTO_MERGE).
+
+use crate::errors::{required, IdentityError};
+use crate::events::{append, pg_uuid, rust_uuid, EventType};
+use crate::providers::canonical_external_id;
+use crate::statements::Statement;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::{TEXTARRAYOID, TEXTOID, UUIDOID};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// What `bind` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindOutcome {
+    pub binding_id: Uuid,
+    pub canonical_id: String,
+    /// false: the binding already existed for this user and nothing was written.
+    pub created: bool,
+}
+
+static INSERT_BINDING: Statement = Statement::write(
+    "INSERT INTO identity.user_bindings (id, user_id, provider, external_id) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (provider, external_id) DO NOTHING RETURNING id",
+    &[UUIDOID, UUIDOID, TEXTOID, TEXTOID],
+);
+
+// A write statement for its fresh snapshot: after ON CONFLICT waited for the other inserter to
+// commit, this sees the row it committed.
+static FIND_BINDING: Statement = Statement::write(
+    "SELECT b.id, b.user_id FROM identity.user_bindings b
+      WHERE b.provider = $1 AND b.external_id = $2",
+    &[TEXTOID, TEXTOID],
+);
+
+/// Binds `external_id` of `provider` to `user_id` with `evidence`, or finds it already bound to
+/// that user. Bound to another user: `BoundToAnotherUser`, nothing written.
+pub fn bind(
+    client: &mut SpiClient<'_>,
+    user_id: Uuid,
+    provider: &str,
+    external_id: &str,
+    evidence: Value,
+) -> Result<BindOutcome, IdentityError> {
+    let canonical_id = canonical_external_id(client, provider, external_id)?;
+    // A concurrent revoke can remove the conflicting row between the insert and the look-up;
+    // then the insert is simply tried again.
+    for _ in 0..3 {
+        let binding_id = Uuid::now_v7();
+        let inserted = INSERT_BINDING.run(
+            client,
+            &[
+                pg_uuid(binding_id).into(),
+                pg_uuid(user_id).into(),
+                provider.into(),
+                canonical_id.as_str().into(),
+            ],
+        )?;
+        if !inserted.is_empty() {
+            let payload = json!({
+                "binding_id": binding_id,
+                "provider": provider,
+                "external_id": canonical_id,
+                "evidence": evidence,
+            });
+            append(client, user_id, EventType::Bind, &payload)?;
+            return Ok(BindOutcome {
+                binding_id,
+                canonical_id,
+                created: true,
+            });
+        }
+        let existing =
+            FIND_BINDING.run(client, &[provider.into(), canonical_id.as_str().into()])?;
+        if existing.is_empty() {
+            continue;
+        }
+        let existing = existing.first();
+        let owner = existing.get::<pgrx::Uuid>(2)?.map(rust_uuid);
+        if owner != Some(user_id) {
+            return Err(IdentityError::BoundToAnotherUser {
+                provider: provider.to_owned(),
+                external_id: canonical_id,
+            });
+        }
+        let binding_id = existing.get::<pgrx::Uuid>(1)?.map(rust_uuid);
+        let binding_id =
+            binding_id.ok_or_else(|| IdentityError::Internal("binding id is NULL".into()))?;
+        return Ok(BindOutcome {
+            binding_id,
+            canonical_id,
+            created: false,
+        });
+    }
+    Err(IdentityError::ChainAppendConflict)
+}
+
+/// Evidence is a JSON object: a record of how the link was proven, never a bare value.
+pub fn evidence_object(evidence: Option<pgrx::JsonB>) -> Result<Value, IdentityError> {
+    let evidence = required(evidence, "evidence")?.0;
+    let found = match &evidence {
+        Value::Object(_) => return Ok(evidence),
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+    };
+    Err(IdentityError::InvalidEvidence { found })
+}
+
+/// `identity.create_binding(user_id, provider, external_id, evidence)`.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn create_binding(
+    user_id: Option<pgrx::Uuid>,
+    provider: Option<&str>,
+    external_id: Option<&str>,
+    evidence: default!(Option<pgrx::JsonB>, "'{}'"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(binding_id, pgrx::Uuid),
+            name!(canonical_id, String),
+            name!(created, bool),
+        ),
+    >,
+    ErrorReport,
+> {
+    let user_id = rust_uuid(required(user_id, "user_id")?);
+    let provider = required(provider, "provider")?;
+    let external_id = required(external_id, "external_id")?;
+    let evidence = evidence_object(evidence)?;
+    let outcome =
+        Spi::connect_mut(|client| bind(client, user_id, provider, external_id, evidence))?;
+    Ok(TableIterator::once((
+        pg_uuid(outcome.binding_id),
+        outcome.canonical_id,
+        outcome.created,
+    )))
+}
+
+static DELETE_BINDING: Statement = Statement::write(
+    "DELETE FROM identity.user_bindings b WHERE b.provider = $1 AND b.external_id = $2
+     RETURNING b.id, b.user_id",
+    &[TEXTOID, TEXTOID],
+);
+
+/// `identity.revoke_binding(provider, external_id, evidence)`: removes the live binding and
+/// records why; the external id can be bound again afterwards.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn revoke_binding(
+    provider: Option<&str>,
+    external_id: Option<&str>,
+    evidence: Option<pgrx::JsonB>,
+) -> Result<
+    TableIterator<'static, (name!(binding_id, pgrx::Uuid), name!(user_id, pgrx::Uuid))>,
+    ErrorReport,
+> {
+    let provider = required(provider, "provider")?;
+    let external_id = required(external_id, "external_id")?;
+    let evidence = evidence_object(evidence)?;
+    let (binding_id, user_id) = Spi::connect_mut(|client| {
+        let canonical_id = canonical_external_id(client, provider, external_id)?;
+        let deleted =
+            DELETE_BINDING.run(client, &[provider.into(), canonical_id.as_str().into()])?;
+        if deleted.is_empty() {
+            return Err(IdentityError::NotBound {
+                provider: provider.to_owned(),
+                external_id: canonical_id,
+            });
+        }
+        let deleted = deleted.first();
+        let binding_id = deleted.get::<pgrx::Uuid>(1)?.map(rust_uuid);
+        let user_id = deleted.get::<pgrx::Uuid>(2)?.map(rust_uuid);
+        let (Some(binding_id), Some(user_id)) = (binding_id, user_id) else {
+            return Err(IdentityError::Internal(
+                "revoked binding has NULL ids".into(),
+            ));
+        };
+        let payload = json!({
+            "binding_id": binding_id,
+            "provider": provider,
+            "external_id": canonical_id,
+            "evidence": evidence,
+        });
+        append(client, user_id, EventType::Revoke, &payload)?;
+        Ok((binding_id, user_id))
+    })?;
+    Ok(TableIterator::once((pg_uuid(binding_id), pg_uuid(user_id))))
+}
+
+static MOVE_BINDINGS: Statement = Statement::write(
+    "UPDATE identity.user_bindings b SET user_id = $2 WHERE b.user_id = $1
+     RETURNING b.id, b.provider, b.external_id",
+    &[UUIDOID, UUIDOID],
+);
+
+/// `identity.merge_users(from_user, into_user, evidence)`: moves every binding of `from_user`
+/// to `into_user` and records a `merge` event on both, naming the bindings moved.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn merge_users(
+    from_user: Option<pgrx::Uuid>,
+    into_user: Option<pgrx::Uuid>,
+    evidence: Option<pgrx::JsonB>,
+) -> Result<i32, ErrorReport> {
+    let from_user = rust_uuid(required(from_user, "from_user")?);
+    let into_user = rust_uuid(required(into_user, "into_user")?);
+    let evidence = evidence_object(evidence)?;
+    if from_user == into_user {
+        return Err(IdentityError::MergeIntoSelf.into());
+    }
+    let moved = Spi::connect_mut(|client| -> Result<usize, IdentityError> {
+        let rows = MOVE_BINDINGS.run(
+            client,
+            &[pg_uuid(from_user).into(), pg_uuid(into_user).into()],
+        )?;
+        let mut moved = Vec::with_capacity(rows.len());
+        for row in rows {
+            moved.push(json!({
+                "binding_id": row.get::<pgrx::Uuid>(1)?.map(rust_uuid),
+                "provider": row.get::<String>(2)?,
+                "external_id": row.get::<String>(3)?,
+            }));
+        }
+        let count = moved.len();
+        let payload = |role: &str| {
+            json!({
+                "role": role,
+                "from_user": from_user,
+                "into_user": into_user,
+                "bindings": moved,
+                "evidence": evidence,
+            })
+        };
+        // Both chains are locked in one global order, so two opposite merges cannot deadlock.
+        let mut sides = [(from_user, "from"), (into_user, "into")];
+        sides.sort();
+        for (user_id, role) in sides {
+            append(client, user_id, EventType::Merge, &payload(role))?;
+        }
+        Ok(count)
+    })?;
+    i32::try_from(moved)
+        .map_err(|_| IdentityError::Internal("more than 2^31 bindings moved".into()).into())
+}
+
+static RESOLVE: Statement = Statement::read(
+    "SELECT b.user_id FROM identity.user_bindings b WHERE b.provider = $1 AND b.external_id = $2",
+    &[TEXTOID, TEXTOID],
+);
+
+/// `identity.resolve(provider, external_id)`: the user the id is bound to, NULL when unbound.
+#[pg_extern(stable, strict, security_definer, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn resolve(provider: &str, external_id: &str) -> Result<Option<pgrx::Uuid>, ErrorReport> {
+    Spi::connect_mut(|client| -> Result<Option<pgrx::Uuid>, IdentityError> {
+        let canonical_id = canonical_external_id(client, provider, external_id)?;
+        let rows = RESOLVE.run(client, &[provider.into(), canonical_id.as_str().into()])?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(rows.first().get_one::<pgrx::Uuid>()?)
+    })
+    .map_err(ErrorReport::from)
+}
+
+static RESOLVE_MANY: Statement = Statement::read(
+    "SELECT b.external_id, b.user_id FROM identity.user_bindings b
+      WHERE b.provider = $1 AND b.external_id = ANY ($2)",
+    &[TEXTOID, TEXTARRAYOID],
+);
+
+/// `identity.resolve_many(provider, external_ids)`: one row per input, in input order, with the
+/// id as given and its user (NULL when unbound or when the input element is NULL).
+// pgrx reads the column names from `name!` in the signature itself, so no type alias here.
+#[allow(clippy::type_complexity)]
+#[pg_extern(stable, security_definer, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn resolve_many(
+    provider: Option<&str>,
+    external_ids: Option<Vec<Option<String>>>,
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(external_id, Option<String>),
+            name!(user_id, Option<pgrx::Uuid>),
+        ),
+    >,
+    ErrorReport,
+> {
+    let provider = required(provider, "provider")?;
+    let inputs = required(external_ids, "external_ids")?;
+    let owners = Spi::connect_mut(|client| -> Result<Vec<Option<pgrx::Uuid>>, IdentityError> {
+        let mut canonical = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            canonical.push(match input {
+                Some(id) => Some(canonical_external_id(client, provider, id)?),
+                None => None,
+            });
+        }
+        let wanted: Vec<&str> = canonical.iter().flatten().map(String::as_str).collect();
+        let mut user_of: HashMap<String, pgrx::Uuid> = HashMap::with_capacity(wanted.len());
+        for row in RESOLVE_MANY.run(client, &[provider.into(), wanted.into()])? {
+            if let (Some(id), Some(user)) = (row.get::<String>(1)?, row.get::<pgrx::Uuid>(2)?) {
+                user_of.insert(id, user);
+            }
+        }
+        Ok(canonical
+            .iter()
+            .map(|id| id.as_ref().and_then(|id| user_of.get(id).copied()))
+            .collect())
+    })?;
+    Ok(TableIterator::new(inputs.into_iter().zip(owners)))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::{error_of, sqlstate_of};
+    use pgrx::prelude::*;
+
+    const ALICE: &str = "00000000-0000-4000-8000-00000000a11c";
+    const BOB: &str = "00000000-0000-4000-8000-000000000b0b";
+    const WALLET: &str = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+
+    fn create(user: &str, provider: &str, external_id: &str) -> (String, bool) {
+        let (canonical, created): (Option<String>, Option<bool>) = Spi::get_two_with_args(
+            "SELECT canonical_id, created FROM identity.create_binding($1::uuid, $2, $3)",
+            &[user.into(), provider.into(), external_id.into()],
+        )
+        .unwrap();
+        (canonical.unwrap(), created.unwrap())
+    }
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn a_new_binding_writes_the_binding_and_its_bind_event() {
+        assert_eq!(create(ALICE, "github", "583231"), ("583231".into(), true));
+        assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 1);
+        let event: (Option<String>, Option<pgrx::JsonB>) =
+            Spi::get_two("SELECT event_type, payload FROM identity.identity_events").unwrap();
+        assert_eq!(event.0.as_deref(), Some("bind"));
+        let payload = event.1.unwrap().0;
+        assert_eq!(payload["provider"], "github");
+        assert_eq!(payload["external_id"], "583231");
+        assert_eq!(payload["evidence"], serde_json::json!({}));
+        let binding_id = count(
+            "SELECT count(*) FROM identity.user_bindings b JOIN identity.identity_events e
+                 ON e.payload->>'binding_id' = b.id::text",
+        );
+        assert_eq!(binding_id, 1);
+    }
+
+    #[pg_test]
+    fn re_binding_the_same_user_is_idempotent_and_writes_nothing() {
+        create(ALICE, "wallet", WALLET);
+        let lower = WALLET.to_ascii_lowercase();
+        assert_eq!(create(ALICE, "wallet", &lower), (WALLET.into(), false));
+        assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 1);
+        assert_eq!(count("SELECT count(*) FROM identity.identity_events"), 1);
+    }
+
+    #[pg_test]
+    fn binding_an_id_owned_by_another_user_is_23505_and_never_names_the_owner() {
+        create(ALICE, "wallet", WALLET);
+        let (sqlstate, message) = error_of(&format!(
+            "SELECT identity.create_binding('{BOB}', 'wallet', '{}')",
+            WALLET.to_ascii_lowercase()
+        ));
+        assert_eq!(sqlstate, "23505");
+        assert!(message.contains(WALLET), "{message}");
+        assert!(!message.contains(ALICE), "{message}");
+        assert_eq!(count("SELECT count(*) FROM identity.identity_events"), 1);
+        let owner =
+            Spi::get_one::<pgrx::Uuid>(&format!("SELECT identity.resolve('wallet', '{WALLET}')"));
+        assert_eq!(
+            owner.unwrap().map(|u| u.to_string()),
+            Some(ALICE.to_string())
+        );
+    }
+
+    #[pg_test]
+    fn the_same_number_under_two_providers_is_two_bindings() {
+        create(ALICE, "github", "42");
+        create(BOB, "discord", "42");
+        assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 2);
+    }
+
+    #[pg_test]
+    fn bad_arguments_have_their_sqlstates_and_write_nothing() {
+        let cases = [
+            ("SELECT identity.create_binding(NULL, 'github', '1')".to_string(), "22004"),
+            (format!("SELECT identity.create_binding('{ALICE}', NULL, '1')"), "22004"),
+            (format!("SELECT identity.create_binding('{ALICE}', 'github', NULL)"), "22004"),
+            (format!("SELECT identity.create_binding('{ALICE}', 'github', '1', NULL)"), "22004"),
+            (format!("SELECT identity.create_binding('{ALICE}', 'github', '1', '[1]')"), "22023"),
+            (format!("SELECT identity.create_binding('{ALICE}', 'myspace', '1')"), "22023"),
+            (format!("SELECT identity.create_binding('{ALICE}', 'github', '01')"), "22023"),
+            (format!("SELECT identity.create_binding('{ALICE}', 'wallet', '0x5AAeb6053F3E94C9b9A09f33669435E7Ef1BeAed')"), "22023"),
+        ];
+        for (statement, expected) in cases {
+            assert_eq!(sqlstate_of(&statement), expected, "{statement}");
+        }
+        assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 0);
+        assert_eq!(count("SELECT count(*) FROM identity.identity_events"), 0);
+    }
+
+    #[pg_test]
+    fn evidence_numbers_are_kept_digit_for_digit() {
+        Spi::run(&format!(
+            "SELECT identity.create_binding('{ALICE}', 'discord', '80351110224678912',
+                 '{{\"snowflake\": 80351110224678912123456789, \"ratio\": 1.50}}')"
+        ))
+        .unwrap();
+        let kept = Spi::get_one::<String>(
+            "SELECT payload->'evidence'->>'snowflake' || ' ' || (payload->'evidence'->>'ratio')
+               FROM identity.identity_events",
+        );
+        assert_eq!(
+            kept.unwrap().as_deref(),
+            Some("80351110224678912123456789 1.50")
+        );
+    }
+
+    #[pg_test]
+    fn revoke_then_bind_moves_an_id_with_evidence_on_both_sides() {
+        create(ALICE, "github", "7");
+        let revoked: (Option<pgrx::Uuid>, Option<pgrx::Uuid>) = Spi::get_two(
+            "SELECT binding_id, user_id FROM identity.revoke_binding('github', '7', '{\"reason\": \"account closed\"}')",
+        )
+        .unwrap();
+        assert_eq!(revoked.1.map(|u| u.to_string()), Some(ALICE.to_string()));
+        assert_eq!(
+            Spi::get_one::<pgrx::Uuid>("SELECT identity.resolve('github', '7')"),
+            Ok(None)
+        );
+        assert_eq!(create(BOB, "github", "7"), ("7".into(), true));
+        assert_eq!(
+            count("SELECT count(*) FROM identity.identity_events WHERE event_type = 'revoke'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn revoking_an_unbound_id_is_p0002() {
+        assert_eq!(
+            sqlstate_of("SELECT identity.revoke_binding('github', '7', '{}')"),
+            "P0002"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.revoke_binding('github', '7', NULL)"),
+            "22004"
+        );
+    }
+
+    #[pg_test]
+    fn merge_moves_every_binding_and_records_it_on_both_users() {
+        create(ALICE, "github", "1");
+        create(ALICE, "discord", "2");
+        create(BOB, "google", "bob-sub");
+        let moved = Spi::get_one::<i32>(&format!(
+            "SELECT identity.merge_users('{ALICE}', '{BOB}', '{{\"ticket\": \"SUP-1\"}}')"
+        ));
+        assert_eq!(moved, Ok(Some(2)));
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM identity.user_bindings WHERE user_id = '{BOB}'"
+            )),
+            3
+        );
+        let merges = count(&format!(
+            "SELECT count(*) FROM identity.identity_events
+              WHERE event_type = 'merge' AND jsonb_array_length(payload->'bindings') = 2
+                AND payload->'evidence'->>'ticket' = 'SUP-1'
+                AND ((user_id = '{ALICE}' AND payload->>'role' = 'from')
+                  OR (user_id = '{BOB}' AND payload->>'role' = 'into'))"
+        ));
+        assert_eq!(merges, 2);
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT identity.merge_users('{BOB}', '{BOB}', '{{}}')"
+            )),
+            "22023"
+        );
+    }
+
+    #[pg_test]
+    fn resolve_canonicalizes_and_returns_null_when_unbound() {
+        create(ALICE, "wallet", WALLET);
+        let found = Spi::get_one_with_args::<pgrx::Uuid>(
+            "SELECT identity.resolve('wallet', $1)",
+            &[WALLET.to_ascii_lowercase().as_str().into()],
+        );
+        assert_eq!(
+            found.unwrap().map(|u| u.to_string()),
+            Some(ALICE.to_string())
+        );
+        assert_eq!(
+            Spi::get_one::<pgrx::Uuid>("SELECT identity.resolve('github', '1')"),
+            Ok(None)
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.resolve('github', 'abc')"),
+            "22023"
+        );
+    }
+
+    #[pg_test]
+    fn resolve_many_answers_every_input_in_order() {
+        create(ALICE, "github", "1");
+        create(BOB, "github", "3");
+        let rows = Spi::get_one::<String>(
+            "SELECT string_agg(coalesce(external_id, '∅') || '=' || coalesce(user_id::text, '∅'), ',' ORDER BY n)
+               FROM (SELECT r.*, row_number() OVER () AS n
+                       FROM identity.resolve_many('github', ARRAY['3', '2', NULL, '1', '3']) r) x",
+        );
+        let expected = format!("3={BOB},2=∅,∅=∅,1={ALICE},3={BOB}");
+        assert_eq!(rows.unwrap().as_deref(), Some(expected.as_str()));
+        assert_eq!(
+            sqlstate_of("SELECT * FROM identity.resolve_many(NULL, ARRAY['1'])"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT * FROM identity.resolve_many('github', NULL)"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT * FROM identity.resolve_many('github', ARRAY['x'])"),
+            "22023"
+        );
+    }
+
+    #[pg_test]
+    fn a_public_function_shadowing_a_builtin_changes_nothing() {
+        // An attacker who can create objects in public tries to hijack what the functions call.
+        Spi::run(
+            "CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'epoch'::timestamptz $$;
+             CREATE FUNCTION public.texteq_evil(text, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+             CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.texteq_evil);
+             CREATE TABLE public.user_bindings (LIKE identity.user_bindings);
+             SET LOCAL search_path = public, pg_catalog;",
+        )
+        .unwrap();
+        create(ALICE, "github", "1");
+        create(BOB, "github", "2");
+        let owner = Spi::get_one::<pgrx::Uuid>("SELECT identity.resolve('github', '2')");
+        assert_eq!(owner.unwrap().map(|u| u.to_string()), Some(BOB.to_string()));
+        assert_eq!(count("SELECT count(*) FROM public.user_bindings"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM identity.user_bindings WHERE created_at > 'epoch'::timestamptz + interval '1 day'"),
+            2
+        );
+    }
+}

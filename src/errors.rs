@@ -1,0 +1,233 @@
+//! Every failure the extension reports, each with a stable SQLSTATE, a message that names what was
+//! wrong, and a hint that says what to do. SQL-facing functions return `Result<_, ErrorReport>`
+//! and convert with `?`.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use std::fmt;
+
+/// Longest slice of caller input echoed back in a message: enough to recognise, never a flood.
+const ECHO_LIMIT: usize = 80;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityError {
+    /// 22004: a required argument was NULL.
+    NullArgument { argument: &'static str },
+    /// 22023: no provider of that name is registered.
+    UnknownProvider { provider: String },
+    /// 22023: the external id is not in the provider's format.
+    MalformedExternalId {
+        provider: String,
+        external_id: String,
+        reason: String,
+    },
+    /// 22023: evidence must be a JSON object.
+    InvalidEvidence { found: &'static str },
+    /// 23505: the external id is bound to another user (NO_AUTO_MERGE). Never names that user.
+    BoundToAnotherUser {
+        provider: String,
+        external_id: String,
+    },
+    /// P0002: revoke of an external id that has no live binding.
+    NotBound {
+        provider: String,
+        external_id: String,
+    },
+    /// 22023: a merge needs two different users.
+    MergeIntoSelf,
+    /// 22023: provider names are lowercase identifiers.
+    InvalidProviderName { name: String },
+    /// 42710: the provider exists with another definition.
+    ProviderConflict { name: String },
+    /// 40001: another transaction appended to the same user's chain after this snapshot.
+    ChainAppendConflict,
+    /// 42501: identity.identity_events refuses UPDATE, DELETE and TRUNCATE.
+    AppendOnly { operation: &'static str },
+    /// XX000: a bug or an unexpected SPI condition; never caused by input.
+    Internal(String),
+}
+
+impl IdentityError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use IdentityError::*;
+        use PgSqlErrorCode::*;
+        match self {
+            NullArgument { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            UnknownProvider { .. }
+            | MalformedExternalId { .. }
+            | InvalidEvidence { .. }
+            | MergeIntoSelf
+            | InvalidProviderName { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            BoundToAnotherUser { .. } => ERRCODE_UNIQUE_VIOLATION,
+            NotBound { .. } => ERRCODE_NO_DATA_FOUND,
+            ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
+            ChainAppendConflict => ERRCODE_T_R_SERIALIZATION_FAILURE,
+            AppendOnly { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Internal(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        use IdentityError::*;
+        Some(match self {
+            NullArgument { .. } => "Pass a value; only evidence has a default ('{}').".into(),
+            UnknownProvider { .. } => {
+                "Built-in providers are wallet, discord, github and google; register others with identity.register_provider(name, pattern).".into()
+            }
+            MalformedExternalId { .. } => {
+                "identity.providers describes each provider's format; identity.canonical_external_id(provider, external_id) checks one id.".into()
+            }
+            InvalidEvidence { .. } => {
+                "Pass evidence as a JSON object, e.g. '{\"method\": \"oauth\"}'.".into()
+            }
+            BoundToAnotherUser { .. } => {
+                "Bindings are never moved implicitly: revoke the binding first, or merge the two users with identity.merge_users(from_user, into_user, evidence).".into()
+            }
+            NotBound { .. } => "identity.resolve(provider, external_id) tells whether an id is bound.".into(),
+            MergeIntoSelf => "Pass two different user ids.".into(),
+            InvalidProviderName { .. } => {
+                "A provider name is 1 to 63 characters: a lowercase letter, then lowercase letters, digits or underscores.".into()
+            }
+            ProviderConflict { .. } => {
+                "Provider definitions never change once registered: register a new name.".into()
+            }
+            ChainAppendConflict => "Retry the transaction.".into(),
+            AppendOnly { .. } => {
+                "Events are never changed or removed: record a correction as a new event (identity.revoke_binding, identity.merge_users).".into()
+            }
+            Internal(_) => return None,
+        })
+    }
+
+    /// Raise this error as a PostgreSQL ERROR. Used where no `Result` can carry it (triggers).
+    pub fn raise(self) -> ! {
+        ErrorReport::from(self).report(PgLogLevel::ERROR);
+        unreachable!("an ERROR report does not return")
+    }
+}
+
+impl fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use IdentityError::*;
+        match self {
+            NullArgument { argument } => write!(f, "{argument} must not be NULL"),
+            UnknownProvider { provider } => write!(f, "unknown provider \"{}\"", echo(provider)),
+            MalformedExternalId {
+                provider,
+                external_id,
+                reason,
+            } => write!(
+                f,
+                "malformed {provider} external id \"{}\": {reason}",
+                echo(external_id)
+            ),
+            InvalidEvidence { found } => write!(f, "evidence must be a JSON object, not {found}"),
+            BoundToAnotherUser {
+                provider,
+                external_id,
+            } => write!(
+                f,
+                "{provider} external id \"{}\" is already bound to another user",
+                echo(external_id)
+            ),
+            NotBound {
+                provider,
+                external_id,
+            } => {
+                write!(
+                    f,
+                    "{provider} external id \"{}\" is not bound",
+                    echo(external_id)
+                )
+            }
+            MergeIntoSelf => write!(f, "cannot merge a user into itself"),
+            InvalidProviderName { name } => write!(f, "invalid provider name \"{}\"", echo(name)),
+            ProviderConflict { name } => {
+                write!(
+                    f,
+                    "provider \"{}\" is already registered with another definition",
+                    echo(name)
+                )
+            }
+            ChainAppendConflict => write!(
+                f,
+                "could not append to the user's event chain: another transaction appended first"
+            ),
+            AppendOnly { operation } => write!(
+                f,
+                "identity.identity_events is append-only: {operation} is refused for every role"
+            ),
+            Internal(what) => write!(f, "identity_bindings internal error: {what}"),
+        }
+    }
+}
+
+impl From<IdentityError> for ErrorReport {
+    #[track_caller]
+    fn from(error: IdentityError) -> Self {
+        let report = ErrorReport::new(error.sqlstate(), error.to_string(), "identity_bindings");
+        match error.hint() {
+            Some(hint) => report.set_hint(hint),
+            None => report,
+        }
+    }
+}
+
+impl From<pgrx::spi::Error> for IdentityError {
+    fn from(error: pgrx::spi::Error) -> Self {
+        IdentityError::Internal(format!("SPI: {error}"))
+    }
+}
+
+/// Caller input as it may appear in a message: cut at `ECHO_LIMIT` characters, control
+/// characters escaped, so a megabyte or a terminal escape sequence never lands in a log line.
+pub fn echo(input: &str) -> String {
+    let mut out: String = input
+        .chars()
+        .take(ECHO_LIMIT)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if input.chars().nth(ECHO_LIMIT).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// `Some(value)` or the 22004 error naming the argument.
+pub fn required<T>(value: Option<T>, argument: &'static str) -> Result<T, IdentityError> {
+    value.ok_or(IdentityError::NullArgument { argument })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_cuts_long_input_and_escapes_control_characters() {
+        assert_eq!(echo("abc"), "abc");
+        assert_eq!(echo("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+        let long = "x".repeat(10_000);
+        let echoed = echo(&long);
+        assert_eq!(echoed.chars().count(), ECHO_LIMIT + 1);
+        assert!(echoed.ends_with('…'));
+    }
+
+    #[test]
+    fn a_binding_conflict_never_names_the_other_user() {
+        let error = IdentityError::BoundToAnotherUser {
+            provider: "github".into(),
+            external_id: "42".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "github external id \"42\" is already bound to another user"
+        );
+        assert_eq!(error.sqlstate(), PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION);
+    }
+}

@@ -1,0 +1,815 @@
+//! The append-only event log: every bind, revoke and merge with its evidence, in one keccak-256
+//! hash chain per user.
+//!
+//! Each event commits to the previous event of the same user (`prev_hash`) and to its own
+//! position (`seq`), so an edited, removed or reordered event breaks the chain. The last link of
+//! every chain is also kept in `identity.event_chain_heads`, so removing a chain's newest events
+//! is found too. The head row is the per-user lock as well: appends for one user serialize,
+//! appends for different users never wait for each other.
+
+use crate::errors::IdentityError;
+use crate::statements::Statement;
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::{self, BYTEAOID, INT8OID, JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use sha3::{Digest, Keccak256};
+use std::ffi::{CStr, CString};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Bind,
+    Revoke,
+    Merge,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Bind => "bind",
+            EventType::Revoke => "revoke",
+            EventType::Merge => "merge",
+        }
+    }
+}
+
+/// Domain separation: a chain hash can never be mistaken for a hash of anything else, and a
+/// future link format gets a tag of its own.
+const CHAIN_HASH_TAG: &[u8] = b"identity_bindings/event/v1\0";
+
+/// Everything one link of a chain commits to.
+#[derive(Debug, Clone)]
+pub struct ChainLink<'a> {
+    /// The previous event's hash; `None` for a user's first event.
+    pub prev_hash: Option<&'a [u8]>,
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    pub seq: i64,
+    /// PostgreSQL's timestamptz value: microseconds since 2000-01-01 00:00 UTC.
+    pub created_at: i64,
+    pub event_type: &'a str,
+    /// The payload exactly as PostgreSQL prints the stored jsonb.
+    pub payload: &'a str,
+}
+
+impl ChainLink<'_> {
+    /// keccak256(tag ‖ prev ‖ id ‖ user ‖ seq ‖ created_at ‖ len‖type ‖ len‖payload), integers
+    /// big-endian, a zero hash before the first event, lengths so no field can bleed into another.
+    pub fn hash(&self) -> [u8; 32] {
+        let mut hasher = Keccak256::new();
+        hasher.update(CHAIN_HASH_TAG);
+        hasher.update(self.prev_hash.unwrap_or(&[0u8; 32]));
+        hasher.update(self.event_id.as_bytes());
+        hasher.update(self.user_id.as_bytes());
+        hasher.update(self.seq.to_be_bytes());
+        hasher.update(self.created_at.to_be_bytes());
+        for field in [self.event_type.as_bytes(), self.payload.as_bytes()] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field);
+        }
+        hasher.finalize().into()
+    }
+}
+
+/// One stored event, as the verifier reads it back.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: Uuid,
+    pub seq: i64,
+    pub created_at: i64,
+    pub event_type: String,
+    pub payload: String,
+    pub prev_hash: Option<Vec<u8>>,
+    pub hash: Vec<u8>,
+}
+
+/// The recorded end of a user's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub last_seq: i64,
+    pub last_hash: Vec<u8>,
+    pub last_event_id: Uuid,
+}
+
+/// The verdict on one user's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub user_id: Uuid,
+    pub events: i64,
+    pub ok: bool,
+    /// The first event that does not verify. For a chain whose newest events were removed, the
+    /// id the head records (the event that is gone); `None` when there is no such event to name.
+    pub first_bad_event: Option<Uuid>,
+}
+
+/// Walks one user's events in `seq` order and checks every link.
+pub struct ChainVerifier {
+    user_id: Uuid,
+    events: i64,
+    previous: Option<(i64, Vec<u8>, Uuid)>,
+    first_bad_event: Option<Uuid>,
+    broken: bool,
+}
+
+impl ChainVerifier {
+    pub fn new(user_id: Uuid) -> Self {
+        ChainVerifier {
+            user_id,
+            events: 0,
+            previous: None,
+            first_bad_event: None,
+            broken: false,
+        }
+    }
+
+    pub fn observe(&mut self, event: StoredEvent) {
+        self.events += 1;
+        if !self.broken && !self.links(&event) {
+            self.broken = true;
+            self.first_bad_event = Some(event.id);
+        }
+        self.previous = Some((event.seq, event.hash, event.id));
+    }
+
+    fn links(&self, event: &StoredEvent) -> bool {
+        let (expected_seq, expected_prev) = match &self.previous {
+            None => (1, None),
+            Some((seq, hash, _)) => (seq + 1, Some(hash.as_slice())),
+        };
+        let recomputed = ChainLink {
+            prev_hash: expected_prev,
+            event_id: event.id,
+            user_id: self.user_id,
+            seq: event.seq,
+            created_at: event.created_at,
+            event_type: &event.event_type,
+            payload: &event.payload,
+        }
+        .hash();
+        event.seq == expected_seq
+            && event.prev_hash.as_deref() == expected_prev
+            && event.hash == recomputed
+    }
+
+    /// The verdict, given the chain's recorded head (`None` when no head row exists).
+    pub fn finish(mut self, head: Option<&ChainHead>) -> ChainReport {
+        if !self.broken {
+            let last = self
+                .previous
+                .as_ref()
+                .map(|(seq, hash, id)| (*seq, hash.as_slice(), *id));
+            let head_matches = match (head, last) {
+                (None, None) => true,
+                (Some(h), Some((seq, hash, id))) => {
+                    h.last_seq == seq && h.last_hash == hash && h.last_event_id == id
+                }
+                _ => false,
+            };
+            if !head_matches {
+                self.broken = true;
+                self.first_bad_event = head.map(|h| h.last_event_id);
+            }
+        }
+        ChainReport {
+            user_id: self.user_id,
+            events: self.events,
+            ok: !self.broken,
+            first_bad_event: self.first_bad_event,
+        }
+    }
+}
+
+static LOCK_HEAD: Statement = Statement::write(
+    "SELECT h.last_seq, h.last_hash FROM identity.event_chain_heads h
+      WHERE h.user_id = $1 FOR UPDATE",
+    &[UUIDOID],
+);
+
+static START_CHAIN: Statement = Statement::write(
+    "INSERT INTO identity.event_chain_heads (user_id, last_seq, last_hash, last_event_id)
+     VALUES ($1, 1, $2, $3) ON CONFLICT (user_id) DO NOTHING RETURNING true",
+    &[UUIDOID, BYTEAOID, UUIDOID],
+);
+
+static ADVANCE_HEAD: Statement = Statement::write(
+    "UPDATE identity.event_chain_heads SET last_seq = $2, last_hash = $3, last_event_id = $4
+      WHERE user_id = $1",
+    &[UUIDOID, INT8OID, BYTEAOID, UUIDOID],
+);
+
+static INSERT_EVENT: Statement = Statement::write(
+    "INSERT INTO identity.identity_events
+            (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (user_id, seq) DO NOTHING RETURNING true",
+    &[
+        UUIDOID,
+        UUIDOID,
+        INT8OID,
+        TEXTOID,
+        JSONBOID,
+        TIMESTAMPTZOID,
+        BYTEAOID,
+        BYTEAOID,
+    ],
+);
+
+/// A payload as a jsonb datum, with the text PostgreSQL prints for it: the hash commits to that
+/// text, so the verifier can recompute it from `payload::text` byte for byte.
+fn jsonb_with_text(payload: &serde_json::Value) -> (pg_sys::Datum, String) {
+    let json = CString::new(payload.to_string()).expect("serialized JSON escapes every NUL");
+    // SAFETY: jsonb_in takes one cstring and returns a jsonb datum in the current memory
+    // context; jsonb_out takes that datum and returns a cstring.
+    unsafe {
+        let datum =
+            pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(json.as_ptr().into())])
+                .expect("jsonb_in never returns NULL");
+        let text = pgrx::direct_function_call::<&CStr>(pg_sys::jsonb_out, &[Some(datum)])
+            .expect("jsonb_out never returns NULL")
+            .to_string_lossy()
+            .into_owned();
+        (datum, text)
+    }
+}
+
+pub fn pg_uuid(id: Uuid) -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(*id.as_bytes())
+}
+
+pub fn rust_uuid(id: pgrx::Uuid) -> Uuid {
+    Uuid::from_bytes(*id.as_bytes())
+}
+
+/// Appends one event to `user_id`'s chain and returns its id, holding the chain's head row
+/// lock until the transaction ends.
+pub fn append(
+    client: &mut SpiClient<'_>,
+    user_id: Uuid,
+    event_type: EventType,
+    payload: &serde_json::Value,
+) -> Result<Uuid, IdentityError> {
+    let (payload_datum, payload_text) = jsonb_with_text(payload);
+    let event_id = Uuid::now_v7();
+    // SAFETY: reads a backend-local timestamp; no preconditions.
+    let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let hash_of = |prev_hash: Option<&[u8]>, seq: i64| {
+        ChainLink {
+            prev_hash,
+            event_id,
+            user_id,
+            seq,
+            created_at,
+            event_type: event_type.as_str(),
+            payload: &payload_text,
+        }
+        .hash()
+    };
+
+    // A user's first event creates the head row; a concurrent first event waits on that insert
+    // and then, on its fresh snapshot, finds and locks the row. Two rounds always suffice under
+    // READ COMMITTED; under REPEATABLE READ PostgreSQL itself raises 40001 instead.
+    for _ in 0..2 {
+        let head = LOCK_HEAD.run(client, &[pg_uuid(user_id).into()])?;
+        let (seq, prev_hash, hash) = if head.is_empty() {
+            let hash = hash_of(None, 1);
+            let started = START_CHAIN.run(
+                client,
+                &[
+                    pg_uuid(user_id).into(),
+                    hash.as_slice().into(),
+                    pg_uuid(event_id).into(),
+                ],
+            )?;
+            if started.is_empty() {
+                continue; // another transaction started this chain first: lock its head
+            }
+            (1, None, hash)
+        } else {
+            let head = head.first();
+            let last_seq = head.get::<i64>(1)?.ok_or_else(|| corrupt_head(user_id))?;
+            let last_hash = head
+                .get::<Vec<u8>>(2)?
+                .ok_or_else(|| corrupt_head(user_id))?;
+            let seq = last_seq + 1;
+            let hash = hash_of(Some(&last_hash), seq);
+            ADVANCE_HEAD.run(
+                client,
+                &[
+                    pg_uuid(user_id).into(),
+                    seq.into(),
+                    hash.as_slice().into(),
+                    pg_uuid(event_id).into(),
+                ],
+            )?;
+            (seq, Some(last_hash), hash)
+        };
+        let created_at = TimestampWithTimeZone::try_from(created_at)
+            .map_err(|e| IdentityError::Internal(format!("transaction timestamp: {e}")))?;
+        // SAFETY: payload_datum is a jsonb datum built above in this memory context.
+        let payload_arg = unsafe { DatumWithOid::new(payload_datum, JSONBOID) };
+        let inserted = INSERT_EVENT.run(
+            client,
+            &[
+                pg_uuid(event_id).into(),
+                pg_uuid(user_id).into(),
+                seq.into(),
+                event_type.as_str().into(),
+                payload_arg,
+                created_at.into(),
+                prev_hash.as_deref().into(),
+                hash.as_slice().into(),
+            ],
+        )?;
+        if inserted.is_empty() {
+            // Holding the head lock, (user_id, seq) can only be taken if the head lags the log.
+            return Err(IdentityError::Internal(format!(
+                "event chain head of user {user_id} is behind its events: run identity.verify_event_chain('{user_id}')"
+            )));
+        }
+        return Ok(event_id);
+    }
+    Err(IdentityError::ChainAppendConflict)
+}
+
+fn corrupt_head(user_id: Uuid) -> IdentityError {
+    IdentityError::Internal(format!(
+        "event chain head of user {user_id} has NULL fields"
+    ))
+}
+
+/// Refuses UPDATE, DELETE and TRUNCATE on identity.identity_events, for every role.
+#[pg_trigger]
+fn refuse_event_mutation<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, IdentityError> {
+    let operation = match trigger.op() {
+        Ok(PgTriggerOperation::Update) => "UPDATE",
+        Ok(PgTriggerOperation::Delete) => "DELETE",
+        Ok(PgTriggerOperation::Truncate) => "TRUNCATE",
+        _ => "changing events",
+    };
+    // Raised here rather than returned: pgrx reports a trigger's Err as XX000, and the
+    // SQLSTATE of this refusal is part of the contract.
+    IdentityError::AppendOnly { operation }.raise()
+}
+
+extension_sql_file!(
+    "../sql/append_only.sql",
+    name = "append_only",
+    requires = ["schema", refuse_event_mutation]
+);
+
+/// Every user's events (or one user's), in chain order, with the recorded head on each row.
+const CHAIN_SCAN: &str = "
+    SELECT coalesce(e.user_id, h.user_id), e.id, e.seq, e.event_type, e.payload::text,
+           e.created_at, e.prev_hash, e.hash, h.last_seq, h.last_hash, h.last_event_id
+      FROM identity.identity_events e
+      FULL JOIN identity.event_chain_heads h ON h.user_id = e.user_id
+     WHERE $1::uuid IS NULL OR coalesce(e.user_id, h.user_id) = $1
+     ORDER BY coalesce(e.user_id, h.user_id), e.seq";
+
+/// Verifies every chain (or one user's), reading the log in batches so memory stays flat.
+pub fn verify_chains(
+    client: &mut SpiClient<'_>,
+    only_user: Option<Uuid>,
+) -> Result<Vec<ChainReport>, IdentityError> {
+    let mut reports = Vec::new();
+    let mut current: Option<(ChainVerifier, Option<ChainHead>)> = None;
+    let mut cursor = client.try_open_cursor(CHAIN_SCAN, &[only_user.map(pg_uuid).into()])?;
+    loop {
+        let batch = cursor.fetch(1000)?;
+        if batch.is_empty() {
+            break;
+        }
+        for row in batch {
+            let user_id = rust_uuid(
+                row.get::<pgrx::Uuid>(1)?
+                    .ok_or_else(|| null_column("user_id"))?,
+            );
+            if current.as_ref().map(|(v, _)| v.user_id) != Some(user_id) {
+                if let Some((verifier, head)) = current.take() {
+                    reports.push(verifier.finish(head.as_ref()));
+                }
+                let head = match row.get::<pgrx::Uuid>(11)? {
+                    Some(last_event_id) => Some(ChainHead {
+                        last_seq: row.get::<i64>(9)?.ok_or_else(|| null_column("last_seq"))?,
+                        last_hash: row
+                            .get::<Vec<u8>>(10)?
+                            .ok_or_else(|| null_column("last_hash"))?,
+                        last_event_id: rust_uuid(last_event_id),
+                    }),
+                    None => None,
+                };
+                current = Some((ChainVerifier::new(user_id), head));
+            }
+            let Some(event_id) = row.get::<pgrx::Uuid>(2)? else {
+                continue; // a head with no events at all: finish() reports it
+            };
+            let created_at: TimestampWithTimeZone =
+                row.get(6)?.ok_or_else(|| null_column("created_at"))?;
+            let event = StoredEvent {
+                id: rust_uuid(event_id),
+                seq: row.get::<i64>(3)?.ok_or_else(|| null_column("seq"))?,
+                created_at: created_at.into(),
+                event_type: row
+                    .get::<String>(4)?
+                    .ok_or_else(|| null_column("event_type"))?,
+                payload: row
+                    .get::<String>(5)?
+                    .ok_or_else(|| null_column("payload"))?,
+                prev_hash: row.get::<Vec<u8>>(7)?,
+                hash: row.get::<Vec<u8>>(8)?.ok_or_else(|| null_column("hash"))?,
+            };
+            if let Some((verifier, _)) = current.as_mut() {
+                verifier.observe(event);
+            }
+        }
+    }
+    if let Some((verifier, head)) = current.take() {
+        reports.push(verifier.finish(head.as_ref()));
+    }
+    if let (Some(user_id), true) = (only_user, reports.is_empty()) {
+        reports.push(ChainVerifier::new(user_id).finish(None));
+    }
+    Ok(reports)
+}
+
+fn null_column(column: &str) -> IdentityError {
+    IdentityError::Internal(format!(
+        "identity_events.{column} is NULL despite its constraint"
+    ))
+}
+
+/// `identity.verify_event_chain(only_user)`: recomputes every hash chain (or one user's).
+// pgrx reads the column names from `name!` in the signature itself, so no type alias here.
+#[allow(clippy::type_complexity)]
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_event_chain(
+    only_user: default!(Option<pgrx::Uuid>, "NULL"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(user_id, pgrx::Uuid),
+            name!(events, i64),
+            name!(ok, bool),
+            name!(first_bad_event, Option<pgrx::Uuid>),
+        ),
+    >,
+    ErrorReport,
+> {
+    let reports = Spi::connect_mut(|client| verify_chains(client, only_user.map(rust_uuid)))?;
+    Ok(TableIterator::new(reports.into_iter().map(|r| {
+        (
+            pg_uuid(r.user_id),
+            r.events,
+            r.ok,
+            r.first_bad_event.map(pg_uuid),
+        )
+    })))
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    fn chain(user_id: Uuid, payloads: &[&str]) -> Vec<StoredEvent> {
+        let mut events: Vec<StoredEvent> = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            let prev_hash = events.last().map(|e| e.hash.clone());
+            let id = Uuid::from_u128(i as u128 + 1);
+            let seq = i as i64 + 1;
+            let hash = ChainLink {
+                prev_hash: prev_hash.as_deref(),
+                event_id: id,
+                user_id,
+                seq,
+                created_at: 1_000_000 * seq,
+                event_type: "bind",
+                payload,
+            }
+            .hash()
+            .to_vec();
+            events.push(StoredEvent {
+                id,
+                seq,
+                created_at: 1_000_000 * seq,
+                event_type: "bind".into(),
+                payload: (*payload).into(),
+                prev_hash,
+                hash,
+            });
+        }
+        events
+    }
+
+    fn head_of(events: &[StoredEvent]) -> ChainHead {
+        let last = events.last().unwrap();
+        ChainHead {
+            last_seq: last.seq,
+            last_hash: last.hash.clone(),
+            last_event_id: last.id,
+        }
+    }
+
+    fn verify(user_id: Uuid, events: Vec<StoredEvent>, head: Option<&ChainHead>) -> ChainReport {
+        let mut verifier = ChainVerifier::new(user_id);
+        events.into_iter().for_each(|e| verifier.observe(e));
+        verifier.finish(head)
+    }
+
+    const USER: Uuid = Uuid::from_u128(0xABCD);
+    const PAYLOADS: [&str; 4] = [r#"{"a": 1}"#, r#"{"b": 2}"#, r#"{"c": 3}"#, r#"{"d": 4}"#];
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        let events = chain(USER, &PAYLOADS);
+        let head = head_of(&events);
+        let report = verify(USER, events, Some(&head));
+        assert_eq!(
+            report,
+            ChainReport {
+                user_id: USER,
+                events: 4,
+                ok: true,
+                first_bad_event: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_edited_payload_is_found() {
+        let mut events = chain(USER, &PAYLOADS);
+        let head = head_of(&events);
+        events[1].payload = r#"{"b": 3}"#.into();
+        let report = verify(USER, events, Some(&head));
+        assert!(!report.ok);
+        assert_eq!(report.first_bad_event, Some(Uuid::from_u128(2)));
+    }
+
+    #[test]
+    fn a_removed_middle_event_is_found() {
+        let mut events = chain(USER, &PAYLOADS);
+        let head = head_of(&events);
+        events.remove(1);
+        let report = verify(USER, events, Some(&head));
+        assert_eq!(
+            (report.ok, report.first_bad_event),
+            (false, Some(Uuid::from_u128(3)))
+        );
+    }
+
+    #[test]
+    fn removed_newest_events_are_found_through_the_head() {
+        let mut events = chain(USER, &PAYLOADS);
+        let head = head_of(&events);
+        events.truncate(2);
+        let report = verify(USER, events, Some(&head));
+        assert_eq!(
+            (report.ok, report.first_bad_event),
+            (false, Some(Uuid::from_u128(4)))
+        );
+    }
+
+    #[test]
+    fn swapped_events_are_found() {
+        let mut events = chain(USER, &PAYLOADS);
+        let head = head_of(&events);
+        events.swap(1, 2);
+        (events[1].seq, events[2].seq) = (2, 3);
+        let report = verify(USER, events, Some(&head));
+        assert_eq!(
+            (report.ok, report.first_bad_event),
+            (false, Some(Uuid::from_u128(3)))
+        );
+    }
+
+    #[test]
+    fn a_rehashed_edit_still_breaks_the_next_link() {
+        let mut events = chain(USER, &PAYLOADS);
+        let head = head_of(&events);
+        // The forger recomputes the edited event's own hash; the next event still points at the old one.
+        let forged_payload = r#"{"b": 3}"#;
+        let forged_hash = ChainLink {
+            prev_hash: Some(&events[0].hash),
+            event_id: events[1].id,
+            user_id: USER,
+            seq: 2,
+            created_at: events[1].created_at,
+            event_type: "bind",
+            payload: forged_payload,
+        }
+        .hash()
+        .to_vec();
+        events[1].payload = forged_payload.into();
+        events[1].hash = forged_hash;
+        let report = verify(USER, events, Some(&head));
+        assert_eq!(
+            (report.ok, report.first_bad_event),
+            (false, Some(Uuid::from_u128(3)))
+        );
+    }
+
+    #[test]
+    fn an_event_moved_to_another_user_does_not_verify_there() {
+        let events = chain(USER, &PAYLOADS[..1]);
+        let head = head_of(&events);
+        let report = verify(Uuid::from_u128(0xDCBA), events, Some(&head));
+        assert!(!report.ok);
+    }
+
+    #[test]
+    fn a_head_without_events_and_events_without_a_head_are_both_broken() {
+        let events = chain(USER, &PAYLOADS);
+        let head = head_of(&events);
+        assert!(!verify(USER, Vec::new(), Some(&head)).ok);
+        assert!(!verify(USER, events, None).ok);
+        assert!(verify(USER, Vec::new(), None).ok);
+    }
+
+    #[test]
+    fn every_field_is_covered_by_the_hash() {
+        let base = ChainLink {
+            prev_hash: None,
+            event_id: Uuid::from_u128(1),
+            user_id: USER,
+            seq: 1,
+            created_at: 7,
+            event_type: "bind",
+            payload: "{}",
+        };
+        let original = base.hash();
+        let prev = [1u8; 32];
+        let variants = [
+            ChainLink {
+                prev_hash: Some(&prev),
+                ..base.clone()
+            },
+            ChainLink {
+                event_id: Uuid::from_u128(2),
+                ..base.clone()
+            },
+            ChainLink {
+                user_id: Uuid::from_u128(2),
+                ..base.clone()
+            },
+            ChainLink {
+                seq: 2,
+                ..base.clone()
+            },
+            ChainLink {
+                created_at: 8,
+                ..base.clone()
+            },
+            ChainLink {
+                event_type: "revoke",
+                ..base.clone()
+            },
+            ChainLink {
+                payload: "{ }",
+                ..base.clone()
+            },
+            // Lengths keep fields apart: moving a byte from one field to the next changes the hash.
+            ChainLink {
+                event_type: "bind{",
+                payload: "}",
+                ..base.clone()
+            },
+        ];
+        for variant in variants {
+            assert_ne!(variant.hash(), original, "{variant:?}");
+        }
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::sqlstate_of;
+    use pgrx::prelude::*;
+
+    const USER: &str = "00000000-0000-4000-8000-000000000001";
+
+    fn bind_one(external_id: &str) {
+        Spi::run(&format!(
+            "SELECT identity.create_binding('{USER}', 'github', '{external_id}', '{{\"method\": \"test\"}}')"
+        ))
+        .unwrap();
+    }
+
+    fn chain_ok() -> (Option<bool>, Option<pgrx::Uuid>) {
+        Spi::get_two(&format!(
+            "SELECT ok, first_bad_event FROM identity.verify_event_chain('{USER}')"
+        ))
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn update_delete_and_truncate_of_events_are_refused() {
+        bind_one("1");
+        for statement in [
+            "UPDATE identity.identity_events SET payload = '{}'",
+            "DELETE FROM identity.identity_events",
+            "TRUNCATE identity.identity_events",
+            // Zero rows affected is refused too: the guard is on the statement, not the rows.
+            "DELETE FROM identity.identity_events WHERE false",
+        ] {
+            assert_eq!(sqlstate_of(statement), "42501", "{statement}");
+        }
+        let events = Spi::get_one::<i64>("SELECT count(*) FROM identity.identity_events");
+        assert_eq!(events, Ok(Some(1)));
+    }
+
+    #[pg_test]
+    fn the_guard_fires_even_in_replica_mode() {
+        bind_one("1");
+        Spi::run("SET LOCAL session_replication_role = replica").unwrap();
+        assert_eq!(sqlstate_of("DELETE FROM identity.identity_events"), "42501");
+    }
+
+    #[pg_test]
+    fn appends_chain_in_sequence() {
+        for id in ["1", "2", "3"] {
+            bind_one(id);
+        }
+        let links = Spi::get_one::<bool>(&format!(
+            "SELECT bool_and(CASE WHEN e.seq = 1 THEN e.prev_hash IS NULL
+                                  ELSE e.prev_hash = (SELECT p.hash FROM identity.identity_events p
+                                                       WHERE p.user_id = e.user_id AND p.seq = e.seq - 1) END)
+                    AND array_agg(e.seq ORDER BY e.seq) = '{{1,2,3}}'
+               FROM identity.identity_events e WHERE e.user_id = '{USER}'"
+        ));
+        assert_eq!(links, Ok(Some(true)));
+        assert_eq!(chain_ok(), (Some(true), None));
+    }
+
+    #[pg_test]
+    fn an_edited_event_is_found_by_verify_event_chain() {
+        for id in ["1", "2", "3"] {
+            bind_one(id);
+        }
+        let second: Option<pgrx::Uuid> = Spi::get_one(&format!(
+            "SELECT id FROM identity.identity_events WHERE user_id = '{USER}' AND seq = 2"
+        ))
+        .unwrap();
+        // Only a superuser who disables the guard can do this, and the chain still tells.
+        Spi::run(
+            "ALTER TABLE identity.identity_events DISABLE TRIGGER identity_events_append_only",
+        )
+        .unwrap();
+        Spi::run(
+            "UPDATE identity.identity_events SET payload = jsonb_set(payload, '{external_id}', '\"666\"') WHERE seq = 2",
+        )
+        .unwrap();
+        assert_eq!(chain_ok(), (Some(false), second));
+    }
+
+    #[pg_test]
+    fn a_deleted_newest_event_is_found_through_the_head() {
+        for id in ["1", "2"] {
+            bind_one(id);
+        }
+        let newest: Option<pgrx::Uuid> = Spi::get_one(&format!(
+            "SELECT id FROM identity.identity_events WHERE user_id = '{USER}' AND seq = 2"
+        ))
+        .unwrap();
+        Spi::run(
+            "ALTER TABLE identity.identity_events DISABLE TRIGGER identity_events_append_only",
+        )
+        .unwrap();
+        Spi::run("DELETE FROM identity.identity_events WHERE seq = 2").unwrap();
+        assert_eq!(chain_ok(), (Some(false), newest));
+    }
+
+    #[pg_test]
+    fn reordered_events_are_found() {
+        for id in ["1", "2", "3"] {
+            bind_one(id);
+        }
+        Spi::run(
+            "ALTER TABLE identity.identity_events DISABLE TRIGGER identity_events_append_only",
+        )
+        .unwrap();
+        // (user_id, seq) is unique, so the swap goes through a free number.
+        for step in [
+            "SET seq = 100 WHERE seq = 2",
+            "SET seq = 2 WHERE seq = 3",
+            "SET seq = 3 WHERE seq = 100",
+        ] {
+            Spi::run(&format!("UPDATE identity.identity_events {step}")).unwrap();
+        }
+        assert_eq!(chain_ok().0, Some(false));
+    }
+
+    #[pg_test]
+    fn a_user_without_events_verifies_empty() {
+        let row: (Option<i64>, Option<bool>) = Spi::get_two(
+            "SELECT events, ok FROM identity.verify_event_chain('00000000-0000-4000-8000-0000000000ff')",
+        )
+        .unwrap();
+        assert_eq!(row, (Some(0), Some(true)));
+    }
+}

@@ -1,0 +1,157 @@
+//! `identity.check_integrity()`: the invariants an auditor asks about, checked in one call.
+
+use crate::errors::IdentityError;
+use crate::events::verify_chains;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+/// How many offending ids a detail line names.
+const EXAMPLES: usize = 3;
+
+/// One named check and its verdict.
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+/// Every live binding has the `bind` event that proves it.
+fn bindings_have_bind_events(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
+    let rows = client.select(
+        "SELECT b.id::text FROM identity.user_bindings b
+          WHERE NOT EXISTS (SELECT 1 FROM identity.identity_events e
+                             WHERE e.event_type = 'bind' AND e.payload->>'binding_id' = b.id::text)
+          ORDER BY b.id",
+        None,
+        &[],
+    )?;
+    let mut missing = Vec::new();
+    for row in rows {
+        missing.push(row.get::<String>(1)?.unwrap_or_default());
+    }
+    let live = client
+        .select("SELECT count(*) FROM identity.user_bindings", None, &[])?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0);
+    Ok(Check {
+        name: "bindings_have_bind_events",
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            format!("all {live} live bindings have their bind event")
+        } else {
+            format!(
+                "{} of {live} live bindings have no bind event, e.g. {}",
+                missing.len(),
+                missing[..missing.len().min(EXAMPLES)].join(", ")
+            )
+        },
+    })
+}
+
+/// Every user's hash chain recomputes and ends at its recorded head.
+fn event_chains_verify(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
+    let reports = verify_chains(client, None)?;
+    let broken: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.user_id.to_string())
+        .collect();
+    Ok(Check {
+        name: "event_chains_verify",
+        ok: broken.is_empty(),
+        detail: if broken.is_empty() {
+            format!("all {} users' event chains verify", reports.len())
+        } else {
+            format!(
+                "{} of {} users' event chains do not verify, e.g. {} (see identity.verify_event_chain)",
+                broken.len(),
+                reports.len(),
+                broken[..broken.len().min(EXAMPLES)].join(", ")
+            )
+        },
+    })
+}
+
+/// `identity.check_integrity()`: one row per check, `ok` false with a detail naming examples.
+#[pg_extern(stable, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn check_integrity() -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(check_name, String),
+            name!(ok, bool),
+            name!(detail, String),
+        ),
+    >,
+    ErrorReport,
+> {
+    let checks = Spi::connect_mut(|client| -> Result<Vec<Check>, IdentityError> {
+        Ok(vec![
+            bindings_have_bind_events(client)?,
+            event_chains_verify(client)?,
+        ])
+    })?;
+    Ok(TableIterator::new(
+        checks
+            .into_iter()
+            .map(|c| (c.name.to_owned(), c.ok, c.detail)),
+    ))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    const USER: &str = "00000000-0000-4000-8000-0000000000c1";
+
+    fn failing_checks() -> Option<String> {
+        Spi::get_one(
+            "SELECT coalesce(string_agg(check_name, ',' ORDER BY check_name), '')
+               FROM identity.check_integrity() WHERE NOT ok",
+        )
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn a_clean_database_passes_every_check() {
+        Spi::run(&format!(
+            "SELECT identity.create_binding('{USER}', 'github', '1')"
+        ))
+        .unwrap();
+        assert_eq!(failing_checks().as_deref(), Some(""));
+        let checks = Spi::get_one::<i64>("SELECT count(*) FROM identity.check_integrity()");
+        assert_eq!(checks, Ok(Some(2)));
+    }
+
+    #[pg_test]
+    fn a_binding_written_behind_the_functions_back_is_found() {
+        Spi::run(&format!(
+            "INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
+             VALUES (gen_random_uuid(), '{USER}', 'github', '99')"
+        ))
+        .unwrap();
+        assert_eq!(
+            failing_checks().as_deref(),
+            Some("bindings_have_bind_events")
+        );
+    }
+
+    #[pg_test]
+    fn a_tampered_event_fails_the_chain_check() {
+        Spi::run(&format!(
+            "SELECT identity.create_binding('{USER}', 'github', '1')"
+        ))
+        .unwrap();
+        Spi::run(
+            "ALTER TABLE identity.identity_events DISABLE TRIGGER identity_events_append_only",
+        )
+        .unwrap();
+        Spi::run("UPDATE identity.identity_events SET created_at = created_at - interval '1 day'")
+            .unwrap();
+        assert_eq!(failing_checks().as_deref(), Some("event_chains_verify"));
+    }
+}

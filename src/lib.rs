@@ -1,0 +1,37 @@
+//! identity_bindings: one canonical, auth-method-agnostic identity per user, with the proof of
+//! every account link kept inside PostgreSQL.
+//!
+//! `users.id` (a UUID) is the only identity; wallets, Discord and GitHub accounts are bindings
+//! attached to it, each proven by an event in an append-only, hash-chained log.
+
+// SQL-facing functions return pgrx's `ErrorReport` (SQLSTATE, message, hint): it is built only on
+// the error path, where it becomes a PostgreSQL ERROR at once, so its size costs nothing.
+#![allow(clippy::result_large_err)]
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod bindings;
+mod eip55;
+mod errors;
+mod events;
+mod integrity;
+mod providers;
+mod statements;
+#[cfg(any(test, feature = "pg_test"))]
+mod testing;
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,374 @@
+//! Providers and the canonical form of their external ids: the one spelling under which an
+//! account is stored, so `0xABC…` and `0xabc…` are one binding, never two.
+//!
+//! Built-in providers are canonicalized here in plain Rust; custom providers are rows of
+//! `identity.providers` whose pattern must match the whole external id.
+
+use crate::eip55::Address;
+use crate::errors::{required, IdentityError};
+use crate::statements::Statement;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::TEXTOID;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+/// Index entries stay far below PostgreSQL's btree limit, and no id is a denial of service.
+pub const MAX_EXTERNAL_ID_BYTES: usize = 512;
+
+/// Providers whose id format the extension knows natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// An EVM account, stored EIP-55 checksummed.
+    Wallet,
+    /// A Discord snowflake.
+    Discord,
+    /// A GitHub numeric user id (not the login, which can be renamed).
+    Github,
+    /// A Google OpenID Connect `sub`.
+    Google,
+}
+
+impl Builtin {
+    pub fn named(name: &str) -> Option<Builtin> {
+        match name {
+            "wallet" => Some(Builtin::Wallet),
+            "discord" => Some(Builtin::Discord),
+            "github" => Some(Builtin::Github),
+            "google" => Some(Builtin::Google),
+            _ => None,
+        }
+    }
+
+    /// The canonical form of `external_id`, or why it is not one of this provider's ids.
+    pub fn canonicalize(self, external_id: &str) -> Result<String, String> {
+        match self {
+            Builtin::Wallet => Address::parse(external_id)
+                .map(|address| address.to_checksummed())
+                .map_err(|e| e.to_string()),
+            Builtin::Discord | Builtin::Github => canonical_decimal_id(external_id),
+            Builtin::Google => canonical_openid_subject(external_id),
+        }
+    }
+}
+
+/// Discord and GitHub ids: an unsigned 64-bit decimal, written without sign or leading zeros.
+fn canonical_decimal_id(text: &str) -> Result<String, String> {
+    let well_formed = text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    if !well_formed {
+        return Err("expected a decimal id without sign, spaces or leading zeros".into());
+    }
+    text.parse::<u64>()
+        .map(|id| id.to_string())
+        .map_err(|_| "larger than any 64-bit id".into())
+}
+
+/// OpenID Connect Core 1.0 §2: `sub` is case sensitive, at most 255 ASCII characters.
+fn canonical_openid_subject(text: &str) -> Result<String, String> {
+    let printable = text.bytes().all(|b| b.is_ascii_graphic());
+    if !printable || text.len() > 255 {
+        return Err("expected an OpenID subject: 1 to 255 printable ASCII characters".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// A registered provider name: a lowercase identifier, so it can never be confused in a job key
+/// (`bind:{provider}:{external_id}`) or a log line.
+pub fn is_valid_provider_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && name.len() <= 63
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
+static CUSTOM_PATTERN_MATCH: Statement = Statement::read(
+    "SELECT $2 OPERATOR(pg_catalog.~) ('^(?:' OPERATOR(pg_catalog.||) p.pattern OPERATOR(pg_catalog.||) ')$')
+       FROM identity.providers p WHERE p.name OPERATOR(pg_catalog.=) $1 AND NOT p.builtin",
+    &[TEXTOID, TEXTOID],
+);
+
+/// The canonical form of `external_id` for `provider`, built-in or registered.
+pub fn canonical_external_id(
+    client: &mut SpiClient<'_>,
+    provider: &str,
+    external_id: &str,
+) -> Result<String, IdentityError> {
+    let malformed = |reason: String| IdentityError::MalformedExternalId {
+        provider: provider.to_owned(),
+        external_id: external_id.to_owned(),
+        reason,
+    };
+    if external_id.is_empty() {
+        return Err(malformed("an external id is never empty".into()));
+    }
+    if external_id.len() > MAX_EXTERNAL_ID_BYTES {
+        return Err(malformed(format!(
+            "longer than {MAX_EXTERNAL_ID_BYTES} bytes"
+        )));
+    }
+    if let Some(builtin) = Builtin::named(provider) {
+        return builtin.canonicalize(external_id).map_err(malformed);
+    }
+    let unknown = || IdentityError::UnknownProvider {
+        provider: provider.to_owned(),
+    };
+    if !is_valid_provider_name(provider) {
+        return Err(unknown());
+    }
+    let rows = CUSTOM_PATTERN_MATCH.run(client, &[provider.into(), external_id.into()])?;
+    if rows.is_empty() {
+        return Err(unknown());
+    }
+    match rows.first().get_one::<bool>()? {
+        Some(true) => Ok(external_id.to_owned()),
+        _ => Err(malformed(
+            "does not match the provider's registered pattern".into(),
+        )),
+    }
+}
+
+/// `identity.canonical_external_id(provider, external_id)`: the form the id is stored under.
+#[pg_extern(
+    name = "canonical_external_id",
+    stable,
+    strict,
+    security_definer,
+    parallel_safe
+)]
+#[search_path(pg_catalog, pg_temp)]
+fn canonical_external_id_sql(provider: &str, external_id: &str) -> Result<String, ErrorReport> {
+    Spi::connect_mut(|client| canonical_external_id(client, provider, external_id))
+        .map_err(ErrorReport::from)
+}
+
+static INSERT_PROVIDER: Statement = Statement::write(
+    "INSERT INTO identity.providers (name, pattern, description) VALUES ($1, $2, $3)
+     ON CONFLICT (name) DO NOTHING RETURNING true",
+    &[TEXTOID, TEXTOID, TEXTOID],
+);
+
+static PROVIDER_DEFINITION: Statement = Statement::read(
+    "SELECT p.pattern, p.description FROM identity.providers p WHERE p.name OPERATOR(pg_catalog.=) $1",
+    &[TEXTOID],
+);
+
+static CHECK_PATTERN: Statement =
+    Statement::read("SELECT '' OPERATOR(pg_catalog.~) $1", &[TEXTOID]);
+
+/// `identity.register_provider(name, pattern, description)`: true when newly registered, false when
+/// registered before with the same definition. Definitions never change, so a binding stored under a
+/// provider stays valid for it.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn register_provider(
+    name: Option<&str>,
+    pattern: Option<&str>,
+    description: default!(Option<&str>, "NULL"),
+) -> Result<bool, ErrorReport> {
+    let name = required(name, "name")?;
+    let pattern = required(pattern, "pattern")?;
+    if !is_valid_provider_name(name) {
+        return Err(IdentityError::InvalidProviderName {
+            name: name.to_owned(),
+        }
+        .into());
+    }
+    let conflict = || IdentityError::ProviderConflict {
+        name: name.to_owned(),
+    };
+    if Builtin::named(name).is_some() {
+        return Err(conflict().into());
+    }
+    Spi::connect_mut(|client| {
+        // Compiles the pattern: an invalid one raises PostgreSQL's own 2201B error, naming the fault.
+        CHECK_PATTERN.run(client, &[pattern.into()])?;
+        let inserted =
+            INSERT_PROVIDER.run(client, &[name.into(), pattern.into(), description.into()])?;
+        if !inserted.is_empty() {
+            return Ok(true);
+        }
+        let existing = PROVIDER_DEFINITION.run(client, &[name.into()])?.first();
+        let same = existing.get::<String>(1)?.as_deref() == Some(pattern)
+            && existing.get::<String>(2)?.as_deref() == description;
+        if same {
+            Ok(false)
+        } else {
+            Err(conflict())
+        }
+    })
+    .map_err(ErrorReport::from)
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn wallet_ids_are_stored_checksummed() {
+        let lower = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
+        assert_eq!(
+            Builtin::Wallet.canonicalize(lower).unwrap(),
+            "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+        );
+        assert!(Builtin::Wallet
+            .canonicalize("0x5AAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
+            .is_err());
+    }
+
+    #[test]
+    fn decimal_ids_have_no_sign_space_or_leading_zero() {
+        assert_eq!(Builtin::Github.canonicalize("583231").unwrap(), "583231");
+        assert_eq!(
+            Builtin::Discord
+                .canonicalize("18446744073709551615")
+                .unwrap(),
+            "18446744073709551615"
+        );
+        for bad in [
+            "0583231", "+583231", "-1", " 583231", "583231 ", "5e3", "0", "１２",
+        ] {
+            assert!(
+                Builtin::Github.canonicalize(bad).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert_eq!(
+            Builtin::Discord.canonicalize("18446744073709551616"),
+            Err("larger than any 64-bit id".into())
+        );
+    }
+
+    #[test]
+    fn openid_subjects_are_kept_exactly_and_bounded() {
+        assert_eq!(
+            Builtin::Google
+                .canonicalize("10769150350006150715113082367")
+                .unwrap(),
+            "10769150350006150715113082367"
+        );
+        assert_eq!(Builtin::Google.canonicalize("AbC-123").unwrap(), "AbC-123");
+        assert!(Builtin::Google.canonicalize("has space").is_err());
+        assert!(Builtin::Google.canonicalize("é").is_err());
+        assert!(Builtin::Google.canonicalize(&"a".repeat(256)).is_err());
+        assert!(Builtin::Google.canonicalize(&"a".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn provider_names_are_lowercase_identifiers() {
+        for good in ["gitlab", "x", "okta_prod", "a1"] {
+            assert!(is_valid_provider_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "GitLab",
+            "1password",
+            "_x",
+            "git-lab",
+            "bind:x",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_valid_provider_name(bad), "{bad}");
+        }
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::sqlstate_of;
+    use pgrx::prelude::*;
+
+    fn canonical(provider: &str, external_id: &str) -> Option<String> {
+        Spi::get_one_with_args(
+            "SELECT identity.canonical_external_id($1, $2)",
+            &[provider.into(), external_id.into()],
+        )
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn canonical_external_id_checksums_wallets_in_sql() {
+        assert_eq!(
+            canonical("wallet", "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed").as_deref(),
+            Some("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
+        );
+    }
+
+    #[pg_test]
+    fn unknown_provider_and_malformed_id_are_22023() {
+        assert_eq!(
+            sqlstate_of("SELECT identity.canonical_external_id('myspace', '1')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.canonical_external_id('github', '007')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.canonical_external_id('github', '')"),
+            "22023"
+        );
+        let huge = format!(
+            "SELECT identity.canonical_external_id('google', '{}')",
+            "a".repeat(600)
+        );
+        assert_eq!(sqlstate_of(&huge), "22023");
+    }
+
+    #[pg_test]
+    fn custom_provider_pattern_must_match_the_whole_id() {
+        let registered = Spi::get_one::<bool>(
+            "SELECT identity.register_provider('gitlab', '[1-9][0-9]*', 'GitLab numeric user id')",
+        );
+        assert_eq!(registered, Ok(Some(true)));
+        assert_eq!(canonical("gitlab", "12345").as_deref(), Some("12345"));
+        // A pattern that matches a part of the id is not enough: it is anchored at both ends.
+        assert_eq!(
+            sqlstate_of("SELECT identity.canonical_external_id('gitlab', 'x12345')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.canonical_external_id('gitlab', '12345x')"),
+            "22023"
+        );
+    }
+
+    #[pg_test]
+    fn re_registering_is_idempotent_but_a_definition_never_changes() {
+        let register = |pattern: &str| {
+            Spi::get_one_with_args::<bool>(
+                "SELECT identity.register_provider('okta', $1)",
+                &[pattern.into()],
+            )
+        };
+        assert_eq!(register("[a-z0-9]{20}"), Ok(Some(true)));
+        assert_eq!(register("[a-z0-9]{20}"), Ok(Some(false)));
+        assert_eq!(
+            sqlstate_of("SELECT identity.register_provider('okta', '.*')"),
+            "42710"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.register_provider('wallet', '.*')"),
+            "42710"
+        );
+    }
+
+    #[pg_test]
+    fn register_provider_refuses_bad_names_bad_patterns_and_nulls() {
+        assert_eq!(
+            sqlstate_of("SELECT identity.register_provider('Git-Lab', '.*')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.register_provider('gitlab', '(')"),
+            "2201B"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.register_provider(NULL, '.*')"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.register_provider('gitlab', NULL)"),
+            "22004"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! SQL statements prepared once per backend and kept, so the hot paths (create_binding, resolve)
+//! never parse or plan SQL per call. PostgreSQL's plan cache re-validates a kept plan after DDL,
+//! so a kept statement stays correct across ALTER/DROP/CREATE EXTENSION in the same session.
+//!
+//! Every statement names its tables schema-qualified, and the functions that run them pin
+//! `search_path = pg_catalog, pg_temp`: nothing a caller creates can change what they mean.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::{self, PgOid};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult, SpiTupleTable};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// One statement of the extension: its text, its parameter types, and whether it writes.
+pub struct Statement {
+    sql: &'static str,
+    params: &'static [pg_sys::Oid],
+    writes: bool,
+}
+
+thread_local! {
+    // Keyed by the address of the `Statement` static: each is prepared once per backend.
+    static PREPARED: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+impl Statement {
+    /// A read: runs on the caller's snapshot, so a STABLE function sees one consistent state.
+    pub const fn read(sql: &'static str, params: &'static [pg_sys::Oid]) -> Self {
+        Statement {
+            sql,
+            params,
+            writes: false,
+        }
+    }
+
+    /// A write (or a locking read): each execution takes a fresh snapshot, which the chain-head
+    /// locking in events.rs relies on under READ COMMITTED.
+    pub const fn write(sql: &'static str, params: &'static [pg_sys::Oid]) -> Self {
+        Statement {
+            sql,
+            params,
+            writes: true,
+        }
+    }
+
+    fn prepared(&'static self, client: &SpiClient<'_>) -> SpiResult<Rc<OwnedPreparedStatement>> {
+        let key = self as *const Statement as usize;
+        if let Some(kept) = PREPARED.with(|cache| cache.borrow().get(&key).cloned()) {
+            return Ok(kept);
+        }
+        let params: Vec<PgOid> = self.params.iter().map(|&oid| PgOid::from(oid)).collect();
+        let prepared = if self.writes {
+            client.prepare_mut(self.sql, &params)?
+        } else {
+            client.prepare(self.sql, &params)?
+        };
+        let kept = Rc::new(prepared.keep());
+        PREPARED.with(|cache| cache.borrow_mut().insert(key, Rc::clone(&kept)));
+        Ok(kept)
+    }
+
+    /// Runs the statement with `args` (one per declared parameter, in order).
+    pub fn run<'conn>(
+        &'static self,
+        client: &mut SpiClient<'conn>,
+        args: &[DatumWithOid<'_>],
+    ) -> SpiResult<SpiTupleTable<'conn>> {
+        let prepared = self.prepared(client)?;
+        if self.writes {
+            client.update(&*prepared, None, args)
+        } else {
+            client.select(&*prepared, None, args)
+        }
+    }
+}
