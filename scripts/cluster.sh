@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL 15 cluster, run as the postgres user (initdb refuses root).
+#
+#   scripts/cluster.sh start DIR [extra postgres -c settings...]   # prints nothing; socket in DIR
+#   scripts/cluster.sh stop DIR
+#
+# The cluster listens only on a Unix socket in DIR (no TCP), so it never collides with another
+# cluster on this machine: connect with host=DIR port=5432 user=postgres.
+set -euo pipefail
+
+BIN=/usr/lib/postgresql/15/bin
+PORT=5432
+
+start() {
+    local dir=$1; shift
+    local settings=(-c "listen_addresses=" -c "unix_socket_directories=$dir" -p "$PORT")
+    for setting in "$@"; do settings+=(-c "$setting"); done
+    install -d -o postgres -g postgres -m 0700 "$dir"
+    runuser -u postgres -- "$BIN/initdb" -D "$dir/data" -A trust -U postgres --locale=C.UTF-8 \
+        --no-sync >/dev/null
+    # Started without RUST_BACKTRACE, as a production server is: with it, every error raised
+    # through SPI would carry a Rust backtrace in its DETAIL.
+    env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE \
+        runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "$(printf '%q ' "${settings[@]}")" start >/dev/null
+    # The socket directory must be reachable by the (root) client.
+    chmod 0755 "$dir"
+}
+
+stop() {
+    local dir=$1
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$dir"
+}
+
+case "${1:-}" in
+    start) shift; start "$@" ;;
+    stop) shift; stop "$@" ;;
+    *) echo "usage: $0 start DIR [setting=value...] | stop DIR" >&2; exit 2 ;;
+esac

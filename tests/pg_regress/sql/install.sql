@@ -1,0 +1,37 @@
+-- Installing identity_bindings: one statement, by a superuser. Everything lives in schema
+-- "identity", which the extension creates and owns (it is not relocatable).
+\set SHOW_CONTEXT never
+CREATE EXTENSION identity_bindings;
+
+SELECT e.extname, e.extversion, n.nspname AS schema, e.extrelocatable
+  FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+ WHERE e.extname = 'identity_bindings';
+
+-- Four tables. pg_dump keeps the data of all of them (built-in providers come back with
+-- CREATE EXTENSION, so only custom ones are dumped).
+SELECT c.relname, coalesce(d.condition, '') AS dumped_rows
+  FROM pg_class c
+  LEFT JOIN (SELECT unnest(extconfig) AS relid, unnest(extcondition) AS condition
+               FROM pg_extension WHERE extname = 'identity_bindings') d ON d.relid = c.oid
+ WHERE c.relnamespace = 'identity'::regnamespace AND c.relkind = 'r'
+ ORDER BY c.relname;
+
+-- The built-in providers and the canonical form of their ids.
+SELECT name, description FROM identity.providers ORDER BY name;
+
+-- The functions. Every one that touches a table is SECURITY DEFINER with a pinned search_path.
+SELECT p.proname AS function, pg_get_function_identity_arguments(p.oid) AS arguments,
+       p.prosecdef AS security_definer, array_to_string(p.proconfig, ', ') AS settings
+  FROM pg_proc p
+ WHERE p.pronamespace = 'identity'::regnamespace
+ ORDER BY p.proname;
+
+-- Nothing is granted to PUBLIC: no table privilege, no EXECUTE. The DBA grants what each
+-- application role needs (see privileges).
+SELECT count(*) AS public_table_privileges
+  FROM pg_class c, aclexplode(c.relacl) a
+ WHERE c.relnamespace = 'identity'::regnamespace AND a.grantee = 0;
+SELECT count(*) AS public_execute_privileges
+  FROM pg_proc p, aclexplode(p.proacl) a
+ WHERE p.pronamespace = 'identity'::regnamespace AND a.grantee = 0;
+SELECT has_schema_privilege('public', 'identity', 'USAGE') AS public_can_use_schema;

@@ -1,0 +1,59 @@
+-- Privileges: applications reach the data only through the functions, and only the functions
+-- the DBA grants. This is the set-up README.md recommends.
+\set SHOW_CONTEXT never
+\set dave '''00000000-0000-4000-8000-00000000da7e'''
+
+CREATE ROLE regress_app LOGIN;
+GRANT USAGE ON SCHEMA identity TO regress_app;
+GRANT EXECUTE ON FUNCTION
+    identity.create_binding(uuid, text, text, jsonb),
+    identity.revoke_binding(text, text, jsonb),
+    identity.resolve(text, text),
+    identity.resolve_many(text, text[]),
+    identity.canonical_external_id(text, text)
+TO regress_app;
+
+SET ROLE regress_app;
+
+-- Through the functions: allowed.
+SELECT created FROM identity.create_binding(:dave, 'github', '2001', '{"method": "oauth"}');
+SELECT identity.resolve('github', '2001') = :dave AS resolved;
+
+-- Around them: refused. No direct read, no forged event, no re-pointed binding.
+SELECT count(*) FROM identity.user_bindings;
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO identity.identity_events (id, user_id, seq, event_type, payload, created_at, hash)
+VALUES (gen_random_uuid(), :dave, 99, 'bind', '{}', now(), '\x00');
+\echo :LAST_ERROR_SQLSTATE
+UPDATE identity.user_bindings SET user_id = gen_random_uuid();
+\echo :LAST_ERROR_SQLSTATE
+-- And functions not granted stay closed.
+SELECT identity.merge_users(:dave, gen_random_uuid(), '{}');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+
+-- search_path tricks: objects in a schema the caller controls never change what the functions
+-- do, because each function runs with search_path = pg_catalog, pg_temp.
+CREATE SCHEMA regress_attack;
+GRANT ALL ON SCHEMA regress_attack TO regress_app;
+SET ROLE regress_app;
+CREATE TABLE regress_attack.user_bindings
+    (id uuid, user_id uuid, provider text, external_id text, created_at timestamptz);
+CREATE FUNCTION regress_attack.now() RETURNS timestamptz
+    LANGUAGE sql AS $$ SELECT 'epoch'::timestamptz $$;
+CREATE FUNCTION regress_attack.always_true(text, text) RETURNS boolean
+    LANGUAGE sql AS $$ SELECT true $$;
+CREATE OPERATOR regress_attack.= (LEFTARG = text, RIGHTARG = text,
+                                  FUNCTION = regress_attack.always_true);
+SET search_path = regress_attack, pg_catalog;
+SELECT created FROM identity.create_binding(:dave, 'github', '2002', '{"method": "oauth"}');
+SELECT identity.resolve('github', '2003') IS NULL AS still_unbound;
+SELECT count(*) AS rows_in_the_decoy FROM regress_attack.user_bindings;
+RESET search_path;
+RESET ROLE;
+SELECT external_id, created_at > 'epoch'::timestamptz + interval '1 day' AS real_timestamp
+  FROM identity.user_bindings WHERE user_id = :dave ORDER BY external_id;
+
+DROP SCHEMA regress_attack CASCADE;
+DROP OWNED BY regress_app;
+DROP ROLE regress_app;
