@@ -366,6 +366,28 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_failed_event_append_leaves_no_binding_behind() {
+        create(ALICE, "github", "1");
+        create(ALICE, "github", "2");
+        // Wind the chain head back (as only a superuser could), so the next append for Alice
+        // fails after her binding row was inserted.
+        Spi::run(&format!(
+            "UPDATE identity.event_chain_heads SET last_seq = 1 WHERE user_id = '{ALICE}'"
+        ))
+        .unwrap();
+        let (sqlstate, message) = error_of(&format!(
+            "SELECT identity.create_binding('{ALICE}', 'github', '3')"
+        ));
+        assert_eq!(sqlstate, "XX000");
+        assert!(message.contains("identity.verify_event_chain"), "{message}");
+        assert_eq!(
+            count("SELECT count(*) FROM identity.user_bindings WHERE external_id = '3'"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM identity.identity_events"), 2);
+    }
+
+    #[pg_test]
     fn re_binding_the_same_user_is_idempotent_and_writes_nothing() {
         create(ALICE, "wallet", WALLET);
         let lower = WALLET.to_ascii_lowercase();

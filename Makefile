@@ -1,0 +1,44 @@
+# identity_bindings: every command a developer, a DBA or CI needs.
+#   make demo   install what is missing, build, and walk through the extension on a throwaway cluster
+#   make test   every test: lint, #[test] + #[pg_test], pg_regress contract, client-side tests
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Build artefacts live outside the clone, so every clone (and CI) reuses one warm cache.
+export CARGO_TARGET_DIR ?= /var/cache/identity_bindings/target
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PG_TEST_DATA := $(abspath $(CARGO_TARGET_DIR)/../test-pgdata)
+
+.PHONY: help setup install lint unit regress client test demo
+
+help:
+	@sed -n '2,3p' Makefile | sed 's/^# *//'
+
+setup:
+	@scripts/setup.sh
+
+install: setup
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets --no-default-features --features "pg15 pg_test" -- -D warnings
+	cargo clippy --locked --all-targets -p identity_bindings_client_tests -- -D warnings
+
+# Plain Rust #[test]s and the #[pg_test]s, on pgrx's own test cluster run as the postgres user.
+unit: setup
+	install -d -o postgres -g postgres $(PG_TEST_DATA)
+	cargo pgrx test pg15 --runas postgres --pgdata $(PG_TEST_DATA)
+
+# The user-visible contract, tests/pg_regress, against the release build.
+regress: install
+	scripts/regress.sh
+
+# What must commit (concurrency, isolation), over real connections.
+client: install
+	scripts/client-tests.sh
+
+test: lint unit regress client
+
+demo: install
+	scripts/demo.sh

@@ -1,0 +1,98 @@
+//! Client-side tests of identity_bindings: what `#[pg_test]` cannot show because each of those
+//! runs in one rolled-back transaction. Concurrency, isolation and anything that must commit run
+//! here, over real connections, against the cluster `make test` starts.
+//!
+//! Each test gets a database of its own (created here, dropped when the test ends), with the
+//! installed extension created in it.
+
+use postgres::{Client, Config, NoTls};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The socket directory of the test cluster (scripts/client-tests.sh sets it).
+const HOST_VARIABLE: &str = "IDENTITY_BINDINGS_TEST_HOST";
+
+fn cluster() -> Config {
+    let host = std::env::var(HOST_VARIABLE).unwrap_or_else(|_| {
+        panic!("{HOST_VARIABLE} is not set: run these tests with `make test` (or scripts/client-tests.sh), which starts a cluster")
+    });
+    let mut config = Config::new();
+    config
+        .host(&host)
+        .port(5432)
+        .user("postgres")
+        .dbname("postgres");
+    config
+}
+
+/// A database of one test's own, dropped when the value is.
+pub struct TestDatabase {
+    name: String,
+    config: Config,
+}
+
+impl TestDatabase {
+    /// Creates `{purpose}_{n}` with the extension installed.
+    pub fn create(purpose: &str) -> TestDatabase {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{purpose}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = cluster()
+            .connect(NoTls)
+            .expect("connect to the test cluster");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        let mut config = cluster();
+        config.dbname(&name);
+        let database = TestDatabase { name, config };
+        database
+            .connect()
+            .batch_execute("CREATE EXTENSION identity_bindings")
+            .expect("create extension");
+        database
+    }
+
+    pub fn connect(&self) -> Client {
+        self.config
+            .connect(NoTls)
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = cluster().connect(NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// The SQLSTATE of a failed statement ("" for errors that are not from the server).
+pub fn sqlstate(error: &postgres::Error) -> &str {
+    error.code().map(|code| code.code()).unwrap_or("")
+}
+
+/// Whether every chain verifies and every integrity check passes.
+pub fn integrity_is_clean(client: &mut Client) -> bool {
+    let broken: i64 = client
+        .query_one(
+            "SELECT count(*) FROM identity.verify_event_chain() WHERE NOT ok",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let failing: i64 = client
+        .query_one(
+            "SELECT count(*) FROM identity.check_integrity() WHERE NOT ok",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    broken == 0 && failing == 0
+}

@@ -1,0 +1,203 @@
+//! Concurrency: racing sessions, per-user chain serialization, isolation levels.
+
+use identity_bindings_client_tests::{integrity_is_clean, sqlstate, TestDatabase};
+use postgres::GenericClient;
+use std::sync::Barrier;
+use std::thread;
+use uuid::Uuid;
+
+const SESSIONS: usize = 8;
+const IDS: usize = 1000;
+
+fn bind(
+    client: &mut impl GenericClient,
+    user: Uuid,
+    external_id: &str,
+) -> Result<bool, postgres::Error> {
+    client
+        .query_one(
+            "SELECT created FROM identity.create_binding($1, 'github', $2, '{\"method\": \"race\"}')",
+            &[&user, &external_id],
+        )
+        .map(|row| row.get(0))
+}
+
+#[test]
+fn eight_sessions_racing_for_the_same_thousand_ids_bind_each_exactly_once() {
+    let database = TestDatabase::create("race_ids");
+    let ids: Vec<String> = (0..IDS).map(|i| (1_000_000 + i).to_string()).collect();
+    let start = Barrier::new(SESSIONS);
+
+    let per_session: Vec<(Uuid, Vec<String>)> = thread::scope(|scope| {
+        let sessions: Vec<_> = (0..SESSIONS)
+            .map(|session| {
+                let (database, ids, start) = (&database, &ids, &start);
+                scope.spawn(move || {
+                    let mut client = database.connect();
+                    let user = Uuid::new_v4();
+                    // Every session walks all ids from its own starting point, half of them
+                    // backwards, so each id is contended by several sessions at once.
+                    let mut order: Vec<&String> = ids
+                        .iter()
+                        .cycle()
+                        .skip(session * IDS / SESSIONS)
+                        .take(IDS)
+                        .collect();
+                    if session % 2 == 1 {
+                        order.reverse();
+                    }
+                    start.wait();
+                    let mut won = Vec::new();
+                    for id in order {
+                        match bind(&mut client, user, id) {
+                            Ok(true) => won.push(id.clone()),
+                            Ok(false) => panic!("session {session} saw {id} as already its own"),
+                            Err(e) if sqlstate(&e) == "23505" => {}
+                            Err(e) => panic!("session {session}, id {id}: unexpected error {e:?}"),
+                        }
+                    }
+                    (user, won)
+                })
+            })
+            .collect();
+        sessions
+            .into_iter()
+            .map(|s| s.join().expect("session thread"))
+            .collect()
+    });
+
+    let mut won: Vec<&String> = per_session.iter().flat_map(|(_, ids)| ids).collect();
+    won.sort();
+    won.dedup();
+    assert_eq!(
+        won.len(),
+        IDS,
+        "each id is won exactly once across sessions"
+    );
+    assert_eq!(
+        per_session.iter().map(|(_, ids)| ids.len()).sum::<usize>(),
+        IDS
+    );
+
+    let mut client = database.connect();
+    let bindings: i64 = client
+        .query_one("SELECT count(*) FROM identity.user_bindings", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(bindings, IDS as i64);
+    // Exactly one bind event per id, for the user that holds the binding.
+    let mismatched: i64 = client
+        .query_one(
+            "SELECT count(*) FROM identity.user_bindings b
+              WHERE (SELECT count(*) FROM identity.identity_events e
+                      WHERE e.event_type = 'bind' AND e.payload->>'external_id' = b.external_id
+                        AND e.user_id = b.user_id) <> 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(mismatched, 0);
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM identity.identity_events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(events, IDS as i64, "no event for a lost race");
+    for (user, ids) in &per_session {
+        let held: i64 = client
+            .query_one(
+                "SELECT count(*) FROM identity.user_bindings WHERE user_id = $1",
+                &[user],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(held, ids.len() as i64);
+    }
+    assert!(integrity_is_clean(&mut client));
+}
+
+#[test]
+fn concurrent_appends_for_one_user_form_one_unforked_chain() {
+    let database = TestDatabase::create("one_chain");
+    let user = Uuid::new_v4();
+    let start = Barrier::new(SESSIONS);
+    thread::scope(|scope| {
+        for session in 0..SESSIONS {
+            let (database, start) = (&database, &start);
+            scope.spawn(move || {
+                let mut client = database.connect();
+                start.wait();
+                for i in 0..50 {
+                    let id = (session * 1000 + i + 1).to_string();
+                    assert!(bind(&mut client, user, &id).expect("bind"), "{id} is new");
+                }
+            });
+        }
+    });
+    let mut client = database.connect();
+    let (events, first, last, distinct): (i64, i64, i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT count(*), min(seq), max(seq), count(DISTINCT seq) FROM identity.identity_events WHERE user_id = $1",
+                &[&user],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2), row.get(3))
+    };
+    assert_eq!((events, first, last, distinct), (400, 1, 400, 400));
+    let row = client
+        .query_one(
+            "SELECT events, ok FROM identity.verify_event_chain($1)",
+            &[&user],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (400, true));
+}
+
+#[test]
+fn appends_for_one_user_wait_for_each_other_but_never_for_other_users() {
+    let database = TestDatabase::create("chain_locks");
+    let (busy_user, other_user) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut first = database.connect();
+    let mut second = database.connect();
+    // Both users have a chain already, so the test is about appending, not starting chains.
+    bind(&mut first, busy_user, "1").unwrap();
+    bind(&mut first, other_user, "2").unwrap();
+
+    let mut holder = first.transaction().unwrap();
+    assert!(bind(&mut holder, busy_user, "3").unwrap());
+
+    second.batch_execute("SET lock_timeout = '500ms'").unwrap();
+    assert!(bind(&mut second, other_user, "4").expect("another user's append does not wait"));
+    let blocked = bind(&mut second, busy_user, "5").expect_err("the same user's append waits");
+    assert_eq!(sqlstate(&blocked), "55P03");
+
+    holder.commit().unwrap();
+    assert!(bind(&mut second, busy_user, "5").expect("after the commit the append goes through"));
+    assert!(integrity_is_clean(&mut second));
+}
+
+#[test]
+fn under_repeatable_read_a_stale_chain_append_is_a_serialization_failure() {
+    let database = TestDatabase::create("chain_rr");
+    let (existing_user, new_user) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut late = database.connect();
+    let mut early = database.connect();
+    bind(&mut early, existing_user, "1").unwrap();
+
+    for (user, first_id, second_id) in [(existing_user, "2", "3"), (new_user, "4", "5")] {
+        let mut stale = late
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .unwrap();
+        stale.query_one("SELECT 1", &[]).unwrap(); // takes the snapshot
+        bind(&mut early, user, first_id).unwrap();
+        let error =
+            bind(&mut stale, user, second_id).expect_err("the snapshot predates the other append");
+        assert_eq!(sqlstate(&error), "40001", "{error:?}");
+        stale.rollback().unwrap();
+        // Retried, as 40001 asks, it succeeds.
+        assert!(bind(&mut late, user, second_id).unwrap());
+    }
+    assert!(integrity_is_clean(&mut late));
+}

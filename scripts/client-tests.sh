@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the client-side tests (pgrx-tests/) against a throwaway cluster, with the extension
+# already installed (make install).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+work=$(mktemp -d /tmp/identity_client.XXXXXX)
+chmod 0755 "$work"  # the cluster inside runs as postgres
+cluster="$work/cluster"
+trap 'scripts/cluster.sh stop "$cluster"; rm -rf "$work"' EXIT
+
+scripts/cluster.sh start "$cluster" "max_connections=100"
+# --test '*': only the integration tests, so the run closes on their real count.
+IDENTITY_BINDINGS_TEST_HOST="$cluster" cargo test --locked -p identity_bindings_client_tests --test '*' "$@"
