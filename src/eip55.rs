@@ -39,6 +39,10 @@ impl fmt::Display for AddressError {
 }
 
 impl Address {
+    pub fn from_bytes(bytes: [u8; 20]) -> Self {
+        Address(bytes)
+    }
+
     /// Parses `0x` + 40 hex digits. All-lowercase and all-uppercase digits carry no checksum and are
     /// accepted; mixed case must be the exact EIP-55 checksum.
     pub fn parse(text: &str) -> Result<Address, AddressError> {

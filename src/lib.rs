@@ -13,11 +13,12 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod bindings;
-mod eip55;
+pub mod eip55;
 mod errors;
 mod events;
 mod integrity;
 mod providers;
+pub mod siwe;
 mod statements;
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
