@@ -39,6 +39,14 @@ pub enum IdentityError {
     InvalidProviderName { name: String },
     /// 42710: the provider exists with another definition.
     ProviderConflict { name: String },
+    /// 22P02: the text is not an EIP-4361 message; names the line and field.
+    SiweMalformed { reason: String },
+    /// 28000: a well-formed SIWE message or signature that is refused; names the reason.
+    SiweRefused { reason: String },
+    /// 28000: the message's nonce was never issued, has expired, or was used already.
+    NonceUnusable { nonce: String },
+    /// 22023: a nonce lifetime must be positive and at most a day.
+    InvalidNonceLifetime,
     /// 40001: another transaction appended to the same user's chain after this snapshot.
     ChainAppendConflict,
     /// 42501: identity.identity_events refuses UPDATE, DELETE and TRUNCATE.
@@ -57,7 +65,12 @@ impl IdentityError {
             | MalformedExternalId { .. }
             | InvalidEvidence { .. }
             | MergeIntoSelf
-            | InvalidProviderName { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            | InvalidProviderName { .. }
+            | InvalidNonceLifetime => ERRCODE_INVALID_PARAMETER_VALUE,
+            SiweMalformed { .. } => ERRCODE_INVALID_TEXT_REPRESENTATION,
+            SiweRefused { .. } | NonceUnusable { .. } => {
+                ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
+            }
             BoundToAnotherUser { .. } => ERRCODE_UNIQUE_VIOLATION,
             NotBound { .. } => ERRCODE_NO_DATA_FOUND,
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
@@ -91,6 +104,14 @@ impl IdentityError {
             ProviderConflict { .. } => {
                 "Provider definitions never change once registered: register a new name.".into()
             }
+            SiweMalformed { .. } => {
+                "Send the message exactly as the wallet signed it: EIP-4361 layout, LF line ends, no trailing newline.".into()
+            }
+            SiweRefused { .. } => "Ask the wallet to sign a fresh message for this domain with a new nonce.".into(),
+            NonceUnusable { .. } => {
+                "Nonces are single use and expire: get a new one from identity.issue_nonce() and sign again.".into()
+            }
+            InvalidNonceLifetime => "Pass an interval such as '10 minutes' (at most '1 day').".into(),
             ChainAppendConflict => "Retry the transaction.".into(),
             AppendOnly { .. } => {
                 "Events are never changed or removed: record a correction as a new event (identity.revoke_binding, identity.merge_users).".into()
@@ -148,6 +169,16 @@ impl fmt::Display for IdentityError {
                     "provider \"{}\" is already registered with another definition",
                     echo(name)
                 )
+            }
+            SiweMalformed { reason } => write!(f, "malformed SIWE message: {reason}"),
+            SiweRefused { reason } => write!(f, "SIWE verification failed: {reason}"),
+            NonceUnusable { nonce } => write!(
+                f,
+                "SIWE verification failed: nonce \"{}\" is unknown, expired or already used",
+                echo(nonce)
+            ),
+            InvalidNonceLifetime => {
+                write!(f, "a nonce lifetime must be positive and at most 1 day")
             }
             ChainAppendConflict => write!(
                 f,

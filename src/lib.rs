@@ -17,13 +17,20 @@ pub mod eip55;
 mod errors;
 mod events;
 mod integrity;
+mod nonces;
 mod providers;
 pub mod siwe;
+mod siwe_login;
 mod statements;
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../sql/siwe.sql",
+    name = "siwe_schema",
+    requires = ["schema"]
+);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 /// Required by `cargo pgrx test`.

@@ -5,6 +5,8 @@
 //! Each test gets a database of its own (created here, dropped when the test ends), with the
 //! installed extension created in it.
 
+pub mod wallet;
+
 use postgres::{Client, Config, NoTls};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -76,6 +78,14 @@ impl Drop for TestDatabase {
 /// The SQLSTATE of a failed statement ("" for errors that are not from the server).
 pub fn sqlstate(error: &postgres::Error) -> &str {
     error.code().map(|code| code.code()).unwrap_or("")
+}
+
+/// The server's message of a failed statement.
+pub fn server_message(error: &postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_else(|| error.to_string())
 }
 
 /// Whether every chain verifies and every integrity check passes.

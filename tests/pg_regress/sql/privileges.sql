@@ -10,7 +10,11 @@ GRANT EXECUTE ON FUNCTION
     identity.revoke_binding(text, text, jsonb),
     identity.resolve(text, text),
     identity.resolve_many(text, text[]),
-    identity.canonical_external_id(text, text)
+    identity.canonical_external_id(text, text),
+    identity.issue_nonce(interval),
+    identity.siwe_login(text, text, text, uuid),
+    identity.siwe_bind(uuid, text, text, text),
+    identity.verify_siwe(text, text, text, text, timestamptz)
 TO regress_app;
 
 SET ROLE regress_app;
@@ -18,6 +22,7 @@ SET ROLE regress_app;
 -- Through the functions: allowed.
 SELECT created FROM identity.create_binding(:dave, 'github', '2001', '{"method": "oauth"}');
 SELECT identity.resolve('github', '2001') = :dave AS resolved;
+SELECT length(identity.issue_nonce()) AS nonce_length;
 
 -- Around them: refused. No direct read, no forged event, no re-pointed binding.
 SELECT count(*) FROM identity.user_bindings;
@@ -26,6 +31,8 @@ INSERT INTO identity.identity_events (id, user_id, seq, event_type, payload, cre
 VALUES (gen_random_uuid(), :dave, 99, 'bind', '{}', now(), '\x00');
 \echo :LAST_ERROR_SQLSTATE
 UPDATE identity.user_bindings SET user_id = gen_random_uuid();
+\echo :LAST_ERROR_SQLSTATE
+SELECT nonce FROM identity.siwe_nonces;
 \echo :LAST_ERROR_SQLSTATE
 -- And functions not granted stay closed.
 SELECT identity.merge_users(:dave, gen_random_uuid(), '{}');

@@ -1,0 +1,135 @@
+//! Sign-In with Ethereum over real connections: replays, and logins that must commit.
+
+use identity_bindings_client_tests::wallet::{siwe_message, TestWallet};
+use identity_bindings_client_tests::{integrity_is_clean, server_message, sqlstate, TestDatabase};
+use std::sync::Barrier;
+use std::thread;
+use uuid::Uuid;
+
+const DOMAIN: &str = "app.example";
+const SESSIONS: usize = 8;
+
+/// A message signed by `wallet` with a nonce freshly issued by the database.
+fn signed_login(client: &mut postgres::Client, wallet: &TestWallet) -> (String, String) {
+    let row = client
+        .query_one(
+            "SELECT identity.issue_nonce(), to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    to_char((now() + interval '5 minutes') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+            &[],
+        )
+        .unwrap();
+    let message = siwe_message(
+        DOMAIN,
+        &wallet.address(),
+        row.get(0),
+        row.get(1),
+        row.get(2),
+    );
+    let signature = wallet.personal_sign(&message);
+    (message, signature)
+}
+
+fn login(
+    client: &mut postgres::Client,
+    message: &str,
+    signature: &str,
+) -> Result<(Uuid, String), postgres::Error> {
+    client
+        .query_one(
+            "SELECT user_id, status FROM identity.siwe_login($1, $2, $3)",
+            &[&message, &signature, &DOMAIN],
+        )
+        .map(|row| (row.get(0), row.get(1)))
+}
+
+#[test]
+fn eight_concurrent_replays_of_one_signed_message_log_in_exactly_once() {
+    let database = TestDatabase::create("siwe_replay");
+    let wallet = TestWallet::from_seed(1);
+    let (message, signature) = signed_login(&mut database.connect(), &wallet);
+    let start = Barrier::new(SESSIONS);
+
+    let outcomes: Vec<Result<(Uuid, String), String>> = thread::scope(|scope| {
+        let sessions: Vec<_> = (0..SESSIONS)
+            .map(|_| {
+                let (database, start, message, signature) =
+                    (&database, &start, &message, &signature);
+                scope.spawn(move || {
+                    let mut client = database.connect();
+                    start.wait();
+                    login(&mut client, message, signature).map_err(|e| sqlstate(&e).to_owned())
+                })
+            })
+            .collect();
+        sessions.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+
+    let successes: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(successes.len(), 1, "{outcomes:?}");
+    assert_eq!(successes[0].1, "created");
+    let refusals = outcomes
+        .iter()
+        .filter(|o| o.as_ref().err().map(String::as_str) == Some("28000"))
+        .count();
+    assert_eq!(
+        refusals,
+        SESSIONS - 1,
+        "every replay is refused as such: {outcomes:?}"
+    );
+
+    let mut client = database.connect();
+    let bindings: i64 = client
+        .query_one("SELECT count(*) FROM identity.user_bindings", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(bindings, 1);
+    assert!(integrity_is_clean(&mut client));
+}
+
+#[test]
+fn a_wallet_logs_in_again_as_the_same_user_and_its_evidence_reverifies() {
+    let database = TestDatabase::create("siwe_again");
+    let mut client = database.connect();
+    let wallet = TestWallet::from_seed(2);
+    let (message, signature) = signed_login(&mut client, &wallet);
+    let (user, status) = login(&mut client, &message, &signature).unwrap();
+    assert_eq!(status, "created");
+    let (message, signature) = signed_login(&mut client, &wallet);
+    assert_eq!(
+        login(&mut client, &message, &signature).unwrap(),
+        (user, "existing".to_owned())
+    );
+
+    let resolved: Option<Uuid> = client
+        .query_one(
+            "SELECT identity.resolve('wallet', $1)",
+            &[&wallet.address().to_lowercase()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(resolved, Some(user));
+    let reverified: Option<bool> = client
+        .query_one(
+            "SELECT identity.verify_binding(id) FROM identity.user_bindings",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(reverified, Some(true));
+}
+
+#[test]
+fn a_message_signed_by_another_key_is_refused_and_keeps_its_nonce() {
+    let database = TestDatabase::create("siwe_wrong_signer");
+    let mut client = database.connect();
+    let (claimed, signer) = (TestWallet::from_seed(3), TestWallet::from_seed(4));
+    let (message, _) = signed_login(&mut client, &claimed);
+    let forged = signer.personal_sign(&message);
+    let error = login(&mut client, &message, &forged).unwrap_err();
+    assert_eq!(sqlstate(&error), "28000");
+    assert!(server_message(&error).contains("wrong signer"), "{error:?}");
+    let genuine = claimed.personal_sign(&message);
+    let (_, status) =
+        login(&mut client, &message, &genuine).expect("the nonce survived the forgery");
+    assert_eq!(status, "created");
+}

@@ -1,0 +1,147 @@
+//! Single-use SIWE nonces: issued from PostgreSQL's CSPRNG, stored with their expiry, consumed
+//! exactly once. Consumption is a DELETE, so of two concurrent logins replaying one message the
+//! second waits for the first and then finds nothing to delete.
+
+use crate::errors::IdentityError;
+use crate::statements::Statement;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::{self, INTERVALOID, TEXTOID, TIMESTAMPTZOID};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+/// 22 characters of a 62-letter alphabet: about 131 bits.
+const NONCE_LENGTH: usize = 22;
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// Expired nonces one issue cleans up, so cleanup never makes issuing slow.
+const EXPIRED_PURGED_PER_ISSUE: i64 = 16;
+
+/// A fresh nonce from pg_strong_random, without modulo bias (bytes of 248 and up are redrawn).
+fn random_nonce() -> Result<String, IdentityError> {
+    let mut nonce = String::with_capacity(NONCE_LENGTH);
+    while nonce.len() < NONCE_LENGTH {
+        let mut bytes = [0u8; 32];
+        // SAFETY: writes exactly bytes.len() bytes into the buffer.
+        let ok = unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) };
+        if !ok {
+            return Err(IdentityError::Internal("pg_strong_random failed".into()));
+        }
+        for byte in bytes.into_iter().filter(|&b| b < 248) {
+            if nonce.len() < NONCE_LENGTH {
+                nonce.push(char::from(ALPHABET[usize::from(byte % 62)]));
+            }
+        }
+    }
+    Ok(nonce)
+}
+
+static STORE_NONCE: Statement = Statement::write(
+    "WITH lifetime AS (SELECT $2::interval AS ttl
+                        WHERE $2::interval > interval '0' AND $2::interval <= interval '1 day')
+     INSERT INTO identity.siwe_nonces (nonce, issued_at, expires_at)
+     SELECT $1, now(), now() + ttl FROM lifetime RETURNING true",
+    &[TEXTOID, INTERVALOID],
+);
+
+static PURGE_EXPIRED: Statement = Statement::write(
+    "DELETE FROM identity.siwe_nonces WHERE nonce IN (
+         SELECT n.nonce FROM identity.siwe_nonces n WHERE n.expires_at <= now()
+          ORDER BY n.expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    &[pg_sys::INT8OID],
+);
+
+/// `identity.issue_nonce(ttl)`: a new single-use nonce valid for `ttl` (at most a day).
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn issue_nonce(ttl: default!(Option<Interval>, "'10 minutes'")) -> Result<String, ErrorReport> {
+    let ttl = crate::errors::required(ttl, "ttl")?;
+    let nonce = random_nonce()?;
+    Spi::connect_mut(|client| -> Result<(), IdentityError> {
+        PURGE_EXPIRED.run(client, &[EXPIRED_PURGED_PER_ISSUE.into()])?;
+        let stored = STORE_NONCE.run(client, &[nonce.as_str().into(), ttl.into()])?;
+        if stored.is_empty() {
+            return Err(IdentityError::InvalidNonceLifetime);
+        }
+        Ok(())
+    })?;
+    Ok(nonce)
+}
+
+static CONSUME_NONCE: Statement = Statement::write(
+    "DELETE FROM identity.siwe_nonces WHERE nonce = $1 AND expires_at > $2 RETURNING true",
+    &[TEXTOID, TIMESTAMPTZOID],
+);
+
+/// Uses up `nonce` at instant `at`, or refuses: unknown, expired, or consumed already.
+pub fn consume(
+    client: &mut SpiClient<'_>,
+    nonce: &str,
+    at: TimestampWithTimeZone,
+) -> Result<(), IdentityError> {
+    let consumed = CONSUME_NONCE.run(client, &[nonce.into(), at.into()])?;
+    if consumed.is_empty() {
+        return Err(IdentityError::NonceUnusable {
+            nonce: nonce.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::sqlstate_of;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn nonces_are_long_alphanumeric_and_distinct() {
+        let distinct = Spi::get_one::<i64>(
+            "SELECT count(DISTINCT n) FROM (SELECT identity.issue_nonce() AS n FROM generate_series(1, 200)) x
+              WHERE n ~ '^[A-Za-z0-9]{22}$'",
+        );
+        assert_eq!(distinct, Ok(Some(200)));
+    }
+
+    #[pg_test]
+    fn a_nonce_expires_after_its_lifetime() {
+        let nonce = Spi::get_one::<String>("SELECT identity.issue_nonce('90 seconds')")
+            .unwrap()
+            .unwrap();
+        let expires = Spi::get_one_with_args::<bool>(
+            "SELECT expires_at = issued_at + interval '90 seconds' FROM identity.siwe_nonces WHERE nonce = $1",
+            &[nonce.as_str().into()],
+        );
+        assert_eq!(expires, Ok(Some(true)));
+    }
+
+    #[pg_test]
+    fn lifetimes_must_be_positive_and_at_most_a_day() {
+        assert_eq!(
+            sqlstate_of("SELECT identity.issue_nonce('0 seconds')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.issue_nonce('-1 minute')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.issue_nonce('25 hours')"),
+            "22023"
+        );
+        assert_eq!(sqlstate_of("SELECT identity.issue_nonce(NULL)"), "22004");
+    }
+
+    #[pg_test]
+    fn issuing_purges_expired_nonces() {
+        Spi::run(
+            "INSERT INTO identity.siwe_nonces (nonce, issued_at, expires_at)
+             SELECT 'expired' || lpad(i::text, 12, '0'), now() - interval '2 hours', now() - interval '1 hour'
+               FROM generate_series(1, 20) i",
+        )
+        .unwrap();
+        Spi::run("SELECT identity.issue_nonce()").unwrap();
+        let left = Spi::get_one::<i64>(
+            "SELECT count(*) FROM identity.siwe_nonces WHERE expires_at <= now()",
+        );
+        assert_eq!(left, Ok(Some(4)));
+    }
+}

@@ -1,0 +1,472 @@
+//! Sign-In with Ethereum in SQL: verify a message, log in (verify, consume the nonce, bind the
+//! wallet) in one round trip, link a wallet to a known user, and re-check stored evidence.
+
+use crate::bindings::{bind, BindOutcome};
+use crate::errors::{required, IdentityError};
+use crate::events::{pg_uuid, rust_uuid};
+use crate::nonces::consume;
+use crate::siwe::{self, Expectations, Message, VerifyError, VERIFIER_VERSION};
+use crate::statements::Statement;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::{self, TEXTOID, UUIDOID};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const POSTGRES_EPOCH_MICROS: i128 = 946_684_800_000_000;
+
+fn unix_nanos(at: TimestampWithTimeZone) -> i128 {
+    (i128::from(pg_sys::TimestampTz::from(at)) + POSTGRES_EPOCH_MICROS) * 1000
+}
+
+/// An instant as timestamptz, truncated to PostgreSQL's microseconds.
+fn timestamptz(unix_nanos: i128) -> Result<TimestampWithTimeZone, IdentityError> {
+    let micros = unix_nanos.div_euclid(1000) - POSTGRES_EPOCH_MICROS;
+    i64::try_from(micros)
+        .ok()
+        .and_then(|m| TimestampWithTimeZone::try_from(m).ok())
+        .ok_or_else(|| IdentityError::SiweMalformed {
+            reason: "a timestamp is outside PostgreSQL's range".into(),
+        })
+}
+
+fn statement_time() -> TimestampWithTimeZone {
+    // SAFETY: reads a backend-local timestamp; no preconditions.
+    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    TimestampWithTimeZone::try_from(now).expect("the statement start is a valid timestamp")
+}
+
+impl From<VerifyError> for IdentityError {
+    fn from(error: VerifyError) -> Self {
+        match error {
+            VerifyError::Malformed(parse) => IdentityError::SiweMalformed {
+                reason: parse.to_string(),
+            },
+            refusal => IdentityError::SiweRefused {
+                reason: refusal.to_string(),
+            },
+        }
+    }
+}
+
+/// `identity.verify_siwe(...)`: parses and verifies, consuming nothing.
+#[pg_extern(immutable, parallel_safe, requires = ["siwe_schema"])]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_siwe(
+    message: Option<&str>,
+    signature: Option<&str>,
+    domain: default!(Option<&str>, "NULL"),
+    nonce: default!(Option<&str>, "NULL"),
+    at: default!(Option<TimestampWithTimeZone>, "now()"),
+) -> Result<pgrx::composite_type!('static, "identity.siwe_message"), ErrorReport> {
+    let message = required(message, "message")?;
+    let signature = required(signature, "signature")?;
+    let at = required(at, "at")?;
+    let expect = Expectations {
+        domain,
+        nonce,
+        at_unix_nanos: unix_nanos(at),
+    };
+    let parsed = siwe::verify(message, signature, &expect).map_err(IdentityError::from)?;
+    Ok(composite(&parsed)?)
+}
+
+fn internal(error: impl std::fmt::Display) -> IdentityError {
+    IdentityError::Internal(error.to_string())
+}
+
+fn composite(
+    m: &Message,
+) -> Result<pgrx::composite_type!('static, "identity.siwe_message"), IdentityError> {
+    let mut row = PgHeapTuple::new_composite_type("identity.siwe_message").map_err(internal)?;
+    let optional_time =
+        |t: &Option<siwe::Timestamp>| t.as_ref().map(|t| timestamptz(t.unix_nanos)).transpose();
+    row.set_by_name("scheme", m.scheme.clone())
+        .map_err(internal)?;
+    row.set_by_name("domain", m.domain.clone())
+        .map_err(internal)?;
+    row.set_by_name("address", m.address.to_checksummed())
+        .map_err(internal)?;
+    row.set_by_name("statement", m.statement.clone())
+        .map_err(internal)?;
+    row.set_by_name("uri", m.uri.clone()).map_err(internal)?;
+    row.set_by_name("version", m.version.clone())
+        .map_err(internal)?;
+    row.set_by_name("chain_id", m.chain_id).map_err(internal)?;
+    row.set_by_name("nonce", m.nonce.clone())
+        .map_err(internal)?;
+    row.set_by_name("issued_at", timestamptz(m.issued_at.unix_nanos)?)
+        .map_err(internal)?;
+    row.set_by_name("expiration_time", optional_time(&m.expiration_time)?)
+        .map_err(internal)?;
+    row.set_by_name("not_before", optional_time(&m.not_before)?)
+        .map_err(internal)?;
+    row.set_by_name("request_id", m.request_id.clone())
+        .map_err(internal)?;
+    row.set_by_name("resources", m.resources.clone())
+        .map_err(internal)?;
+    Ok(row)
+}
+
+/// A verified login message whose nonce has been consumed, with the evidence a binding keeps.
+struct AcceptedLogin {
+    message: Message,
+    evidence: Value,
+}
+
+/// Verifies for `domain` now, then consumes the message's nonce: the order that keeps a bad
+/// signature from burning a nonce, and a replay from ever passing twice.
+fn accept_login(
+    client: &mut SpiClient<'_>,
+    message: &str,
+    signature: &str,
+    domain: &str,
+) -> Result<AcceptedLogin, IdentityError> {
+    let at = statement_time();
+    let expect = Expectations {
+        domain: Some(domain),
+        nonce: None,
+        at_unix_nanos: unix_nanos(at),
+    };
+    let parsed = siwe::verify(message, signature, &expect)?;
+    consume(client, &parsed.nonce, at)?;
+    let evidence = json!({
+        "method": "siwe",
+        "message": message,
+        "signature": signature,
+        "chain_id": parsed.chain_id,
+        "domain": domain,
+        "nonce": parsed.nonce,
+        "verifier": VERIFIER_VERSION,
+    });
+    Ok(AcceptedLogin {
+        message: parsed,
+        evidence,
+    })
+}
+
+static WALLET_OWNER: Statement = Statement::write(
+    "SELECT b.user_id FROM identity.user_bindings b WHERE b.provider = 'wallet' AND b.external_id = $1",
+    &[TEXTOID],
+);
+
+/// `identity.siwe_login(message, signature, domain, new_user_id)`: one round trip from a signed
+/// message to the user it identifies, binding the wallet to a new user on first login.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn siwe_login(
+    message: Option<&str>,
+    signature: Option<&str>,
+    domain: Option<&str>,
+    new_user_id: default!(Option<pgrx::Uuid>, "NULL"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(user_id, pgrx::Uuid),
+            name!(address, String),
+            name!(chain_id, i64),
+            name!(status, String),
+        ),
+    >,
+    ErrorReport,
+> {
+    let message = required(message, "message")?;
+    let signature = required(signature, "signature")?;
+    let domain = required(domain, "domain")?;
+    let row = Spi::connect_mut(|client| -> Result<_, IdentityError> {
+        let login = accept_login(client, message, signature, domain)?;
+        let address = login.message.address.to_checksummed();
+        let chain_id = login.message.chain_id;
+        let owner = WALLET_OWNER.run(client, &[address.as_str().into()])?;
+        if !owner.is_empty() {
+            let user_id = owner.first().get_one::<pgrx::Uuid>()?.map(rust_uuid);
+            let user_id =
+                user_id.ok_or_else(|| IdentityError::Internal("binding user_id is NULL".into()))?;
+            return Ok((user_id, address, chain_id, "existing"));
+        }
+        let user_id = new_user_id.map(rust_uuid).unwrap_or_else(Uuid::new_v4);
+        match bind(client, user_id, "wallet", &address, login.evidence)? {
+            BindOutcome { created: true, .. } => Ok((user_id, address, chain_id, "created")),
+            // Bound between our look-up and insert, to this very user id: a concurrent first login.
+            BindOutcome { created: false, .. } => Ok((user_id, address, chain_id, "existing")),
+        }
+    })?;
+    let (user_id, address, chain_id, status) = row;
+    Ok(TableIterator::once((
+        pg_uuid(user_id),
+        address,
+        chain_id,
+        status.to_owned(),
+    )))
+}
+
+/// `identity.siwe_bind(user_id, message, signature, domain)`: links the signing wallet to a
+/// known user, with the same checks and errors as a login and as `create_binding`.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn siwe_bind(
+    user_id: Option<pgrx::Uuid>,
+    message: Option<&str>,
+    signature: Option<&str>,
+    domain: Option<&str>,
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(binding_id, pgrx::Uuid),
+            name!(canonical_id, String),
+            name!(created, bool),
+        ),
+    >,
+    ErrorReport,
+> {
+    let user_id = rust_uuid(required(user_id, "user_id")?);
+    let message = required(message, "message")?;
+    let signature = required(signature, "signature")?;
+    let domain = required(domain, "domain")?;
+    let outcome = Spi::connect_mut(|client| -> Result<BindOutcome, IdentityError> {
+        let login = accept_login(client, message, signature, domain)?;
+        let address = login.message.address.to_checksummed();
+        bind(client, user_id, "wallet", &address, login.evidence)
+    })?;
+    Ok(TableIterator::once((
+        pg_uuid(outcome.binding_id),
+        outcome.canonical_id,
+        outcome.created,
+    )))
+}
+
+static BINDING_EVIDENCE: Statement = Statement::read(
+    "SELECT b.external_id, e.payload->'evidence', e.created_at
+       FROM identity.user_bindings b
+       LEFT JOIN identity.identity_events e
+              ON e.event_type = 'bind' AND e.payload->>'binding_id' = b.id::text
+      WHERE b.id = $1 AND b.provider = 'wallet'",
+    &[UUIDOID],
+);
+
+/// `identity.verify_binding(binding_id)`: re-verifies a wallet binding's stored SIWE evidence as
+/// of the moment it was bound. NULL when the binding has no SIWE evidence to check.
+#[pg_extern(stable, strict, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn verify_binding(binding_id: pgrx::Uuid) -> Result<Option<bool>, ErrorReport> {
+    Spi::connect_mut(|client| -> Result<Option<bool>, IdentityError> {
+        let rows = BINDING_EVIDENCE.run(client, &[binding_id.into()])?;
+        if rows.is_empty() {
+            return Err(IdentityError::NotBound {
+                provider: "wallet".into(),
+                external_id: format!("binding {binding_id}"),
+            });
+        }
+        let row = rows.first();
+        let address = row.get::<String>(1)?.unwrap_or_default();
+        let Some(evidence) = row.get::<pgrx::JsonB>(2)?.map(|e| e.0) else {
+            return Ok(Some(false)); // a live binding without its bind event: nothing proves it
+        };
+        let bound_at: Option<TimestampWithTimeZone> = row.get(3)?;
+        let (
+            Some("siwe"),
+            Some(message),
+            Some(signature),
+            Some(domain),
+            Some(nonce),
+            Some(bound_at),
+        ) = (
+            evidence["method"].as_str(),
+            evidence["message"].as_str(),
+            evidence["signature"].as_str(),
+            evidence["domain"].as_str(),
+            evidence["nonce"].as_str(),
+            bound_at,
+        )
+        else {
+            return Ok(None);
+        };
+        let expect = Expectations {
+            domain: Some(domain),
+            nonce: Some(nonce),
+            at_unix_nanos: unix_nanos(bound_at),
+        };
+        Ok(Some(
+            siwe::verify(message, signature, &expect)
+                .is_ok_and(|m| m.address.to_checksummed() == address),
+        ))
+    })
+    .map_err(ErrorReport::from)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::{error_of, sqlstate_of};
+    use pgrx::prelude::*;
+
+    /// The spruceid "example message" (signer 0x9D85…37D4, nonce bTyXgcQxn2htgkjJn, expires 2100).
+    const MESSAGE: &str = "login.xyz wants you to sign in with your Ethereum account:\n0x9D85ca56217D2bb651b00f15e694EB7E713637D4\n\nSign-In With Ethereum Example Statement\n\nURI: https://login.xyz\nVersion: 1\nChain ID: 1\nNonce: bTyXgcQxn2htgkjJn\nIssued At: 2022-01-27T17:09:38.578Z\nExpiration Time: 2100-01-07T14:31:43.952Z";
+    const SIGNATURE: &str = "0xdc35c7f8ba2720df052e0092556456127f00f7707eaa8e3bbff7e56774e7f2e05a093cfc9e02964c33d86e8e066e221b7d153d27e5a2e97ccd5ca7d3f2ce06cb1b";
+    const ADDRESS: &str = "0x9D85ca56217D2bb651b00f15e694EB7E713637D4";
+
+    /// Stores the example's nonce as if identity.issue_nonce had issued it.
+    fn issue_example_nonce() {
+        Spi::run(
+            "INSERT INTO identity.siwe_nonces (nonce, expires_at) VALUES ('bTyXgcQxn2htgkjJn', now() + interval '10 minutes')",
+        )
+        .unwrap();
+    }
+
+    fn login_sql(domain: &str) -> String {
+        format!("SELECT user_id, status FROM identity.siwe_login($m${MESSAGE}$m$, '{SIGNATURE}', '{domain}')")
+    }
+
+    #[pg_test]
+    fn verify_siwe_returns_every_field() {
+        let row: (Option<String>, Option<i64>) = Spi::get_two(&format!(
+            "SELECT (m).address, (m).chain_id FROM (SELECT identity.verify_siwe($m${MESSAGE}$m$, '{SIGNATURE}',
+                 'login.xyz', 'bTyXgcQxn2htgkjJn', '2022-01-27T17:09:38.578Z') AS m) x"
+        ))
+        .unwrap();
+        assert_eq!(row, (Some(ADDRESS.to_string()), Some(1)));
+        let expiry = Spi::get_one::<bool>(&format!(
+            "SELECT (identity.verify_siwe($m${MESSAGE}$m$, '{SIGNATURE}')).expiration_time = '2100-01-07T14:31:43.952Z'"
+        ));
+        assert_eq!(expiry, Ok(Some(true)));
+    }
+
+    #[pg_test]
+    fn verify_siwe_refusals_have_their_sqlstates() {
+        let verify = |args: &str| format!("SELECT identity.verify_siwe({args})");
+        assert_eq!(sqlstate_of(&verify("'hello', '0x00'")), "22P02");
+        let (state, message) = error_of(&verify(&format!(
+            "$m${MESSAGE}$m$, '{SIGNATURE}', 'example.com'"
+        )));
+        assert_eq!(state, "28000");
+        assert!(message.contains("domain mismatch"), "{message}");
+        let (state, message) = error_of(&verify(&format!(
+            "$m${MESSAGE}$m$, '{SIGNATURE}', NULL, 'otherNonce1'"
+        )));
+        assert_eq!(
+            (state.as_str(), message.contains("nonce mismatch")),
+            ("28000", true),
+            "{message}"
+        );
+        let (state, message) = error_of(&verify(&format!(
+            "$m${MESSAGE}$m$, '{SIGNATURE}', NULL, NULL, '2100-01-08'"
+        )));
+        assert_eq!(
+            (state.as_str(), message.contains("expired")),
+            ("28000", true),
+            "{message}"
+        );
+        assert_eq!(
+            sqlstate_of(&verify(&format!("$m${MESSAGE}$m$, '0x1234'"))),
+            "28000"
+        );
+        assert_eq!(
+            sqlstate_of(&verify(&format!("NULL, '{SIGNATURE}'"))),
+            "22004"
+        );
+    }
+
+    #[pg_test]
+    fn first_login_binds_the_wallet_with_full_evidence_and_the_second_finds_it() {
+        issue_example_nonce();
+        let (user, status): (Option<pgrx::Uuid>, Option<String>) =
+            Spi::get_two(&login_sql("login.xyz")).unwrap();
+        assert_eq!(status.as_deref(), Some("created"));
+        let evidence =
+            Spi::get_one::<pgrx::JsonB>("SELECT payload->'evidence' FROM identity.identity_events")
+                .unwrap()
+                .unwrap()
+                .0;
+        assert_eq!(evidence["method"], "siwe");
+        assert_eq!(evidence["message"], MESSAGE);
+        assert_eq!(evidence["signature"], SIGNATURE);
+        assert_eq!(evidence["chain_id"], 1);
+        assert_eq!(evidence["domain"], "login.xyz");
+        assert_eq!(evidence["nonce"], "bTyXgcQxn2htgkjJn");
+        assert_eq!(evidence["verifier"], crate::siwe::VERIFIER_VERSION);
+        let verified =
+            Spi::get_one::<bool>("SELECT identity.verify_binding(id) FROM identity.user_bindings");
+        assert_eq!(verified, Ok(Some(true)));
+
+        // The same message again is a replay: its nonce is gone.
+        let (state, message) = error_of(&login_sql("login.xyz"));
+        assert_eq!(state, "28000");
+        assert!(message.contains("already used"), "{message}");
+
+        // A new nonce and login for the same wallet finds the same user.
+        issue_example_nonce();
+        let again: (Option<pgrx::Uuid>, Option<String>) =
+            Spi::get_two(&login_sql("login.xyz")).unwrap();
+        assert_eq!(again, (user, Some("existing".to_string())));
+    }
+
+    #[pg_test]
+    fn a_refused_login_does_not_burn_the_nonce() {
+        issue_example_nonce();
+        assert_eq!(sqlstate_of(&login_sql("example.com")), "28000");
+        let left = Spi::get_one::<i64>("SELECT count(*) FROM identity.siwe_nonces");
+        assert_eq!(left, Ok(Some(1)));
+    }
+
+    #[pg_test]
+    fn a_nonce_never_issued_is_refused() {
+        assert_eq!(sqlstate_of(&login_sql("login.xyz")), "28000");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM identity.user_bindings"),
+            Ok(Some(0))
+        );
+    }
+
+    #[pg_test]
+    fn siwe_bind_links_the_wallet_to_a_known_user_and_refuses_another_owner() {
+        issue_example_nonce();
+        let bind = |user: &str| {
+            format!("SELECT created FROM identity.siwe_bind('{user}', $m${MESSAGE}$m$, '{SIGNATURE}', 'login.xyz')")
+        };
+        let created = Spi::get_one::<bool>(&bind("00000000-0000-4000-8000-00000000a11c"));
+        assert_eq!(created, Ok(Some(true)));
+        issue_example_nonce();
+        assert_eq!(
+            sqlstate_of(&bind("00000000-0000-4000-8000-000000000b0b")),
+            "23505"
+        );
+    }
+
+    #[pg_test]
+    fn verify_binding_is_false_when_the_stored_evidence_was_tampered_with() {
+        issue_example_nonce();
+        Spi::run(&login_sql("login.xyz")).unwrap();
+        Spi::run(
+            "ALTER TABLE identity.identity_events DISABLE TRIGGER identity_events_append_only",
+        )
+        .unwrap();
+        Spi::run(
+            "UPDATE identity.identity_events
+                SET payload = jsonb_set(payload, '{evidence,message}',
+                                        to_jsonb(replace(payload->'evidence'->>'message', 'Example', 'Sample')))",
+        )
+        .unwrap();
+        let verified =
+            Spi::get_one::<bool>("SELECT identity.verify_binding(id) FROM identity.user_bindings");
+        assert_eq!(verified, Ok(Some(false)));
+    }
+
+    #[pg_test]
+    fn verify_binding_is_null_without_siwe_evidence() {
+        Spi::run(&format!(
+            "SELECT identity.create_binding('00000000-0000-4000-8000-00000000a11c', 'wallet', '{ADDRESS}', '{{\"method\": \"manual\"}}')"
+        ))
+        .unwrap();
+        let manual =
+            Spi::get_one::<bool>("SELECT identity.verify_binding(id) FROM identity.user_bindings");
+        assert_eq!(manual, Ok(None));
+        assert_eq!(
+            sqlstate_of("SELECT identity.verify_binding('00000000-0000-4000-8000-000000000000')"),
+            "P0002"
+        );
+    }
+}
