@@ -15,6 +15,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install the Rust toolchain (rustup) first." >&2; exit 1; }
 
+# Node.js runs the wallet-interop tests (viem); any distribution's node 18+ will do.
+command -v node >/dev/null && command -v npm >/dev/null || PACKAGES+=(nodejs npm)
+
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
