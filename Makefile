@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= /var/cache/identity_bindings/target
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PG_TEST_DATA := $(abspath $(CARGO_TARGET_DIR)/../test-pgdata)
 
-.PHONY: help setup install lint unit regress client test demo
+.PHONY: help setup install lint unit fuzz regress client test demo bench-siwe
 
 help:
 	@sed -n '2,3p' Makefile | sed 's/^# *//'
@@ -38,7 +38,15 @@ regress: install
 client: install
 	scripts/client-tests.sh
 
-test: lint unit regress client
+# A short fuzz of the SIWE parser and verifier (scripts/fuzz.sh SECONDS for a long one).
+fuzz: setup
+	scripts/fuzz.sh 20
+
+test: lint unit fuzz regress client
 
 demo: install
 	scripts/demo.sh
+
+# SIWE verification speed against libsecp256k1 (criterion); see BENCHMARKS.md.
+bench-siwe: setup
+	cargo bench --locked --bench siwe_verify
