@@ -47,6 +47,9 @@ test: lint unit fuzz regress client
 demo: install
 	scripts/demo.sh
 
-# SIWE verification speed against libsecp256k1 (criterion); see BENCHMARKS.md.
-bench-siwe: setup
+# SIWE verification speed: against libsecp256k1 (criterion, callgrind) and viem (pgbench);
+# see BENCHMARKS.md.
+bench-siwe: install
 	cargo bench --locked --bench siwe_verify
+	benches/siwe_instructions.sh
+	benches/siwe_pgbench.sh
