@@ -26,14 +26,18 @@ fn siwe_verification(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("siwe");
 
-    group.bench_function("identity_bindings full verify", |b| {
+    group.bench_function("k256 bare recovery", |b| {
+        use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
         let mut next = signed.iter().cycle();
         b.iter(|| {
             let s = next.next().unwrap();
-            black_box(verify(black_box(&s.message), black_box(&s.signature), &expect).unwrap());
+            let signature = Signature::from_slice(black_box(&s.compact)).unwrap();
+            let id = RecoveryId::from_byte(s.recovery_id as u8).unwrap();
+            black_box(
+                VerifyingKey::recover_from_prehash(black_box(&s.prehash), &signature, id).unwrap(),
+            );
         })
     });
-
     group.bench_function("identity_bindings parse only", |b| {
         let mut next = signed.iter().cycle();
         b.iter(|| {
@@ -56,18 +60,14 @@ fn siwe_verification(c: &mut Criterion) {
         })
     });
 
-    group.bench_function("k256 bare recovery", |b| {
-        use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
+    group.bench_function("identity_bindings full verify", |b| {
         let mut next = signed.iter().cycle();
         b.iter(|| {
             let s = next.next().unwrap();
-            let signature = Signature::from_slice(black_box(&s.compact)).unwrap();
-            let id = RecoveryId::from_byte(s.recovery_id as u8).unwrap();
-            black_box(
-                VerifyingKey::recover_from_prehash(black_box(&s.prehash), &signature, id).unwrap(),
-            );
+            black_box(verify(black_box(&s.message), black_box(&s.signature), &expect).unwrap());
         })
     });
+
     group.finish();
 }
 

@@ -1,7 +1,12 @@
 //! EIP-191 personal_sign hashing and secp256k1 signer recovery, as Ethereum's ecrecover does it.
 
 use crate::eip55::Address;
-use k256::ecdsa::{RecoveryId, Signature as EcdsaSignature, VerifyingKey};
+use k256::elliptic_curve::ops::{MulByGeneratorVartime, Reduce};
+use k256::elliptic_curve::point::DecompressPoint;
+use k256::elliptic_curve::sec1::ToSec1Point;
+use k256::elliptic_curve::subtle::Choice;
+use k256::elliptic_curve::{BatchNormalize, Group, PrimeField};
+use k256::{AffinePoint, FieldBytes, ProjectivePoint, Scalar};
 use sha3::{Digest, Keccak256};
 use std::fmt;
 
@@ -83,18 +88,41 @@ impl Signature {
         }
     }
 
-    /// The account whose key made this signature over `prehash`. High-s signatures recover as
-    /// ecrecover recovers them.
+    /// The account whose key made this signature over `prehash`: Q = r⁻¹(s·R − z·G), as ecrecover
+    /// computes it, so high-s signatures recover like any other. Everything here is public data,
+    /// so the inversion and the double multiplication run in variable time.
     pub fn recover(&self, prehash: &[u8; 32]) -> Result<Address, SignatureError> {
-        let signature =
-            EcdsaSignature::from_scalars(self.r, self.s).map_err(|_| SignatureError::NotOnCurve)?;
-        let key = VerifyingKey::recover_from_prehash(
-            prehash,
-            &signature,
-            RecoveryId::new(self.y_odd, false),
-        )
-        .map_err(|_| SignatureError::NotOnCurve)?;
-        let point = key.to_sec1_point(false);
+        let r_bytes = FieldBytes::from(self.r);
+        let nonzero_scalar = |bytes: FieldBytes| {
+            Option::<Scalar>::from(Scalar::from_repr(bytes)).filter(|k| !bool::from(k.is_zero()))
+        };
+        let (Some(r), Some(s)) = (
+            nonzero_scalar(r_bytes),
+            nonzero_scalar(FieldBytes::from(self.s)),
+        ) else {
+            return Err(SignatureError::NotOnCurve);
+        };
+        let big_r = Option::<AffinePoint>::from(AffinePoint::decompress(
+            &r_bytes,
+            Choice::from(u8::from(self.y_odd)),
+        ))
+        .ok_or(SignatureError::NotOnCurve)?;
+        let r_inverse =
+            Option::<Scalar>::from(r.invert_vartime()).ok_or(SignatureError::NotOnCurve)?;
+        let z = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(*prehash));
+        let public_key = ProjectivePoint::mul_by_generator_and_mul_add_vartime(
+            &-(r_inverse * z),
+            &(r_inverse * s),
+            &ProjectivePoint::from(big_r),
+        );
+        if bool::from(public_key.is_identity()) {
+            return Err(SignatureError::NotOnCurve);
+        }
+        let [affine] =
+            <ProjectivePoint as BatchNormalize<[ProjectivePoint; 1]>>::batch_normalize_vartime(&[
+                public_key,
+            ]);
+        let point = affine.to_sec1_point(false);
         let hash = Keccak256::digest(&point.as_bytes()[1..]);
         let mut address = [0u8; 20];
         address.copy_from_slice(&hash[12..]);
