@@ -47,6 +47,13 @@ pub enum IdentityError {
     NonceUnusable { nonce: String },
     /// 22023: a nonce lifetime must be positive and at most a day.
     InvalidNonceLifetime,
+    /// 22023: an argument outside its range.
+    InvalidParameter { reason: String },
+    /// A step that failed in a subtransaction, raised again with its own SQLSTATE.
+    StepFailed {
+        code: PgSqlErrorCode,
+        message: String,
+    },
     /// 40001: another transaction appended to the same user's chain after this snapshot.
     ChainAppendConflict,
     /// 42501: identity.identity_events refuses UPDATE, DELETE and TRUNCATE.
@@ -66,7 +73,9 @@ impl IdentityError {
             | InvalidEvidence { .. }
             | MergeIntoSelf
             | InvalidProviderName { .. }
-            | InvalidNonceLifetime => ERRCODE_INVALID_PARAMETER_VALUE,
+            | InvalidNonceLifetime
+            | InvalidParameter { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            StepFailed { code, .. } => *code,
             SiweMalformed { .. } => ERRCODE_INVALID_TEXT_REPRESENTATION,
             SiweRefused { .. } | NonceUnusable { .. } => {
                 ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
@@ -112,6 +121,7 @@ impl IdentityError {
                 "Nonces are single use and expire: get a new one from identity.issue_nonce() and sign again.".into()
             }
             InvalidNonceLifetime => "Pass an interval such as '10 minutes' (at most '1 day').".into(),
+            InvalidParameter { .. } | StepFailed { .. } => return None,
             ChainAppendConflict => "Retry the transaction.".into(),
             AppendOnly { .. } => {
                 "Events are never changed or removed: record a correction as a new event (identity.revoke_binding, identity.merge_users).".into()
@@ -180,6 +190,8 @@ impl fmt::Display for IdentityError {
             InvalidNonceLifetime => {
                 write!(f, "a nonce lifetime must be positive and at most 1 day")
             }
+            InvalidParameter { reason } => write!(f, "{reason}"),
+            StepFailed { message, .. } => write!(f, "{message}"),
             ChainAppendConflict => write!(
                 f,
                 "could not append to the user's event chain: another transaction appended first"

@@ -16,12 +16,15 @@ mod bindings;
 pub mod eip55;
 mod errors;
 mod events;
+mod gucs;
 mod integrity;
 mod nonces;
 mod providers;
+mod retry;
 pub mod siwe;
 mod siwe_login;
 mod statements;
+mod subtransaction;
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
 
@@ -31,7 +34,19 @@ extension_sql_file!(
     name = "siwe_schema",
     requires = ["schema"]
 );
+extension_sql_file!(
+    "../sql/retry.sql",
+    name = "retry_schema",
+    requires = ["schema"]
+);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+
+/// Runs when a backend loads the library: registers the settings (never postmaster-only ones,
+/// so loading without shared_preload_libraries never breaks a session).
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -5,8 +5,10 @@ use crate::bindings::{bind, BindOutcome};
 use crate::errors::{required, IdentityError};
 use crate::events::{pg_uuid, rust_uuid};
 use crate::nonces::consume;
+use crate::retry::enqueue;
 use crate::siwe::{self, Expectations, Message, VerifyError, VERIFIER_VERSION};
 use crate::statements::Statement;
+use crate::subtransaction::in_subtransaction;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, TEXTOID, UUIDOID};
 use pgrx::prelude::*;
@@ -132,6 +134,12 @@ fn accept_login(
     };
     let parsed = siwe::verify(message, signature, &expect)?;
     consume(client, &parsed.nonce, at)?;
+    let verified_at = time::OffsetDateTime::from_unix_timestamp_nanos(unix_nanos(at))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
     let evidence = json!({
         "method": "siwe",
         "message": message,
@@ -140,6 +148,7 @@ fn accept_login(
         "domain": domain,
         "nonce": parsed.nonce,
         "verifier": VERIFIER_VERSION,
+        "verified_at": verified_at,
     });
     Ok(AcceptedLogin {
         message: parsed,
@@ -151,6 +160,15 @@ static WALLET_OWNER: Statement = Statement::write(
     "SELECT b.user_id FROM identity.user_bindings b WHERE b.provider = 'wallet' AND b.external_id = $1",
     &[TEXTOID],
 );
+
+/// The user the wallet is bound to, if any.
+fn wallet_owner(client: &mut SpiClient<'_>, address: &str) -> Result<Option<Uuid>, IdentityError> {
+    let rows = WALLET_OWNER.run(client, &[address.into()])?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(rows.first().get_one::<pgrx::Uuid>()?.map(rust_uuid))
+}
 
 /// `identity.siwe_login(message, signature, domain, new_user_id)`: one round trip from a signed
 /// message to the user it identifies, binding the wallet to a new user on first login.
@@ -180,18 +198,28 @@ fn siwe_login(
         let login = accept_login(client, message, signature, domain)?;
         let address = login.message.address.to_checksummed();
         let chain_id = login.message.chain_id;
-        let owner = WALLET_OWNER.run(client, &[address.as_str().into()])?;
-        if !owner.is_empty() {
-            let user_id = owner.first().get_one::<pgrx::Uuid>()?.map(rust_uuid);
-            let user_id =
-                user_id.ok_or_else(|| IdentityError::Internal("binding user_id is NULL".into()))?;
-            return Ok((user_id, address, chain_id, "existing"));
+        if let Some(owner) = wallet_owner(client, &address)? {
+            return Ok((owner, address, chain_id, "existing"));
         }
         let user_id = new_user_id.map(rust_uuid).unwrap_or_else(Uuid::new_v4);
-        match bind(client, user_id, "wallet", &address, login.evidence)? {
-            BindOutcome { created: true, .. } => Ok((user_id, address, chain_id, "created")),
-            // Bound between our look-up and insert, to this very user id: a concurrent first login.
-            BindOutcome { created: false, .. } => Ok((user_id, address, chain_id, "existing")),
+        // The binding step runs in a subtransaction: whatever happens to it, the login stands.
+        let evidence = login.evidence;
+        match in_subtransaction(|| bind(client, user_id, "wallet", &address, evidence.clone())) {
+            Ok(BindOutcome { created: true, .. }) => Ok((user_id, address, chain_id, "created")),
+            Ok(BindOutcome { created: false, .. }) => Ok((user_id, address, chain_id, "existing")),
+            // A concurrent first login from the same wallet bound it a moment ago: same wallet,
+            // same user.
+            Err(failure) if failure.sqlstate == "23505" => {
+                let owner =
+                    wallet_owner(client, &address)?.ok_or_else(|| IdentityError::from(failure))?;
+                Ok((owner, address, chain_id, "existing"))
+            }
+            // A lock timeout, serialization failure or deadlock: queue the binding, never lose it.
+            Err(failure) if failure.is_transient() => {
+                enqueue(client, user_id, "wallet", &address, evidence)?;
+                Ok((user_id, address, chain_id, "queued"))
+            }
+            Err(failure) => Err(failure.into()),
         }
     })?;
     let (user_id, address, chain_id, status) = row;
@@ -249,7 +277,7 @@ static BINDING_EVIDENCE: Statement = Statement::read(
 );
 
 /// `identity.verify_binding(binding_id)`: re-verifies a wallet binding's stored SIWE evidence as
-/// of the moment it was bound. NULL when the binding has no SIWE evidence to check.
+/// of the login that proved it. NULL when the binding has no SIWE evidence to check.
 #[pg_extern(stable, strict, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn verify_binding(binding_id: pgrx::Uuid) -> Result<Option<bool>, ErrorReport> {

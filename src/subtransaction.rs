@@ -1,0 +1,150 @@
+//! Subtransactions: run a step so that, if it fails, its effects are undone and the caller's
+//! transaction goes on, as a PL/pgSQL EXCEPTION block does. The retry queue runs each job in one,
+//! and a login runs its binding step in one, so that a failed binding never fails the login.
+
+use crate::errors::IdentityError;
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::{PgSqlErrorCode, PgTryBuilder};
+use std::ffi::CStr;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+
+/// Why a step failed: its error code (and the SQLSTATE text of it) and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFailure {
+    pub code: PgSqlErrorCode,
+    pub sqlstate: String,
+    pub message: String,
+}
+
+impl fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.sqlstate, self.message)
+    }
+}
+
+impl From<StepFailure> for IdentityError {
+    /// The failure raised again as it was: same SQLSTATE, same message.
+    fn from(failure: StepFailure) -> Self {
+        IdentityError::StepFailed {
+            code: failure.code,
+            message: failure.message,
+        }
+    }
+}
+
+impl StepFailure {
+    /// Failures that are worth retrying later: lock and serialization conflicts, deadlocks,
+    /// timeouts, exhausted resources, lost connections. Everything else (another user owns the
+    /// id, invalid input, a broken invariant) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.sqlstate.as_str(),
+            "40001" | "40P01" | "55P03" | "57014" | "57P01"
+        ) || self.sqlstate.starts_with("53")
+            || self.sqlstate.starts_with("08")
+    }
+}
+
+impl From<IdentityError> for StepFailure {
+    fn from(error: IdentityError) -> Self {
+        StepFailure::new(error.sqlstate(), error.to_string())
+    }
+}
+
+impl StepFailure {
+    fn new(code: PgSqlErrorCode, message: String) -> Self {
+        // SAFETY: unpack_sql_state returns a pointer to a static buffer holding a 5-character code.
+        let sqlstate = unsafe { CStr::from_ptr(pg_sys::unpack_sql_state(code as i32)) };
+        StepFailure {
+            code,
+            sqlstate: sqlstate.to_string_lossy().into_owned(),
+            message,
+        }
+    }
+}
+
+/// Runs `step` in a subtransaction. `Ok`: its effects stay (released into the caller's
+/// transaction). An `Err` it returns, or an ERROR it raises: its effects are rolled back and the
+/// failure is returned; the caller's transaction is untouched.
+pub fn in_subtransaction<T>(
+    step: impl FnOnce() -> Result<T, IdentityError>,
+) -> Result<T, StepFailure> {
+    // SAFETY: the PL/pgSQL pattern: remember the memory context and resource owner, begin an
+    // internal subtransaction, and on every path end it (release or roll back) and restore both.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+
+        // Unwind-safe by construction: whatever the step left half-done is rolled back below.
+        let outcome = PgTryBuilder::new(AssertUnwindSafe(|| step().map_err(StepFailure::from)))
+            .catch_others(|caught| Err(failure_of(caught)))
+            .execute();
+
+        match outcome {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+        outcome
+    }
+}
+
+fn failure_of(caught: CaughtError) -> StepFailure {
+    match caught {
+        CaughtError::PostgresError(report)
+        | CaughtError::ErrorReport(report)
+        | CaughtError::RustPanic {
+            ereport: report, ..
+        } => StepFailure::new(report.sql_error_code(), report.message().to_owned()),
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn a_failed_step_is_undone_and_the_transaction_goes_on() {
+        Spi::run("CREATE TEMP TABLE steps (n int PRIMARY KEY)").unwrap();
+        let kept = in_subtransaction(|| {
+            Spi::run("INSERT INTO steps VALUES (1)").map_err(IdentityError::from)?;
+            Ok(())
+        });
+        assert_eq!(kept, Ok(()));
+        let failed = in_subtransaction(|| {
+            Spi::run("INSERT INTO steps VALUES (2)").map_err(IdentityError::from)?;
+            Spi::run("INSERT INTO steps VALUES (1)").map_err(IdentityError::from)?; // duplicate key
+            Ok(())
+        });
+        let failure = failed.unwrap_err();
+        assert_eq!(failure.sqlstate, "23505");
+        assert!(!failure.is_transient());
+        assert_eq!(
+            Spi::get_one::<String>("SELECT string_agg(n::text, ',') FROM steps"),
+            Ok(Some("1".into()))
+        );
+    }
+
+    #[pg_test]
+    fn an_error_returned_by_the_step_also_rolls_it_back() {
+        Spi::run("CREATE TEMP TABLE steps (n int)").unwrap();
+        let failed = in_subtransaction(|| -> Result<(), IdentityError> {
+            Spi::run("INSERT INTO steps VALUES (1)").map_err(IdentityError::from)?;
+            Err(IdentityError::ChainAppendConflict)
+        });
+        let failure = failed.unwrap_err();
+        assert_eq!(failure.sqlstate, "40001");
+        assert!(failure.is_transient());
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM steps"),
+            Ok(Some(0))
+        );
+    }
+}

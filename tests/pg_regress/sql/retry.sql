@@ -1,0 +1,31 @@
+-- The binding queue: bindings that could not be made at once wait here and are retried, so
+-- none is lost. A job's key is deterministic: bind:{provider}:{canonical external id}.
+\set SHOW_CONTEXT never
+\set erin '''00000000-0000-4000-8000-0000000e0e0e'''
+\set frank '''00000000-0000-4000-8000-00000000f7a2'''
+
+SELECT identity.enqueue_binding(:erin, 'wallet', '0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359',
+                                '{"method": "siwe", "note": "binding step timed out at login"}');
+-- The same binding again, while it is pending: nothing changes.
+SELECT identity.enqueue_binding(:frank, 'wallet', '0xFB6916095CA1DF60BB79CE92CE3EA74C37C5D359');
+SELECT job_key, user_id = :erin AS for_erin, state, attempts FROM identity.binding_jobs;
+
+-- Bad requests are refused when they are made, not when the job runs.
+SELECT identity.enqueue_binding(:erin, 'github', 'not-a-number');
+\echo :LAST_ERROR_SQLSTATE
+
+-- One pass runs every due job, each in its own subtransaction.
+SELECT identity.create_binding(:frank, 'github', '31337', '{"method": "oauth"}') IS NOT NULL AS frank_has_31337;
+SELECT identity.enqueue_binding(:erin, 'github', '31337', '{"method": "oauth"}');
+SELECT job_key, state, attempts, last_error FROM identity.run_binding_jobs() ORDER BY job_key;
+
+-- A binding owned by another user fails at once, with the reason; the other job succeeded.
+SELECT job_key, state, attempts FROM identity.binding_jobs ORDER BY job_key;
+SELECT identity.resolve('wallet', '0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359') = :erin AS wallet_is_erins;
+
+-- Nothing is due any more.
+SELECT count(*) AS due FROM identity.run_binding_jobs();
+
+-- The retry policy: transient failures (lock timeouts, serialization failures, deadlocks) wait
+-- initial × coefficient^(attempt - 1), ±10%, at most the maximum; 0 attempts is unlimited.
+SELECT name, setting, unit FROM pg_settings WHERE name LIKE 'identity.retry%' ORDER BY name;
