@@ -364,6 +364,27 @@ mod tests {
     }
 
     #[pg_test]
+    fn hostile_input_through_sql_gets_clean_errors() {
+        let verify = |message: &str, signature: &str| {
+            format!("SELECT identity.verify_siwe($m${message}$m$, $s${signature}$s$)")
+        };
+        let huge = format!("{MESSAGE}{}", "a".repeat(1 << 20));
+        assert_eq!(sqlstate_of(&verify(&huge, SIGNATURE)), "22P02");
+        assert_eq!(sqlstate_of(&verify("", "")), "22P02");
+        assert_eq!(sqlstate_of(&verify(MESSAGE, "")), "28000");
+        assert_eq!(sqlstate_of(&verify(MESSAGE, "0xabc")), "28000");
+        assert_eq!(
+            sqlstate_of(&verify(MESSAGE, &"ab".repeat(1 << 19))),
+            "28000"
+        );
+        // The backend is still here, and verifies the genuine message.
+        let ok = Spi::get_one::<String>(&format!(
+            "SELECT (identity.verify_siwe($m${MESSAGE}$m$, '{SIGNATURE}')).address"
+        ));
+        assert_eq!(ok.unwrap().as_deref(), Some(ADDRESS));
+    }
+
+    #[pg_test]
     fn verify_siwe_refusals_have_their_sqlstates() {
         let verify = |args: &str| format!("SELECT identity.verify_siwe({args})");
         assert_eq!(sqlstate_of(&verify("'hello', '0x00'")), "22P02");
