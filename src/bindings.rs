@@ -259,17 +259,26 @@ static RESOLVE: Statement = Statement::read(
     &[TEXTOID, TEXTOID],
 );
 
+/// The user a canonical external id is bound to, if any.
+pub fn owner_of(
+    client: &mut SpiClient<'_>,
+    provider: &str,
+    canonical_id: &str,
+) -> Result<Option<Uuid>, IdentityError> {
+    let rows = RESOLVE.run(client, &[provider.into(), canonical_id.into()])?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(rows.first().get_one::<pgrx::Uuid>()?.map(rust_uuid))
+}
+
 /// `identity.resolve(provider, external_id)`: the user the id is bound to, NULL when unbound.
 #[pg_extern(stable, strict, security_definer, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn resolve(provider: &str, external_id: &str) -> Result<Option<pgrx::Uuid>, ErrorReport> {
     Spi::connect_mut(|client| -> Result<Option<pgrx::Uuid>, IdentityError> {
         let canonical_id = canonical_external_id(client, provider, external_id)?;
-        let rows = RESOLVE.run(client, &[provider.into(), canonical_id.as_str().into()])?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        Ok(rows.first().get_one::<pgrx::Uuid>()?)
+        Ok(owner_of(client, provider, &canonical_id)?.map(pg_uuid))
     })
     .map_err(ErrorReport::from)
 }

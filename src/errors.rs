@@ -47,6 +47,10 @@ pub enum IdentityError {
     NonceUnusable { nonce: String },
     /// 22023: a nonce lifetime must be positive and at most a day.
     InvalidNonceLifetime,
+    /// 42P01: no users table given, and public.users does not exist.
+    NoUsersTable,
+    /// 42501: the caller may not read the table a backfill or backstop would read for them.
+    NoSourcePrivilege { table: String },
     /// 22023: an argument outside its range.
     InvalidParameter { reason: String },
     /// A step that failed in a subtransaction, raised again with its own SQLSTATE.
@@ -84,7 +88,8 @@ impl IdentityError {
             NotBound { .. } => ERRCODE_NO_DATA_FOUND,
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
             ChainAppendConflict => ERRCODE_T_R_SERIALIZATION_FAILURE,
-            AppendOnly { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AppendOnly { .. } | NoSourcePrivilege { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            NoUsersTable => ERRCODE_UNDEFINED_TABLE,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -121,6 +126,10 @@ impl IdentityError {
                 "Nonces are single use and expire: get a new one from identity.issue_nonce() and sign again.".into()
             }
             InvalidNonceLifetime => "Pass an interval such as '10 minutes' (at most '1 day').".into(),
+            NoUsersTable => "Pass the table that holds the users, e.g. identity.backfill_wallet_bindings('app.accounts').".into(),
+            NoSourcePrivilege { .. } => {
+                "GRANT SELECT on the id and wallet columns to the role that runs the backfill.".into()
+            }
             InvalidParameter { .. } | StepFailed { .. } => return None,
             ChainAppendConflict => "Retry the transaction.".into(),
             AppendOnly { .. } => {
@@ -189,6 +198,13 @@ impl fmt::Display for IdentityError {
             ),
             InvalidNonceLifetime => {
                 write!(f, "a nonce lifetime must be positive and at most 1 day")
+            }
+            NoUsersTable => write!(
+                f,
+                "no users table: public.users does not exist and none was given"
+            ),
+            NoSourcePrivilege { table } => {
+                write!(f, "permission denied: the caller may not read the id and wallet columns of {table}")
             }
             InvalidParameter { reason } => write!(f, "{reason}"),
             StepFailed { message, .. } => write!(f, "{message}"),

@@ -74,6 +74,31 @@ fn event_chains_verify(client: &mut SpiClient<'_>) -> Result<Check, IdentityErro
     })
 }
 
+/// No queued binding is stuck: none failed for good (each needs a person to look at it), and none
+/// is pending more than an hour past its due time (no runner is scheduled).
+fn binding_jobs_not_stuck(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
+    let row = client
+        .select(
+            "SELECT count(*) FILTER (WHERE state = 'failed'),
+                    count(*) FILTER (WHERE state = 'pending' AND next_attempt_at < now() - interval '1 hour'),
+                    count(*) FILTER (WHERE state = 'pending')
+               FROM identity.binding_jobs",
+            None,
+            &[],
+        )?
+        .first();
+    let failed = row.get::<i64>(1)?.unwrap_or(0);
+    let overdue = row.get::<i64>(2)?.unwrap_or(0);
+    let pending = row.get::<i64>(3)?.unwrap_or(0);
+    Ok(Check {
+        name: "binding_jobs_not_stuck",
+        ok: failed == 0 && overdue == 0,
+        detail: format!(
+            "{pending} pending ({overdue} overdue by more than an hour: is identity.run_binding_jobs scheduled?), {failed} failed (see identity.binding_jobs.last_error)"
+        ),
+    })
+}
+
 /// `identity.check_integrity()`: one row per check, `ok` false with a detail naming examples.
 #[pg_extern(stable, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -92,6 +117,7 @@ fn check_integrity() -> Result<
         Ok(vec![
             bindings_have_bind_events(client)?,
             event_chains_verify(client)?,
+            binding_jobs_not_stuck(client)?,
         ])
     })?;
     Ok(TableIterator::new(
@@ -124,7 +150,7 @@ mod tests {
         .unwrap();
         assert_eq!(failing_checks().as_deref(), Some(""));
         let checks = Spi::get_one::<i64>("SELECT count(*) FROM identity.check_integrity()");
-        assert_eq!(checks, Ok(Some(2)));
+        assert_eq!(checks, Ok(Some(3)));
     }
 
     #[pg_test]
@@ -138,6 +164,30 @@ mod tests {
             failing_checks().as_deref(),
             Some("bindings_have_bind_events")
         );
+    }
+
+    #[pg_test]
+    fn failed_and_long_overdue_jobs_are_stuck() {
+        Spi::run(&format!(
+            "SELECT identity.create_binding(gen_random_uuid(), 'github', '5');
+             SELECT identity.enqueue_binding('{USER}', 'github', '5');
+             SELECT * FROM identity.run_binding_jobs();"
+        ))
+        .unwrap();
+        assert_eq!(failing_checks().as_deref(), Some("binding_jobs_not_stuck"));
+        Spi::run("DELETE FROM identity.binding_jobs").unwrap();
+        Spi::run(&format!(
+            "SELECT identity.enqueue_binding('{USER}', 'github', '6')"
+        ))
+        .unwrap();
+        assert_eq!(
+            failing_checks().as_deref(),
+            Some(""),
+            "a job just queued is not stuck"
+        );
+        Spi::run("UPDATE identity.binding_jobs SET next_attempt_at = now() - interval '2 hours'")
+            .unwrap();
+        assert_eq!(failing_checks().as_deref(), Some("binding_jobs_not_stuck"));
     }
 
     #[pg_test]

@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod backfill;
 mod bindings;
 pub mod eip55;
 mod errors;

@@ -28,22 +28,23 @@ static ENQUEUE: Statement = Statement::write(
      ON CONFLICT (job_key) DO UPDATE
         SET user_id = EXCLUDED.user_id, evidence = EXCLUDED.evidence, state = 'pending',
             attempts = 0, next_attempt_at = now(), last_error = NULL, updated_at = now()
-      WHERE j.state <> 'pending'",
+      WHERE j.state <> 'pending'
+     RETURNING true",
     &[TEXTOID, UUIDOID, TEXTOID, TEXTOID, JSONBOID],
 );
 
-/// Queues the binding; a job already pending for the same key is left as it is. A finished job
-/// (succeeded or failed) with that key is opened again for the new request.
+/// Queues the binding and returns its job key, and whether a job was queued (false: one was
+/// pending already and is left as it is). A finished job with that key is opened again.
 pub fn enqueue(
     client: &mut SpiClient<'_>,
     user_id: Uuid,
     provider: &str,
     external_id: &str,
     evidence: Value,
-) -> Result<String, IdentityError> {
+) -> Result<(String, bool), IdentityError> {
     let canonical_id = canonical_external_id(client, provider, external_id)?;
     let key = job_key(provider, &canonical_id);
-    ENQUEUE.run(
+    let queued = ENQUEUE.run(
         client,
         &[
             key.as_str().into(),
@@ -53,7 +54,8 @@ pub fn enqueue(
             pgrx::JsonB(evidence).into(),
         ],
     )?;
-    Ok(key)
+    let queued = !queued.is_empty();
+    Ok((key, queued))
 }
 
 /// `identity.enqueue_binding(user_id, provider, external_id, evidence)` → the job key.
@@ -69,9 +71,9 @@ fn enqueue_binding(
     let provider = required(provider, "provider")?;
     let external_id = required(external_id, "external_id")?;
     let evidence = crate::bindings::evidence_object(evidence)?;
-    Ok(Spi::connect_mut(|client| {
-        enqueue(client, user_id, provider, external_id, evidence)
-    })?)
+    let (key, _) =
+        Spi::connect_mut(|client| enqueue(client, user_id, provider, external_id, evidence))?;
+    Ok(key)
 }
 
 static CLAIM_DUE_JOBS: Statement = Statement::write(

@@ -1,0 +1,477 @@
+//! Migrations: bind the wallets an application already stores on its users table, and a
+//! backstop that queues every wallet still unbound. The application's table is read in keyset
+//! batches, so a table of tens of millions of rows never needs one huge read; the procedure
+//! form commits after each batch.
+
+use crate::bindings::bind;
+use crate::errors::{required, IdentityError};
+use crate::providers::Builtin;
+use crate::retry::enqueue;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::PgRelation;
+use serde_json::json;
+use uuid::Uuid;
+
+/// How many rows of each kind a run reports by id as a NOTICE.
+const NOTICED_PER_KIND: i64 = 5;
+
+/// Where the wallets are: a table and two of its columns, checked to exist and to be readable
+/// by the caller (these functions run with the owner's rights, so they check for the caller).
+struct Source {
+    table: String,
+    id_column: String,
+    wallet_column: String,
+    id_type: String,
+}
+
+impl Source {
+    fn resolve(
+        client: &mut SpiClient<'_>,
+        table: Oid,
+        id_column: &str,
+        wallet_column: &str,
+    ) -> Result<Source, IdentityError> {
+        // SAFETY: reads the session's outer role (the caller, not this function's owner).
+        let caller = unsafe { pg_sys::GetOuterUserId() };
+        // Privileges are asked only of columns that exist (has_column_privilege raises otherwise).
+        let row = client.select(
+            "SELECT $1::regclass::text, id.type, wallet.present,
+                    CASE WHEN id.type IS NOT NULL AND wallet.present
+                         THEN has_column_privilege($4, $1, $2, 'SELECT') AND has_column_privilege($4, $1, $3, 'SELECT')
+                    END
+               FROM (SELECT (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                              WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped) AS type) id,
+                    (SELECT EXISTS (SELECT FROM pg_attribute a
+                              WHERE a.attrelid = $1 AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped) AS present) wallet",
+            None,
+            &[table.into(), id_column.into(), wallet_column.into(), caller.into()],
+        )?;
+        let row = row.first();
+        let table_name = row.get::<String>(1)?.unwrap_or_default();
+        let (Some(id_type), Some(true)) = (row.get::<String>(2)?, row.get::<bool>(3)?) else {
+            return Err(IdentityError::InvalidParameter {
+                reason: format!(
+                    "{table_name} has no column \"{id_column}\" or \"{wallet_column}\""
+                ),
+            });
+        };
+        if row.get::<bool>(4)? != Some(true) {
+            return Err(IdentityError::NoSourcePrivilege { table: table_name });
+        }
+        Ok(Source {
+            table: table_name,
+            id_column: spi::quote_identifier(id_column),
+            wallet_column: spi::quote_identifier(wallet_column),
+            id_type,
+        })
+    }
+
+    /// The next batch of (id, wallet) rows after `after`, in id order, as text.
+    fn batch(
+        &self,
+        client: &mut SpiClient<'_>,
+        after: Option<&str>,
+        size: i64,
+    ) -> Result<Vec<(Option<String>, Option<String>)>, IdentityError> {
+        let Source {
+            table,
+            id_column,
+            wallet_column,
+            id_type,
+        } = self;
+        let sql = format!(
+            "SELECT t.{id_column}::text, t.{wallet_column}::text FROM {table} t
+              WHERE $1::text IS NULL OR t.{id_column} > $1::{id_type}
+              ORDER BY t.{id_column} LIMIT $2"
+        );
+        let mut rows = Vec::new();
+        for row in client.select(sql.as_str(), None, &[after.into(), size.into()])? {
+            rows.push((row.get::<String>(1)?, row.get::<String>(2)?));
+        }
+        Ok(rows)
+    }
+}
+
+/// What one batch (or a whole run) did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub scanned: i64,
+    pub created: i64,
+    pub existing: i64,
+    pub conflicts: i64,
+    pub invalid: i64,
+    /// The last id read: where the next batch starts.
+    pub last_id: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, batch: &Tally) {
+        self.scanned += batch.scanned;
+        self.created += batch.created;
+        self.existing += batch.existing;
+        self.conflicts += batch.conflicts;
+        self.invalid += batch.invalid;
+        self.last_id = batch.last_id.clone().or(self.last_id.take());
+    }
+}
+
+/// Binds one batch of the source's wallets. `seen` counts rows already reported by NOTICE.
+fn backfill_batch(
+    client: &mut SpiClient<'_>,
+    source: &Source,
+    after: Option<&str>,
+    size: i64,
+    seen: &mut Tally,
+) -> Result<Tally, IdentityError> {
+    let mut tally = Tally::default();
+    let rows = source.batch(client, after, size)?;
+    for (id, wallet) in rows {
+        tally.scanned += 1;
+        let shown = id.clone().unwrap_or_else(|| "NULL".into());
+        tally.last_id = id.clone();
+        let Some(wallet) = wallet.filter(|w| !w.is_empty()) else {
+            continue;
+        };
+        let user = id.as_deref().and_then(|id| Uuid::parse_str(id).ok());
+        let address = Builtin::Wallet.canonicalize(&wallet);
+        let (Some(user), Ok(address)) = (user, address) else {
+            tally.invalid += 1;
+            if seen.invalid + tally.invalid <= NOTICED_PER_KIND {
+                notice!(
+                    "backfill: user {shown}: invalid user id or wallet address \"{}\"",
+                    crate::errors::echo(&wallet)
+                );
+            }
+            continue;
+        };
+        let evidence = json!({
+            "method": "backfill",
+            "source": { "table": source.table, "id_column": source.id_column, "wallet_column": source.wallet_column },
+        });
+        match bind(client, user, "wallet", &address, evidence) {
+            Ok(outcome) if outcome.created => tally.created += 1,
+            Ok(_) => tally.existing += 1,
+            Err(IdentityError::BoundToAnotherUser { .. }) => {
+                tally.conflicts += 1;
+                if seen.conflicts + tally.conflicts <= NOTICED_PER_KIND {
+                    notice!(
+                        "backfill: user {shown}: wallet {address} is already bound to another user"
+                    );
+                }
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    seen.add(&tally);
+    Ok(tally)
+}
+
+/// The users table: NULL when the default, public.users, does not exist.
+fn users_table(users: Option<PgRelation>) -> Result<Oid, IdentityError> {
+    users
+        .map(|relation| relation.oid())
+        .ok_or(IdentityError::NoUsersTable)
+}
+
+fn checked_batch_size(size: Option<i32>) -> Result<i64, IdentityError> {
+    match required(size, "batch_size")? {
+        n if n >= 1 => Ok(i64::from(n)),
+        _ => Err(IdentityError::InvalidParameter {
+            reason: "batch_size must be at least 1".into(),
+        }),
+    }
+}
+
+type TallyRow = (i64, i64, i64, i64, i64);
+
+fn row(t: &Tally) -> TallyRow {
+    (t.scanned, t.created, t.existing, t.conflicts, t.invalid)
+}
+
+/// `identity.backfill_wallet_bindings(users, id_column, wallet_column, batch_size)`: binds every
+/// valid wallet of the table in one transaction. Idempotent: a second run only counts `existing`.
+#[allow(clippy::type_complexity)] // pgrx reads column names from name! in the signature
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn backfill_wallet_bindings(
+    users: default!(Option<PgRelation>, "to_regclass('public.users')"),
+    id_column: default!(Option<&str>, "'id'"),
+    wallet_column: default!(Option<&str>, "'wallet_address'"),
+    batch_size: default!(Option<i32>, 10000),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(scanned, i64),
+            name!(created, i64),
+            name!(existing, i64),
+            name!(conflicts, i64),
+            name!(invalid, i64),
+        ),
+    >,
+    ErrorReport,
+> {
+    let (users, id_column, wallet_column) = (
+        users_table(users)?,
+        required(id_column, "id_column")?,
+        required(wallet_column, "wallet_column")?,
+    );
+    let size = checked_batch_size(batch_size)?;
+    let total = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
+        let source = Source::resolve(client, users, id_column, wallet_column)?;
+        let mut total = Tally::default();
+        loop {
+            let batch = backfill_batch(
+                client,
+                &source,
+                total.last_id.clone().as_deref(),
+                size,
+                &mut total,
+            )?;
+            if batch.scanned < size {
+                return Ok(total);
+            }
+        }
+    })?;
+    Ok(TableIterator::once(row(&total)))
+}
+
+/// `identity.backfill_wallet_batch(users, id_column, wallet_column, batch_size, after_id)`: one
+/// batch after `after_id` (NULL: from the start), with the id to start the next one after. The
+/// procedure `identity.backfill_wallet_bindings_in_batches` calls it and commits between batches.
+#[allow(clippy::type_complexity)] // pgrx reads column names from name! in the signature
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn backfill_wallet_batch(
+    users: Option<PgRelation>,
+    id_column: Option<&str>,
+    wallet_column: Option<&str>,
+    batch_size: Option<i32>,
+    after_id: Option<&str>,
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(scanned, i64),
+            name!(created, i64),
+            name!(existing, i64),
+            name!(conflicts, i64),
+            name!(invalid, i64),
+            name!(last_id, Option<String>),
+        ),
+    >,
+    ErrorReport,
+> {
+    let (users, id_column, wallet_column) = (
+        required(users, "users")?.oid(),
+        required(id_column, "id_column")?,
+        required(wallet_column, "wallet_column")?,
+    );
+    let size = checked_batch_size(batch_size)?;
+    let batch = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
+        let source = Source::resolve(client, users, id_column, wallet_column)?;
+        backfill_batch(client, &source, after_id, size, &mut Tally::default())
+    })?;
+    let (scanned, created, existing, conflicts, invalid) = row(&batch);
+    Ok(TableIterator::once((
+        scanned,
+        created,
+        existing,
+        conflicts,
+        invalid,
+        batch.last_id,
+    )))
+}
+
+extension_sql!(
+    r#"
+-- The batched form: commits after each batch, so a table of tens of millions of users never
+-- needs one long transaction. Interrupted, it is resumed from the id its last NOTICE names
+-- (or simply run again: a backfill is idempotent). CALL it outside a transaction block.
+-- No SET search_path here: PostgreSQL forbids COMMIT in a procedure with SET clauses. It runs
+-- with the caller's rights and calls only schema-qualified objects, so nothing is at stake.
+CREATE PROCEDURE identity.backfill_wallet_bindings_in_batches(
+    users regclass DEFAULT to_regclass('public.users'),
+    id_column name DEFAULT 'id',
+    wallet_column name DEFAULT 'wallet_address',
+    batch_size integer DEFAULT 10000,
+    resume_after_id text DEFAULT NULL
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    batch record;
+    after_id text := resume_after_id;
+    total_scanned bigint := 0;
+BEGIN
+    LOOP
+        SELECT * INTO batch
+          FROM identity.backfill_wallet_batch(users, id_column, wallet_column, batch_size, after_id);
+        EXIT WHEN batch.scanned = 0;
+        total_scanned := total_scanned + batch.scanned;
+        after_id := batch.last_id;
+        COMMIT;
+        RAISE NOTICE 'backfill: % rows committed up to id % (created %, existing %, conflicts %, invalid %)',
+            total_scanned, after_id, batch.created, batch.existing, batch.conflicts, batch.invalid;
+        EXIT WHEN batch.scanned < batch_size;
+    END LOOP;
+END
+$$;
+"#,
+    name = "backfill_procedure",
+    requires = [backfill_wallet_batch]
+);
+
+/// `identity.backstop(users, id_column, wallet_column)`: queues a binding job for every user whose
+/// valid wallet is not bound at all; returns how many jobs it queued (pending ones count once).
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn backstop(
+    users: default!(Option<PgRelation>, "to_regclass('public.users')"),
+    id_column: default!(Option<&str>, "'id'"),
+    wallet_column: default!(Option<&str>, "'wallet_address'"),
+) -> Result<i64, ErrorReport> {
+    let (users, id_column, wallet_column) = (
+        users_table(users)?,
+        required(id_column, "id_column")?,
+        required(wallet_column, "wallet_column")?,
+    );
+    Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {
+        let source = Source::resolve(client, users, id_column, wallet_column)?;
+        let mut queued = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let rows = source.batch(client, after.as_deref(), 10_000)?;
+            let done = rows.len() < 10_000;
+            for (id, wallet) in rows {
+                after = id.clone();
+                let user = id.as_deref().and_then(|id| Uuid::parse_str(id).ok());
+                let address = wallet.as_deref().map(|w| Builtin::Wallet.canonicalize(w));
+                let (Some(user), Some(Ok(address))) = (user, address) else {
+                    continue;
+                };
+                if crate::bindings::owner_of(client, "wallet", &address)?.is_some() {
+                    continue;
+                }
+                let evidence = json!({ "method": "backstop", "source": { "table": source.table } });
+                if enqueue(client, user, "wallet", &address, evidence)?.1 {
+                    queued += 1;
+                }
+            }
+            if done {
+                return Ok(queued);
+            }
+        }
+    })?)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::sqlstate_of;
+    use pgrx::prelude::*;
+
+    const WALLET_A: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
+    const WALLET_B: &str = "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359";
+
+    fn users_table() {
+        Spi::run(&format!(
+            "CREATE TABLE app_users (uid text PRIMARY KEY, eth text);
+             INSERT INTO app_users VALUES
+               ('00000000-0000-4000-8000-000000000001', '{WALLET_A}'),
+               ('00000000-0000-4000-8000-000000000002', '{WALLET_B}'),
+               ('00000000-0000-4000-8000-000000000003', '{WALLET_A}'),  -- duplicate wallet
+               ('not-a-uuid',                           '{WALLET_B}'),
+               ('00000000-0000-4000-8000-000000000004', '0x1234'),      -- invalid wallet
+               ('00000000-0000-4000-8000-000000000005', NULL)"
+        ))
+        .unwrap();
+    }
+
+    fn backfill(batch: i32) -> (i64, i64, i64, i64, i64) {
+        let row = Spi::connect(|client| {
+            let row = client
+                .select(
+                    &format!("SELECT * FROM identity.backfill_wallet_bindings('app_users', 'uid', 'eth', {batch})"),
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .first();
+            (1..=5)
+                .map(|i| row.get::<i64>(i).unwrap().unwrap())
+                .collect::<Vec<_>>()
+        });
+        (row[0], row[1], row[2], row[3], row[4])
+    }
+
+    #[pg_test]
+    fn backfill_counts_every_kind_of_row_and_is_idempotent() {
+        users_table();
+        assert_eq!(backfill(2), (6, 2, 0, 1, 2));
+        assert_eq!(backfill(4), (6, 0, 2, 1, 2));
+        let evidence = Spi::get_one::<String>(
+            "SELECT payload->'evidence'->'source'->>'wallet_column' FROM identity.identity_events LIMIT 1",
+        );
+        assert_eq!(evidence.unwrap().as_deref(), Some("eth"));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM identity.identity_events"),
+            Ok(Some(2))
+        );
+    }
+
+    #[pg_test]
+    fn one_batch_reports_where_the_next_one_starts() {
+        users_table();
+        let (scanned, last): (Option<i64>, Option<String>) = Spi::get_two(
+            "SELECT scanned, last_id FROM identity.backfill_wallet_batch('app_users', 'uid', 'eth', 2, NULL)",
+        )
+        .unwrap();
+        assert_eq!(
+            (scanned, last.as_deref()),
+            (Some(2), Some("00000000-0000-4000-8000-000000000002"))
+        );
+    }
+
+    #[pg_test]
+    fn backstop_queues_only_valid_unbound_wallets() {
+        users_table();
+        Spi::run(&format!(
+            "SELECT identity.create_binding('00000000-0000-4000-8000-000000000009', 'wallet', '{WALLET_A}')"
+        ))
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT identity.backstop('app_users', 'uid', 'eth')"),
+            Ok(Some(1))
+        );
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT identity.backstop('app_users', 'uid', 'eth')"),
+            Ok(Some(0))
+        );
+        let job = Spi::get_one::<String>("SELECT job_key FROM identity.binding_jobs");
+        assert_eq!(
+            job.unwrap().as_deref(),
+            Some("bind:wallet:0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359")
+        );
+    }
+
+    #[pg_test]
+    fn a_missing_column_or_table_is_a_clear_error() {
+        users_table();
+        assert_eq!(
+            sqlstate_of("SELECT identity.backfill_wallet_bindings('app_users', 'nope', 'eth')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.backfill_wallet_bindings('no_such_table')"),
+            "42P01"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.backfill_wallet_bindings('app_users', 'uid', 'eth', 0)"),
+            "22023"
+        );
+    }
+}
