@@ -18,6 +18,9 @@ use uuid::Uuid;
 /// How many rows of each kind a run reports by id as a NOTICE.
 const NOTICED_PER_KIND: i64 = 5;
 
+/// One row of the source, as text: (user id, wallet), either possibly NULL.
+type SourceRow = (Option<String>, Option<String>);
+
 /// Where the wallets are: a table and two of its columns, checked to exist and to be readable
 /// by the caller (these functions run with the owner's rights, so they check for the caller).
 struct Source {
@@ -75,7 +78,7 @@ impl Source {
         client: &mut SpiClient<'_>,
         after: Option<&str>,
         size: i64,
-    ) -> Result<Vec<(Option<String>, Option<String>)>, IdentityError> {
+    ) -> Result<Vec<SourceRow>, IdentityError> {
         let Source {
             table,
             id_column,
