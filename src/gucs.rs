@@ -12,6 +12,14 @@ pub static RETRY_MAX_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3_600)
 /// Attempts before a job is failed for good; 0 retries forever (`identity.retry_max_attempts`).
 pub static RETRY_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// Database the background worker works in (`identity.worker_database`); unset: idle.
+pub static WORKER_DATABASE: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+/// How often the worker runs due jobs, milliseconds (`identity.worker_poll_interval`, 1s).
+pub static WORKER_POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+/// How often the worker runs the backstop, seconds (`identity.backstop_interval`, 1h).
+pub static BACKSTOP_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3_600);
+
 /// Registers the settings; called from `_PG_init`. Superuser-set, never postmaster-only, so
 /// loading the library without preload never breaks a session.
 pub fn init() {
@@ -54,6 +62,34 @@ pub fn init() {
         i32::MAX,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"identity.worker_database",
+        c"Database the identity_bindings background worker runs binding jobs and the backstop in.",
+        c"Read when the worker starts (with shared_preload_libraries = 'identity_bindings'); unset, the worker stays idle.",
+        &WORKER_DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"identity.worker_poll_interval",
+        c"How often the background worker runs due binding jobs.",
+        c"",
+        &WORKER_POLL_INTERVAL_MS,
+        10,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"identity.backstop_interval",
+        c"How often the background worker queues bindings for users whose wallet is unbound.",
+        c"The worker's backstop reads public.users (id, wallet_address); schedule identity.backstop(...) with pg_cron for other tables.",
+        &BACKSTOP_INTERVAL_S,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     // SAFETY: a plain registration call with a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"identity".as_ptr()) };

@@ -28,6 +28,7 @@ mod statements;
 mod subtransaction;
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
+mod worker;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
@@ -43,10 +44,15 @@ extension_sql_file!(
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 /// Runs when a backend loads the library: registers the settings (never postmaster-only ones,
-/// so loading without shared_preload_libraries never breaks a session).
+/// so loading without shared_preload_libraries never breaks a session), and, when preloaded,
+/// the background worker.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    // SAFETY: reads a postmaster flag. Workers can only be registered during preload.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
 }
 
 /// Required by `cargo pgrx test`.

@@ -106,3 +106,72 @@ pub fn integrity_is_clean(client: &mut Client) -> bool {
         .get(0);
     broken == 0 && failing == 0
 }
+
+/// A cluster of a test's own, for settings the shared one cannot have (shared_preload_libraries):
+/// started with scripts/cluster.sh, stopped and removed when dropped.
+pub struct Cluster {
+    pub dir: std::path::PathBuf,
+}
+
+impl Cluster {
+    pub fn start(name: &str, settings: &[&str]) -> Cluster {
+        let dir = std::path::PathBuf::from(format!("/tmp/identity_{name}_{}", std::process::id()));
+        let status = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/cluster.sh"
+            ))
+            .arg("start")
+            .arg(&dir)
+            .args(settings)
+            .status()
+            .expect("run scripts/cluster.sh");
+        assert!(status.success(), "cluster {name} started");
+        Cluster { dir }
+    }
+
+    pub fn config(&self, database: &str) -> Config {
+        let mut config = Config::new();
+        config
+            .host_path(&self.dir)
+            .port(5432)
+            .user("postgres")
+            .dbname(database);
+        config
+    }
+
+    pub fn connect(&self, database: &str) -> Client {
+        self.config(database)
+            .connect(NoTls)
+            .expect("connect to the test cluster")
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/cluster.sh"
+            ))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Polls `check` until it holds or `within` has passed; whether it held.
+pub fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    check()
+}

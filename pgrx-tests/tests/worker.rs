@@ -1,0 +1,121 @@
+//! The background worker, in a cluster that preloads the library: it binds queued jobs without
+//! anyone calling a function, comes back after a crash, and stops cleanly on SIGTERM.
+
+use identity_bindings_client_tests::{eventually, Cluster};
+use std::time::Duration;
+use uuid::Uuid;
+
+fn bound_to(cluster: &Cluster, external_id: &str) -> Option<Uuid> {
+    let mut client = cluster
+        .config("worker_test")
+        .connect(postgres::NoTls)
+        .ok()?;
+    client
+        .query_one("SELECT identity.resolve('github', $1)", &[&external_id])
+        .ok()
+        .and_then(|row| row.get(0))
+}
+
+fn enqueue(cluster: &Cluster, user: Uuid, external_id: &str) {
+    cluster
+        .connect("worker_test")
+        .execute(
+            "SELECT identity.enqueue_binding($1, 'github', $2, '{\"method\": \"worker test\"}')",
+            &[&user, &external_id],
+        )
+        .unwrap();
+}
+
+fn worker_pid(cluster: &Cluster) -> Option<i32> {
+    let mut client = cluster.config("postgres").connect(postgres::NoTls).ok()?;
+    client
+        .query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'identity_bindings worker'",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .map(|row| row.get(0))
+}
+
+#[test]
+fn the_worker_binds_queued_jobs_survives_a_crash_and_stops_on_sigterm() {
+    let cluster = Cluster::start(
+        "worker",
+        &[
+            "shared_preload_libraries=identity_bindings",
+            "identity.worker_database=worker_test",
+            "identity.worker_poll_interval=200ms",
+        ],
+    );
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE worker_test")
+        .unwrap();
+    cluster
+        .connect("worker_test")
+        .batch_execute("CREATE EXTENSION identity_bindings")
+        .unwrap();
+
+    // Nobody calls run_binding_jobs: the worker does.
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    enqueue(&cluster, first, "7001");
+    assert!(
+        eventually(Duration::from_secs(20), || bound_to(&cluster, "7001")
+            == Some(first)),
+        "the worker bound the job"
+    );
+
+    // A crash: the postmaster resets every backend, then starts the worker again.
+    let crashed = worker_pid(&cluster).expect("the worker runs");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &crashed.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        eventually(Duration::from_secs(30), || worker_pid(&cluster)
+            .is_some_and(|pid| pid != crashed)),
+        "the worker came back after the crash"
+    );
+    enqueue(&cluster, second, "7002");
+    assert!(
+        eventually(Duration::from_secs(20), || bound_to(&cluster, "7002")
+            == Some(second)),
+        "the restarted worker works"
+    );
+
+    // SIGTERM: a clean stop.
+    let running = worker_pid(&cluster).unwrap();
+    cluster
+        .connect("postgres")
+        .execute("SELECT pg_terminate_backend($1)", &[&running])
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || cluster
+        .server_log()
+        .contains("identity_bindings worker: stopping (SIGTERM)")));
+}
+
+#[test]
+fn sessions_work_when_the_library_is_not_preloaded() {
+    // The shared cluster of the other tests does not preload: loading the library in a session
+    // defines its settings without breaking anything, and they can be read and set.
+    let cluster = Cluster::start("no_preload", &[]);
+    let mut client = cluster.connect("postgres");
+    client
+        .batch_execute("CREATE EXTENSION identity_bindings; SET identity.retry_max_attempts = 5")
+        .unwrap();
+    let setting: String = client
+        .query_one("SHOW identity.retry_max_attempts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "5");
+    let workers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'identity_bindings worker'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(workers, 0);
+}

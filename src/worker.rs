@@ -1,0 +1,105 @@
+//! The background worker: with `shared_preload_libraries = 'identity_bindings'` and
+//! `identity.worker_database` set, it runs due binding jobs every `identity.worker_poll_interval`
+//! and the backstop every `identity.backstop_interval`. Each pass is its own transaction; a pass
+//! that fails is rolled back and logged, and the worker goes on. SIGTERM ends it cleanly; after a
+//! crash the postmaster starts it again.
+
+use crate::gucs::{BACKSTOP_INTERVAL_S, WORKER_DATABASE, WORKER_POLL_INTERVAL_MS};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+/// Registers the worker; only possible while shared_preload_libraries is being processed.
+pub fn register() {
+    BackgroundWorkerBuilder::new("identity_bindings worker")
+        .set_type("identity_bindings worker")
+        .set_library("identity_bindings")
+        .set_function("identity_bindings_worker_main")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+const RUN_JOBS: &str = "SELECT count(*) FROM identity.run_binding_jobs(100)";
+// The backstop's defaults read public.users; without that table there is nothing to check.
+const BACKSTOP: &str = "SELECT identity.backstop() WHERE to_regclass('public.users') IS NOT NULL";
+
+/// Runs `sql` in a transaction of its own: committed if it succeeds, rolled back if it raises.
+fn run_pass(sql: &str) -> Result<(), String> {
+    // SAFETY: the transaction protocol of a background worker, as BackgroundWorker::transaction
+    // does it, with an abort instead of a rethrow when the body fails.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let outcome = PgTryBuilder::new(|| Spi::run(sql).map_err(|e| e.to_string()))
+        .catch_others(|caught| {
+            Err(match caught {
+                pg_sys::panic::CaughtError::PostgresError(report)
+                | pg_sys::panic::CaughtError::ErrorReport(report)
+                | pg_sys::panic::CaughtError::RustPanic {
+                    ereport: report, ..
+                } => report.message().to_owned(),
+            })
+        })
+        .execute();
+    // SAFETY: ends the transaction started above, on both paths.
+    unsafe {
+        if outcome.is_ok() {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        } else {
+            pg_sys::AbortCurrentTransaction();
+        }
+    }
+    outcome
+}
+
+/// Logs a failed pass once, not once a second while the cause lasts.
+fn report(what: &str, outcome: Result<(), String>, last_error: &mut Option<String>) {
+    match outcome {
+        Ok(()) => *last_error = None,
+        Err(error) if last_error.as_deref() != Some(error.as_str()) => {
+            warning!("identity_bindings worker: {what} failed: {error}");
+            *last_error = Some(error);
+        }
+        Err(_) => {}
+    }
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = WORKER_DATABASE
+        .get()
+        .and_then(|d| d.into_string().ok())
+        .filter(|d| !d.is_empty());
+    let Some(database) = database else {
+        log!("identity_bindings worker: identity.worker_database is not set; the worker stays idle (set it and restart)");
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!("identity_bindings worker: started in database \"{database}\"");
+
+    let mut last_backstop: Option<Instant> = None;
+    let (mut jobs_error, mut backstop_error) = (None, None);
+    let poll =
+        || Duration::from_millis(u64::try_from(WORKER_POLL_INTERVAL_MS.get()).unwrap_or(1000));
+    while BackgroundWorker::wait_latch(Some(poll())) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: re-reads postgresql.conf, as any backend does on SIGHUP.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        report("running binding jobs", run_pass(RUN_JOBS), &mut jobs_error);
+        let backstop_every =
+            Duration::from_secs(u64::try_from(BACKSTOP_INTERVAL_S.get()).unwrap_or(3600));
+        if last_backstop.is_none_or(|at| at.elapsed() >= backstop_every) {
+            report("the backstop", run_pass(BACKSTOP), &mut backstop_error);
+            last_backstop = Some(Instant::now());
+        }
+    }
+    log!("identity_bindings worker: stopping (SIGTERM)");
+}
