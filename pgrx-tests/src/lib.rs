@@ -114,8 +114,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Where the cluster `name` of this test process lives (its socket directory too).
+    pub fn path_for(name: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/tmp/identity_{name}_{}", std::process::id()))
+    }
+
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
-        let dir = std::path::PathBuf::from(format!("/tmp/identity_{name}_{}", std::process::id()));
+        let dir = Cluster::path_for(name);
         let status = std::process::Command::new("bash")
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
