@@ -7,6 +7,7 @@ use crate::bindings::bind;
 use crate::errors::{required, IdentityError};
 use crate::providers::Builtin;
 use crate::retry::enqueue;
+use crate::statements::free_last_result;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -94,6 +95,7 @@ impl Source {
         for row in client.select(sql.as_str(), None, &[after.into(), size.into()])? {
             rows.push((row.get::<String>(1)?, row.get::<String>(2)?));
         }
+        free_last_result();
         Ok(rows)
     }
 }
@@ -121,6 +123,49 @@ impl Tally {
     }
 }
 
+/// Keeps the plans of the per-row lookups right while a backfill grows the tables: statistics
+/// taken while the tables were (nearly) empty make PostgreSQL plan sequential scans for key
+/// lookups, and a long backfill then scans ever larger tables once per row. ANALYZE each time the
+/// bindings have doubled since the last one (at most log2(n) times): it counts this transaction's
+/// own rows, and invalidates the stale plans.
+pub struct StatisticsKeeper {
+    bindings_at_last_analyze: i64,
+    created_since: i64,
+}
+
+impl StatisticsKeeper {
+    /// Starts from the size the statistics know now.
+    fn new(client: &mut SpiClient<'_>) -> Result<StatisticsKeeper, IdentityError> {
+        let known = client
+            .select(
+                "SELECT greatest(c.reltuples, 0)::int8 FROM pg_class c WHERE c.oid = 'identity.user_bindings'::regclass",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<i64>()?
+            .unwrap_or(0);
+        Ok(StatisticsKeeper {
+            bindings_at_last_analyze: known,
+            created_since: 0,
+        })
+    }
+
+    fn created(&mut self, client: &mut SpiClient<'_>) -> Result<(), IdentityError> {
+        self.created_since += 1;
+        if self.created_since >= self.bindings_at_last_analyze.max(1000) {
+            client.update(
+                "ANALYZE identity.user_bindings, identity.event_chain_heads",
+                None,
+                &[],
+            )?;
+            self.bindings_at_last_analyze += self.created_since;
+            self.created_since = 0;
+        }
+        Ok(())
+    }
+}
+
 /// Binds one batch of the source's wallets. `seen` counts rows already reported by NOTICE.
 fn backfill_batch(
     client: &mut SpiClient<'_>,
@@ -128,6 +173,7 @@ fn backfill_batch(
     after: Option<&str>,
     size: i64,
     seen: &mut Tally,
+    statistics: &mut StatisticsKeeper,
 ) -> Result<Tally, IdentityError> {
     let mut tally = Tally::default();
     let rows = source.batch(client, after, size)?;
@@ -154,8 +200,12 @@ fn backfill_batch(
             "method": "backfill",
             "source": { "table": source.table, "id_column": source.id_column, "wallet_column": source.wallet_column },
         });
-        match bind(client, user, "wallet", &address, evidence) {
-            Ok(outcome) if outcome.created => tally.created += 1,
+        // Each row in an SPI connection of its own, so its results are freed with it.
+        match Spi::connect_mut(|row_client| bind(row_client, user, "wallet", &address, evidence)) {
+            Ok(outcome) if outcome.created => {
+                tally.created += 1;
+                statistics.created(client)?;
+            }
             Ok(_) => tally.existing += 1,
             Err(IdentityError::BoundToAnotherUser { .. }) => {
                 tally.conflicts += 1;
@@ -226,6 +276,7 @@ fn backfill_wallet_bindings(
     let total = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
         let source = Source::resolve(client, users, id_column, wallet_column)?;
         let mut total = Tally::default();
+        let mut statistics = StatisticsKeeper::new(client)?;
         loop {
             let batch = backfill_batch(
                 client,
@@ -233,6 +284,7 @@ fn backfill_wallet_bindings(
                 total.last_id.clone().as_deref(),
                 size,
                 &mut total,
+                &mut statistics,
             )?;
             if batch.scanned < size {
                 return Ok(total);
@@ -276,7 +328,15 @@ fn backfill_wallet_batch(
     let size = checked_batch_size(batch_size)?;
     let batch = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
         let source = Source::resolve(client, users, id_column, wallet_column)?;
-        backfill_batch(client, &source, after_id, size, &mut Tally::default())
+        let mut statistics = StatisticsKeeper::new(client)?;
+        backfill_batch(
+            client,
+            &source,
+            after_id,
+            size,
+            &mut Tally::default(),
+            &mut statistics,
+        )
     })?;
     let (scanned, created, existing, conflicts, invalid) = row(&batch);
     Ok(TableIterator::once((
@@ -356,11 +416,15 @@ fn backstop(
                 let (Some(user), Some(Ok(address))) = (user, address) else {
                     continue;
                 };
-                if crate::bindings::owner_of(client, "wallet", &address)?.is_some() {
-                    continue;
-                }
                 let evidence = json!({ "method": "backstop", "source": { "table": source.table } });
-                if enqueue(client, user, "wallet", &address, evidence)?.1 {
+                // Each row in an SPI connection of its own, so its results are freed with it.
+                let newly_queued = Spi::connect_mut(|row_client| -> Result<bool, IdentityError> {
+                    if crate::bindings::owner_of(row_client, "wallet", &address)?.is_some() {
+                        return Ok(false);
+                    }
+                    Ok(enqueue(row_client, user, "wallet", &address, evidence)?.1)
+                })?;
+                if newly_queued {
                     queued += 1;
                 }
             }

@@ -426,6 +426,7 @@ pub fn verify_chains(
                 verifier.observe(event);
             }
         }
+        crate::statements::free_last_result();
     }
     if let Some((verifier, head)) = current.take() {
         reports.push(verifier.finish(head.as_ref()));

@@ -74,3 +74,17 @@ impl Statement {
         }
     }
 }
+
+/// Frees the result of the last SPI statement. pgrx keeps every result until its connection ends,
+/// so a loop that runs statements or fetches batches on one connection frees each result once it
+/// has copied what it needs: memory then stays flat however many rows go through.
+pub fn free_last_result() {
+    // SAFETY: SPI_tuptable is the last result of this backend's current SPI connection; nothing
+    // refers to it once the caller has copied its rows out.
+    unsafe {
+        if !pg_sys::SPI_tuptable.is_null() {
+            pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+            pg_sys::SPI_tuptable = std::ptr::null_mut();
+        }
+    }
+}
