@@ -42,6 +42,9 @@ pub struct Message {
     pub uri: String,
     pub version: String,
     pub chain_id: i64,
+    /// The chain id as written: the ABNF's `1*DIGIT` allows leading zeros, and the text is what
+    /// was signed.
+    pub chain_id_text: String,
     pub nonce: String,
     pub issued_at: Timestamp,
     pub expiration_time: Option<Timestamp>,
@@ -190,8 +193,8 @@ impl Message {
             Err("only version 1 exists".into())
         };
         lines.checked("Version", known_version)?;
-        let chain_id = lines.take_tagged("Chain ID: ", "Chain ID")?;
-        let chain_id = lines.checked("Chain ID", grammar::chain_id(chain_id))?;
+        let chain_id_text = lines.take_tagged("Chain ID: ", "Chain ID")?;
+        let chain_id = lines.checked("Chain ID", grammar::chain_id(chain_id_text))?;
         let nonce = lines.take_tagged("Nonce: ", "Nonce")?;
         lines.checked("Nonce", grammar::nonce(nonce))?;
         let issued_at = lines.take_tagged("Issued At: ", "Issued At")?;
@@ -242,6 +245,7 @@ impl Message {
             uri: uri.to_owned(),
             version: version.to_owned(),
             chain_id,
+            chain_id_text: chain_id_text.to_owned(),
             nonce: nonce.to_owned(),
             issued_at,
             expiration_time,
@@ -269,7 +273,7 @@ impl fmt::Display for Message {
         write!(
             f,
             "\nURI: {}\nVersion: {}\nChain ID: {}\nNonce: {}\nIssued At: {}",
-            self.uri, self.version, self.chain_id, self.nonce, self.issued_at.text
+            self.uri, self.version, self.chain_id_text, self.nonce, self.issued_at.text
         )?;
         if let Some(t) = &self.expiration_time {
             write!(f, "\nExpiration Time: {}", t.text)?;

@@ -560,3 +560,13 @@ fn parse_errors_name_the_line_and_the_field() {
     let error = Message::parse(&message.replace("Version: 1", "Version: 2")).unwrap_err();
     assert_eq!((error.line, error.field), (7, "Version"));
 }
+
+#[test]
+fn a_chain_id_with_leading_zeros_is_kept_as_written() {
+    // Found by the fuzzer: the ABNF allows "05"; it means chain 5 and prints back as "05".
+    let (message, _, _) = example();
+    let padded = message.replace("Chain ID: 1", "Chain ID: 05");
+    let parsed = Message::parse(&padded).unwrap();
+    assert_eq!((parsed.chain_id, parsed.chain_id_text.as_str()), (5, "05"));
+    assert_eq!(parsed.to_string(), padded);
+}
