@@ -10,11 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
 
-work=$(mktemp -d /tmp/identity_backfill_bench.XXXXXX)
-chmod 0755 "$work"
-cluster="$work/cluster"
-trap 'scripts/cluster.sh stop "$cluster"; rm -rf "$work"' EXIT
-scripts/cluster.sh start "$cluster" "shared_buffers=1GB" "max_wal_size=8GB" "checkpoint_timeout=30min"
+. scripts/throwaway.sh
+throwaway_cluster identity_backfill_bench "shared_buffers=1GB" "max_wal_size=8GB" "checkpoint_timeout=30min"
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres)
 
 "${psql[@]}" -d postgres -c "CREATE DATABASE template_users"

@@ -8,16 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${SECONDS_PER_RUN:-10}
 
-work=$(mktemp -d /tmp/identity_bench.XXXXXX)
-chmod 0755 "$work"
-cluster="$work/cluster"
-trap 'scripts/cluster.sh stop "$cluster"; rm -rf "$work"' EXIT
-scripts/cluster.sh start "$cluster"
+. scripts/throwaway.sh
+throwaway_cluster identity_bench
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
 
-if [ ! -d tests/interop/node_modules ] || [ tests/interop/package-lock.json -nt tests/interop/node_modules ]; then
-    (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
-fi
+interop_packages
 node tests/interop/bench_messages.mjs 64 > "$work/messages.jsonl"
 
 "${psql[@]}" <<SQL

@@ -4,22 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-work=$(mktemp -d /tmp/identity_demo.XXXXXX)
-chmod 0755 "$work"  # the cluster inside runs as postgres
-cluster="$work/cluster"
-trap 'scripts/cluster.sh stop "$cluster"; rm -rf "$work"' EXIT
-
-echo "Starting a throwaway PostgreSQL 15 cluster in $cluster ..."
-scripts/cluster.sh start "$cluster"
+. scripts/throwaway.sh
+echo "Starting a throwaway PostgreSQL 15 cluster ..."
+throwaway_cluster identity_demo
 psql=(psql -X -q -h "$cluster" -p 5432 -U postgres -d postgres)
 "${psql[@]}" -c "CREATE EXTENSION identity_bindings"
 echo "CREATE EXTENSION identity_bindings: done."
 "${psql[@]}" -f scripts/demo.sql 2>&1  # errors in their place in the story
 
 # Sign-In with Ethereum: a real wallet library (viem) signs; the database verifies and binds.
-if [ ! -d tests/interop/node_modules ] || [ tests/interop/package-lock.json -nt tests/interop/node_modules ]; then
-    (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
-fi
+interop_packages
 domain=demo.example
 sign() {  # sign <nonce>: prints the wallet's JSON {message, signature, address}
     node tests/interop/wallet.mjs "$domain" "$1"

@@ -8,10 +8,7 @@ cd "$(dirname "$0")/.."
 
 PGXS=$(/usr/lib/postgresql/15/bin/pg_config --pgxs)
 PG_REGRESS=$(dirname "$PGXS")/../test/regress/pg_regress
-work=$(mktemp -d /tmp/identity_regress.XXXXXX)
-chmod 0755 "$work"  # the cluster inside runs as postgres
-cluster="$work/cluster"
-trap 'scripts/cluster.sh stop "$cluster"; rm -rf "$work"' EXIT
+. scripts/throwaway.sh
 
 if [ "${1:-}" = "--accept" ]; then
     for test in $(awk '/^test:/ {print $2}' tests/pg_regress/schedule); do
@@ -19,7 +16,7 @@ if [ "${1:-}" = "--accept" ]; then
     done
 fi
 
-scripts/cluster.sh start "$cluster"
+throwaway_cluster identity_regress
 status=0
 "$PG_REGRESS" --bindir=/usr/lib/postgresql/15/bin --host="$cluster" --port=5432 --user=postgres \
     --dbname=identity_regress --inputdir=tests/pg_regress --outputdir="$work" \

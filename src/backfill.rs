@@ -32,6 +32,20 @@ struct Source {
 }
 
 impl Source {
+    /// The source a function's arguments name: the users table (NULL when the default,
+    /// public.users, does not exist) and its id and wallet columns.
+    fn from_arguments(
+        client: &mut SpiClient<'_>,
+        users: Option<PgRelation>,
+        id_column: Option<&str>,
+        wallet_column: Option<&str>,
+    ) -> Result<Source, IdentityError> {
+        let table = users_table(users)?;
+        let id_column = required(id_column, "id_column")?;
+        let wallet_column = required(wallet_column, "wallet_column")?;
+        Source::resolve(client, table, id_column, wallet_column)
+    }
+
     fn resolve(
         client: &mut SpiClient<'_>,
         table: Oid,
@@ -267,14 +281,9 @@ fn backfill_wallet_bindings(
     >,
     ErrorReport,
 > {
-    let (users, id_column, wallet_column) = (
-        users_table(users)?,
-        required(id_column, "id_column")?,
-        required(wallet_column, "wallet_column")?,
-    );
     let size = checked_batch_size(batch_size)?;
     let total = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
-        let source = Source::resolve(client, users, id_column, wallet_column)?;
+        let source = Source::from_arguments(client, users, id_column, wallet_column)?;
         let mut total = Tally::default();
         let mut statistics = StatisticsKeeper::new(client)?;
         loop {
@@ -320,14 +329,9 @@ fn backfill_wallet_batch(
     >,
     ErrorReport,
 > {
-    let (users, id_column, wallet_column) = (
-        required(users, "users")?.oid(),
-        required(id_column, "id_column")?,
-        required(wallet_column, "wallet_column")?,
-    );
     let size = checked_batch_size(batch_size)?;
     let batch = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
-        let source = Source::resolve(client, users, id_column, wallet_column)?;
+        let source = Source::from_arguments(client, users, id_column, wallet_column)?;
         let mut statistics = StatisticsKeeper::new(client)?;
         backfill_batch(
             client,
@@ -397,13 +401,8 @@ fn backstop(
     id_column: default!(Option<&str>, "'id'"),
     wallet_column: default!(Option<&str>, "'wallet_address'"),
 ) -> Result<i64, ErrorReport> {
-    let (users, id_column, wallet_column) = (
-        users_table(users)?,
-        required(id_column, "id_column")?,
-        required(wallet_column, "wallet_column")?,
-    );
     Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {
-        let source = Source::resolve(client, users, id_column, wallet_column)?;
+        let source = Source::from_arguments(client, users, id_column, wallet_column)?;
         let mut queued = 0;
         let mut after: Option<String> = None;
         loop {
