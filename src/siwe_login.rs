@@ -1,7 +1,7 @@
 //! Sign-In with Ethereum in SQL: verify a message, log in (verify, consume the nonce, bind the
 //! wallet) in one round trip, link a wallet to a known user, and re-check stored evidence.
 
-use crate::bindings::{bind, BindOutcome};
+use crate::bindings::{bind, owner_of, BindOutcome};
 use crate::errors::{required, IdentityError};
 use crate::events::{pg_uuid, rust_uuid};
 use crate::nonces::consume;
@@ -10,7 +10,7 @@ use crate::siwe::{self, Expectations, Message, VerifyError, VERIFIER_VERSION};
 use crate::statements::Statement;
 use crate::subtransaction::in_subtransaction;
 use pgrx::pg_sys::panic::ErrorReport;
-use pgrx::pg_sys::{self, TEXTOID, UUIDOID};
+use pgrx::pg_sys::{self, UUIDOID};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
@@ -156,20 +156,6 @@ fn accept_login(
     })
 }
 
-static WALLET_OWNER: Statement = Statement::write(
-    "SELECT b.user_id FROM identity.user_bindings b WHERE b.provider = 'wallet' AND b.external_id = $1",
-    &[TEXTOID],
-);
-
-/// The user the wallet is bound to, if any.
-fn wallet_owner(client: &mut SpiClient<'_>, address: &str) -> Result<Option<Uuid>, IdentityError> {
-    let rows = WALLET_OWNER.run(client, &[address.into()])?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    Ok(rows.first().get_one::<pgrx::Uuid>()?.map(rust_uuid))
-}
-
 /// `identity.siwe_login(message, signature, domain, new_user_id)`: one round trip from a signed
 /// message to the user it identifies, binding the wallet to a new user on first login.
 #[pg_extern(volatile, security_definer)]
@@ -198,7 +184,7 @@ fn siwe_login(
         let login = accept_login(client, message, signature, domain)?;
         let address = login.message.address.to_checksummed();
         let chain_id = login.message.chain_id;
-        if let Some(owner) = wallet_owner(client, &address)? {
+        if let Some(owner) = owner_of(client, "wallet", &address)? {
             return Ok((owner, address, chain_id, "existing"));
         }
         let user_id = new_user_id.map(rust_uuid).unwrap_or_else(Uuid::new_v4);
@@ -208,10 +194,11 @@ fn siwe_login(
             Ok(BindOutcome { created: true, .. }) => Ok((user_id, address, chain_id, "created")),
             Ok(BindOutcome { created: false, .. }) => Ok((user_id, address, chain_id, "existing")),
             // A concurrent first login from the same wallet bound it a moment ago: same wallet,
-            // same user.
+            // same user. (The nonce was consumed by a write, so this look-up takes a fresh
+            // snapshot and sees that login's committed binding.)
             Err(failure) if failure.sqlstate == "23505" => {
-                let owner =
-                    wallet_owner(client, &address)?.ok_or_else(|| IdentityError::from(failure))?;
+                let owner = owner_of(client, "wallet", &address)?
+                    .ok_or_else(|| IdentityError::from(failure))?;
                 Ok((owner, address, chain_id, "existing"))
             }
             // A lock timeout, serialization failure or deadlock: queue the binding, never lose it.
