@@ -4,8 +4,10 @@
 #     feeding the event INSERT, one transaction, on tables shaped like the seed's;
 #   - identity.backfill_wallet_bindings() (one transaction, batches of 10,000);
 #   - CALL identity.backfill_wallet_bindings_in_batches() (a commit per batch of 10,000).
-# Each starts from a copy of the same template database. Reports wall time and the backend's peak
-# memory (VmHWM). Run after `make install`: benches/backfill.sh [rows]
+# Each starts from a copy of the same template database. Wallets are random (real addresses are
+# hashes), so no contestant gets index inserts in key order for free. Reports wall time and the
+# backend's own peak memory (RssAnon, sampled; VmHWM would count the shared buffers it touched).
+# Run after `make install`: benches/backfill.sh [rows]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
@@ -19,7 +21,8 @@ psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres)
 CREATE EXTENSION identity_bindings;
 CREATE TABLE public.users (id uuid PRIMARY KEY, wallet_address text);
 INSERT INTO public.users
-SELECT gen_random_uuid(), '0x' || lpad(to_hex(i), 40, '0') FROM generate_series(1, $rows) i;
+SELECT gen_random_uuid(), '0x' || left(encode(sha256(int8send(i)), 'hex'), 40)
+  FROM generate_series(1, $rows) i;
 -- The seed application's tables (Drizzle schema of the TypeScript design).
 CREATE TABLE seed_user_bindings (
     id uuid PRIMARY KEY, user_id uuid NOT NULL, provider text NOT NULL, external_id text NOT NULL,
@@ -31,27 +34,21 @@ CREATE TABLE seed_identity_events (
 VACUUM ANALYZE;
 SQL
 
-run() {  # run <name> <sql>: prints "seconds peak_kib"
-    local database="bench_$1"
+timed() {  # timed <name> <sql>: in a fresh copy of the data, prints "seconds peak_rss_kib"
+    local database="bench_$1" ms
     "${psql[@]}" -d postgres -c "CREATE DATABASE $database TEMPLATE template_users"
-    "${psql[@]}" -d "$database" -At <<SQL
+    ms=$("${psql[@]}" -d "$database" -At <<SQL | awk '/^Time:/ {t = $2} END {print t}'
+SET client_min_messages = warning;
 SELECT pg_backend_pid() AS pid \gset
+\setenv BACKEND_PID :pid
+\! scripts/peak_rss.sh \$BACKEND_PID > $work/$1.rss &
 \o /dev/null
 \timing on
 $2
-\timing off
-\o
-\setenv BACKEND_PID :pid
-\! awk '/VmHWM/ {print \$2}' /proc/\$BACKEND_PID/status > $work/$1.hwm
 SQL
-}
-
-timed() {  # timed <name> <sql>: wall seconds and peak memory of the backend
-    local start end
-    start=$(date +%s.%N)
-    run "$1" "$2" >/dev/null
-    end=$(date +%s.%N)
-    printf '%s %s\n' "$(python3 -c "print(f'{$end - $start:.1f}')")" "$(cat "$work/$1.hwm")"
+)
+    while [ ! -s "$work/$1.rss" ]; do sleep 0.2; done  # the sampler ends with the backend
+    printf '%s %s\n' "$(python3 -c "print(f'{$ms / 1000:.1f}')")" "$(cat "$work/$1.rss")"
 }
 
 read -r cte_s cte_kib < <(timed cte "WITH inserted AS (
@@ -69,7 +66,7 @@ read -r proc_s proc_kib < <(timed procedure "CALL identity.backfill_wallet_bindi
 
 ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
 cat <<EOF2
-| backfill of $rows users | seconds | vs the seed's CTE | backend peak memory |
+| backfill of $rows users | seconds | vs the seed's CTE | backend's own peak memory (RssAnon) |
 |---|---:|---:|---:|
 | seed's single-statement CTE (one transaction) | $cte_s | 1.00× | $((cte_kib / 1024)) MiB |
 | \`identity.backfill_wallet_bindings()\` (one transaction) | $fn_s | $(ratio "$fn_s" "$cte_s") | $((fn_kib / 1024)) MiB |

@@ -3,7 +3,7 @@
 //! batches, so a table of tens of millions of rows never needs one huge read; the procedure
 //! form commits after each batch.
 
-use crate::bindings::bind;
+use crate::bindings::{bind_many, BatchOutcome};
 use crate::errors::{required, IdentityError};
 use crate::providers::Builtin;
 use crate::retry::enqueue;
@@ -165,8 +165,8 @@ impl StatisticsKeeper {
         })
     }
 
-    fn created(&mut self, client: &mut SpiClient<'_>) -> Result<(), IdentityError> {
-        self.created_since += 1;
+    fn created(&mut self, client: &mut SpiClient<'_>, count: i64) -> Result<(), IdentityError> {
+        self.created_since += count;
         if self.created_since >= self.bindings_at_last_analyze.max(1000) {
             client.update(
                 "ANALYZE identity.user_bindings, identity.event_chain_heads",
@@ -177,6 +177,23 @@ impl StatisticsKeeper {
             self.created_since = 0;
         }
         Ok(())
+    }
+}
+
+/// A source row whose user id is not a UUID or whose wallet is not an address.
+struct InvalidRow {
+    id: Option<String>,
+    wallet: String,
+}
+
+impl std::fmt::Display for InvalidRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: invalid user id or wallet address \"{}\"",
+            self.id.as_deref().unwrap_or("NULL"),
+            crate::errors::echo(&self.wallet)
+        )
     }
 }
 
@@ -191,47 +208,54 @@ fn backfill_batch(
 ) -> Result<Tally, IdentityError> {
     let mut tally = Tally::default();
     let rows = source.batch(client, after, size)?;
-    for (id, wallet) in rows {
-        tally.scanned += 1;
-        let shown = id.clone().unwrap_or_else(|| "NULL".into());
-        tally.last_id = id.clone();
-        let Some(wallet) = wallet.filter(|w| !w.is_empty()) else {
-            continue;
-        };
-        let user = id.as_deref().and_then(|id| Uuid::parse_str(id).ok());
-        let address = Builtin::Wallet.canonicalize(&wallet);
-        let (Some(user), Ok(address)) = (user, address) else {
-            tally.invalid += 1;
-            if seen.invalid + tally.invalid <= NOTICED_PER_KIND {
-                notice!(
-                    "backfill: user {shown}: invalid user id or wallet address \"{}\"",
-                    crate::errors::echo(&wallet)
-                );
+    tally.scanned = rows.len() as i64;
+    tally.last_id = rows.last().and_then(|(id, _)| id.clone());
+    // Each row checked, in source order: the (user, address) to bind, or why it cannot be.
+    let checked: Vec<Result<(Uuid, String), InvalidRow>> = rows
+        .into_iter()
+        .filter_map(|(id, wallet)| Some((id, wallet.filter(|w| !w.is_empty())?)))
+        .map(|(id, wallet)| {
+            let user = id.as_deref().and_then(|id| Uuid::parse_str(id).ok());
+            match (user, Builtin::Wallet.canonicalize(&wallet)) {
+                (Some(user), Ok(address)) => Ok((user, address)),
+                _ => Err(InvalidRow { id, wallet }),
             }
-            continue;
-        };
-        let evidence = json!({
-            "method": "backfill",
-            "source": { "table": source.table, "id_column": source.id_column, "wallet_column": source.wallet_column },
-        });
-        // Each row in an SPI connection of its own, so its results are freed with it.
-        match Spi::connect_mut(|row_client| bind(row_client, user, "wallet", &address, evidence)) {
-            Ok(outcome) if outcome.created => {
-                tally.created += 1;
-                statistics.created(client)?;
+        })
+        .collect();
+    let valid: Vec<(Uuid, String)> = checked.iter().flatten().cloned().collect();
+    let evidence = json!({
+        "method": "backfill",
+        "source": { "table": source.table, "id_column": source.id_column, "wallet_column": source.wallet_column },
+    });
+    // The batch in an SPI connection of its own, so its results are freed with it.
+    let outcomes = Spi::connect_mut(|batch| bind_many(batch, "wallet", &valid, &evidence))?;
+    let mut outcomes = outcomes.into_iter();
+    for row in &checked {
+        let (user, address) = match row {
+            Ok(valid) => valid,
+            Err(invalid) => {
+                tally.invalid += 1;
+                if seen.invalid + tally.invalid <= NOTICED_PER_KIND {
+                    notice!("backfill: user {invalid}");
+                }
+                continue;
             }
-            Ok(_) => tally.existing += 1,
-            Err(IdentityError::BoundToAnotherUser { .. }) => {
+        };
+        match outcomes.next() {
+            Some(BatchOutcome::Created) => tally.created += 1,
+            Some(BatchOutcome::Existing) => tally.existing += 1,
+            Some(BatchOutcome::BoundToAnotherUser) => {
                 tally.conflicts += 1;
                 if seen.conflicts + tally.conflicts <= NOTICED_PER_KIND {
                     notice!(
-                        "backfill: user {shown}: wallet {address} is already bound to another user"
+                        "backfill: user {user}: wallet {address} is already bound to another user"
                     );
                 }
             }
-            Err(other) => return Err(other),
+            None => return Err(IdentityError::Internal("a batch outcome is missing".into())),
         }
     }
+    statistics.created(client, tally.created)?;
     seen.add(&tally);
     Ok(tally)
 }

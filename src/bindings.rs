@@ -5,15 +5,15 @@
 //! explicit, evidenced merge, or by a revoke followed by a new bind (NO_AUTO_MERGE).
 
 use crate::errors::{required, IdentityError};
-use crate::events::{append, pg_uuid, rust_uuid, EventType};
+use crate::events::{append, append_many, pg_uuid, rust_uuid, EventType};
 use crate::providers::canonical_external_id;
 use crate::statements::Statement;
 use pgrx::pg_sys::panic::ErrorReport;
-use pgrx::pg_sys::{TEXTARRAYOID, TEXTOID, UUIDOID};
+use pgrx::pg_sys::{TEXTARRAYOID, TEXTOID, UUIDARRAYOID, UUIDOID};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// What `bind` did.
@@ -63,12 +63,7 @@ pub fn bind(
             ],
         )?;
         if !inserted.is_empty() {
-            let payload = json!({
-                "binding_id": binding_id,
-                "provider": provider,
-                "external_id": canonical_id,
-                "evidence": evidence,
-            });
+            let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
             append(client, user_id, EventType::Bind, &payload)?;
             return Ok(BindOutcome {
                 binding_id,
@@ -99,6 +94,132 @@ pub fn bind(
         });
     }
     Err(IdentityError::ChainAppendConflict)
+}
+
+/// The payload of a bind or revoke event: which binding, and the evidence for the change.
+fn binding_payload(binding_id: Uuid, provider: &str, external_id: &str, evidence: &Value) -> Value {
+    json!({
+        "binding_id": binding_id,
+        "provider": provider,
+        "external_id": external_id,
+        "evidence": evidence,
+    })
+}
+
+/// What binding one row of a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    Created,
+    /// Already bound to the same user: nothing written.
+    Existing,
+    /// Bound to another user (possibly by an earlier row of the same batch): nothing written.
+    BoundToAnotherUser,
+}
+
+static INSERT_BINDINGS: Statement = Statement::write(
+    "INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
+     SELECT n.id, n.user_id, $1, n.external_id
+       FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS n (id, user_id, external_id)
+     ON CONFLICT (provider, external_id) DO NOTHING RETURNING id",
+    &[TEXTOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID],
+);
+
+// A write statement for its fresh snapshot, as FIND_BINDING.
+static FIND_BINDINGS: Statement = Statement::write(
+    "SELECT b.external_id, b.user_id FROM identity.user_bindings b
+      WHERE b.provider = $1 AND b.external_id = ANY ($2)",
+    &[TEXTOID, TEXTARRAYOID],
+);
+
+/// Binds a batch of `(user, canonical external id)` of `provider`, all with the same evidence,
+/// with a few statements for the whole batch: what `bind` does row by row, with the same
+/// outcome per row (in input order). When one id appears twice, the first row gets it.
+pub fn bind_many(
+    client: &mut SpiClient<'_>,
+    provider: &str,
+    rows: &[(Uuid, String)],
+    evidence: &Value,
+) -> Result<Vec<BatchOutcome>, IdentityError> {
+    let binding_ids: Vec<Uuid> = rows.iter().map(|_| Uuid::now_v7()).collect();
+    let inserted = insert_bindings(client, provider, rows, &binding_ids)?;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(inserted.len());
+    let mut not_inserted = Vec::new();
+    for ((user_id, external_id), binding_id) in rows.iter().zip(&binding_ids) {
+        if inserted.contains(binding_id) {
+            let payload = binding_payload(*binding_id, provider, external_id, evidence);
+            events.push((*user_id, payload));
+            outcomes.push(Some(BatchOutcome::Created));
+        } else {
+            not_inserted.push(external_id.as_str());
+            outcomes.push(None);
+        }
+    }
+    append_many(client, EventType::Bind, &events)?;
+    let owners = owners_of(client, provider, not_inserted)?;
+    for ((user_id, external_id), outcome) in rows.iter().zip(outcomes.iter_mut()) {
+        if outcome.is_some() {
+            continue;
+        }
+        *outcome = Some(match owners.get(external_id) {
+            Some(owner) if owner == user_id => BatchOutcome::Existing,
+            Some(_) => BatchOutcome::BoundToAnotherUser,
+            // Revoked since the insert saw it: bind it singly, as bind retries.
+            None => match bind(client, *user_id, provider, external_id, evidence.clone()) {
+                Ok(outcome) if outcome.created => BatchOutcome::Created,
+                Ok(_) => BatchOutcome::Existing,
+                Err(IdentityError::BoundToAnotherUser { .. }) => BatchOutcome::BoundToAnotherUser,
+                Err(other) => return Err(other),
+            },
+        });
+    }
+    Ok(outcomes.into_iter().flatten().collect())
+}
+
+/// Inserts the rows that are not bound yet; returns the binding ids it inserted.
+fn insert_bindings(
+    client: &mut SpiClient<'_>,
+    provider: &str,
+    rows: &[(Uuid, String)],
+    binding_ids: &[Uuid],
+) -> Result<HashSet<Uuid>, IdentityError> {
+    let mut inserted = HashSet::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(inserted);
+    }
+    let ids: Vec<pgrx::Uuid> = binding_ids.iter().copied().map(pg_uuid).collect();
+    let users: Vec<pgrx::Uuid> = rows.iter().map(|(user, _)| pg_uuid(*user)).collect();
+    let external_ids: Vec<&str> = rows.iter().map(|(_, id)| id.as_str()).collect();
+    let args = [
+        provider.into(),
+        ids.into(),
+        users.into(),
+        external_ids.into(),
+    ];
+    for row in INSERT_BINDINGS.run(client, &args)? {
+        if let Some(id) = row.get::<pgrx::Uuid>(1)? {
+            inserted.insert(rust_uuid(id));
+        }
+    }
+    Ok(inserted)
+}
+
+/// The owners of those of `external_ids` that are bound.
+fn owners_of(
+    client: &mut SpiClient<'_>,
+    provider: &str,
+    external_ids: Vec<&str>,
+) -> Result<HashMap<String, Uuid>, IdentityError> {
+    let mut owners = HashMap::with_capacity(external_ids.len());
+    if external_ids.is_empty() {
+        return Ok(owners);
+    }
+    for row in FIND_BINDINGS.run(client, &[provider.into(), external_ids.into()])? {
+        if let (Some(id), Some(user)) = (row.get::<String>(1)?, row.get::<pgrx::Uuid>(2)?) {
+            owners.insert(id, rust_uuid(user));
+        }
+    }
+    Ok(owners)
 }
 
 /// Evidence is a JSON object: a record of how the link was proven, never a bare value.
@@ -186,12 +307,7 @@ fn revoke_binding(
                 "revoked binding has NULL ids".into(),
             ));
         };
-        let payload = json!({
-            "binding_id": binding_id,
-            "provider": provider,
-            "external_id": canonical_id,
-            "evidence": evidence,
-        });
+        let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
         append(client, user_id, EventType::Revoke, &payload)?;
         Ok((binding_id, user_id))
     })?;
@@ -394,6 +510,55 @@ mod tests {
             0
         );
         assert_eq!(count("SELECT count(*) FROM identity.identity_events"), 2);
+    }
+
+    #[pg_test]
+    fn a_batch_bind_gives_each_row_the_outcome_bind_would() {
+        use super::{bind_many, BatchOutcome::*};
+        use uuid::Uuid;
+        create(ALICE, "github", "1");
+        let (alice, bob) = (
+            Uuid::parse_str(ALICE).unwrap(),
+            Uuid::parse_str(BOB).unwrap(),
+        );
+        let carol = Uuid::parse_str("00000000-0000-4000-8000-00000000ca01").unwrap();
+        let rows = [
+            (alice, "1".to_string()), // already Alice's
+            (bob, "1".to_string()),   // Alice's
+            (bob, "2".to_string()),   // new
+            (carol, "2".to_string()), // taken by the row before, in the same batch
+            (carol, "3".to_string()), // new
+        ];
+        let evidence = serde_json::json!({"method": "test"});
+        let outcomes =
+            Spi::connect_mut(|client| bind_many(client, "github", &rows, &evidence)).unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Existing,
+                BoundToAnotherUser,
+                Created,
+                BoundToAnotherUser,
+                Created
+            ]
+        );
+        let owners = Spi::get_one::<String>(
+            "SELECT string_agg(external_id || '=' || right(user_id::text, 4), ' ' ORDER BY external_id)
+               FROM identity.user_bindings",
+        );
+        assert_eq!(owners, Ok(Some("1=a11c 2=0b0b 3=ca01".into())));
+        // One event per created binding, each naming its binding and the evidence.
+        let evidenced = count(
+            "SELECT count(*) FROM identity.user_bindings b JOIN identity.identity_events e
+                 ON e.payload->>'binding_id' = b.id::text AND e.user_id = b.user_id
+                AND e.payload->'evidence' = '{\"method\": \"test\"}'
+                AND e.payload->>'external_id' = b.external_id",
+        );
+        assert_eq!(evidenced, 2);
+        assert_eq!(count("SELECT count(*) FROM identity.identity_events"), 3);
+        let integrity: Option<bool> =
+            Spi::get_one("SELECT bool_and(ok) FROM identity.check_integrity()").unwrap();
+        assert_eq!(integrity, Some(true));
     }
 
     #[pg_test]

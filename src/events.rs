@@ -11,10 +11,14 @@ use crate::errors::IdentityError;
 use crate::statements::Statement;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::ErrorReport;
-use pgrx::pg_sys::{self, BYTEAOID, INT8OID, JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
+use pgrx::pg_sys::{
+    self, BYTEAARRAYOID, BYTEAOID, INT8ARRAYOID, INT8OID, JSONBARRAYOID, JSONBOID, TEXTOID,
+    TIMESTAMPTZOID, UUIDARRAYOID, UUIDOID,
+};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use sha3::{Digest, Keccak256};
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use uuid::Uuid;
 
@@ -234,6 +238,24 @@ fn jsonb_with_text(payload: &serde_json::Value) -> (pg_sys::Datum, String) {
     }
 }
 
+/// A jsonb[] argument made of jsonb datums built in this memory context.
+fn jsonb_array(mut elements: Vec<pg_sys::Datum>) -> DatumWithOid<'static> {
+    let count = i32::try_from(elements.len()).expect("a batch holds fewer than 2^31 events");
+    // SAFETY: every element is a jsonb datum (varlena, int-aligned), alive in the current memory
+    // context as the array built here is.
+    unsafe {
+        let array = pg_sys::construct_array(
+            elements.as_mut_ptr(),
+            count,
+            JSONBOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        );
+        DatumWithOid::new(pg_sys::Datum::from(array), JSONBARRAYOID)
+    }
+}
+
 pub fn pg_uuid(id: Uuid) -> pgrx::Uuid {
     pgrx::Uuid::from_bytes(*id.as_bytes())
 }
@@ -331,6 +353,256 @@ pub fn append(
         return Ok(event_id);
     }
     Err(IdentityError::ChainAppendConflict)
+}
+
+static LOCK_HEADS: Statement = Statement::write(
+    "SELECT h.user_id, h.last_seq, h.last_hash FROM identity.event_chain_heads h
+      WHERE h.user_id = ANY ($1) ORDER BY h.user_id FOR UPDATE",
+    &[UUIDARRAYOID],
+);
+
+static START_CHAINS: Statement = Statement::write(
+    "INSERT INTO identity.event_chain_heads (user_id, last_seq, last_hash, last_event_id)
+     SELECT n.user_id, 1, n.hash, n.event_id
+       FROM unnest($1::uuid[], $2::bytea[], $3::uuid[]) AS n (user_id, hash, event_id)
+     ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
+    &[UUIDARRAYOID, BYTEAARRAYOID, UUIDARRAYOID],
+);
+
+static ADVANCE_HEADS: Statement = Statement::write(
+    "UPDATE identity.event_chain_heads h
+        SET last_seq = n.seq, last_hash = n.hash, last_event_id = n.event_id
+       FROM unnest($1::uuid[], $2::int8[], $3::bytea[], $4::uuid[]) AS n (user_id, seq, hash, event_id)
+      WHERE h.user_id = n.user_id",
+    &[UUIDARRAYOID, INT8ARRAYOID, BYTEAARRAYOID, UUIDARRAYOID],
+);
+
+static INSERT_EVENTS: Statement = Statement::write(
+    "INSERT INTO identity.identity_events
+            (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+     SELECT n.id, n.user_id, n.seq, $1, n.payload, $2, n.prev_hash, n.hash
+       FROM unnest($3::uuid[], $4::uuid[], $5::int8[], $6::jsonb[], $7::bytea[], $8::bytea[])
+            AS n (id, user_id, seq, payload, prev_hash, hash)
+     ON CONFLICT (user_id, seq) DO NOTHING RETURNING true",
+    &[
+        TEXTOID,
+        TIMESTAMPTZOID,
+        UUIDARRAYOID,
+        UUIDARRAYOID,
+        INT8ARRAYOID,
+        JSONBARRAYOID,
+        BYTEAARRAYOID,
+        BYTEAARRAYOID,
+    ],
+);
+
+/// One event of a bulk append, linked to its chain and ready to insert.
+struct PendingLink {
+    event_id: Uuid,
+    user_id: Uuid,
+    seq: i64,
+    /// The payload as a jsonb datum, and the text the hash commits to.
+    payload: (pg_sys::Datum, String),
+    prev_hash: Option<Vec<u8>>,
+    hash: [u8; 32],
+}
+
+impl PendingLink {
+    fn new(
+        user_id: Uuid,
+        event_type: EventType,
+        created_at: pg_sys::TimestampTz,
+        payload: &serde_json::Value,
+    ) -> Self {
+        let mut link = PendingLink {
+            event_id: Uuid::now_v7(),
+            user_id,
+            seq: 1,
+            payload: jsonb_with_text(payload),
+            prev_hash: None,
+            hash: [0; 32],
+        };
+        link.hash = link.chain_link(event_type, created_at).hash();
+        link
+    }
+
+    fn chain_link(&self, event_type: EventType, created_at: pg_sys::TimestampTz) -> ChainLink<'_> {
+        ChainLink {
+            prev_hash: self.prev_hash.as_deref(),
+            event_id: self.event_id,
+            user_id: self.user_id,
+            seq: self.seq,
+            created_at,
+            event_type: event_type.as_str(),
+            payload: &self.payload.1,
+        }
+    }
+
+    /// Relinks the event after the chain's current head.
+    fn follow(
+        &mut self,
+        (last_seq, last_hash): (i64, Vec<u8>),
+        event_type: EventType,
+        created_at: pg_sys::TimestampTz,
+    ) {
+        self.seq = last_seq + 1;
+        self.prev_hash = Some(last_hash);
+        self.hash = self.chain_link(event_type, created_at).hash();
+    }
+}
+
+/// Appends one event per `(user, payload)` with a handful of statements for the whole set, where
+/// `append` takes four per event: for batches (the backfill). The chains and their heads end up
+/// exactly as if each event had been appended with `append`, in the order given.
+pub fn append_many(
+    client: &mut SpiClient<'_>,
+    event_type: EventType,
+    events: &[(Uuid, serde_json::Value)],
+) -> Result<(), IdentityError> {
+    // Each user's first event goes in bulk; a second one must link to it, so it follows singly.
+    let mut seen = HashSet::with_capacity(events.len());
+    let (mut bulk, mut later): (Vec<_>, Vec<_>) =
+        events.iter().partition(|(user, _)| seen.insert(*user));
+    // Heads are started and locked in user order, so concurrent batches cannot deadlock.
+    bulk.sort_by_key(|(user, _)| *user);
+    // SAFETY: reads a backend-local timestamp; no preconditions.
+    let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    // Most events of a batch start their user's chain: try that first, then lock the heads of
+    // the chains that exist and link those events after them.
+    let mut links: Vec<PendingLink> = bulk
+        .iter()
+        .map(|(user, payload)| PendingLink::new(*user, event_type, created_at, payload))
+        .collect();
+    let started = start_chains(client, &links)?;
+    let continuing: Vec<Uuid> = links
+        .iter()
+        .map(|link| link.user_id)
+        .filter(|user| !started.contains(user))
+        .collect();
+    let mut heads = lock_heads(client, continuing)?;
+    let mut vanished = Vec::new();
+    links.retain_mut(|link| {
+        if started.contains(&link.user_id) {
+            return true;
+        }
+        match heads.remove(&link.user_id) {
+            Some(head) => {
+                link.follow(head, event_type, created_at);
+                true
+            }
+            None => {
+                vanished.push(link.user_id);
+                false
+            }
+        }
+    });
+    advance_heads(client, &links)?;
+    insert_events(client, event_type, created_at, &links)?;
+    // A head that conflicted but was gone when locked (only a manual DELETE does that): singly.
+    let vanished = bulk
+        .iter()
+        .copied()
+        .filter(|(user, _)| vanished.contains(user));
+    for (user_id, payload) in vanished.chain(later.drain(..)) {
+        append(client, *user_id, event_type, payload)?;
+    }
+    Ok(())
+}
+
+type LockedHeads = HashMap<Uuid, (i64, Vec<u8>)>;
+
+fn lock_heads(client: &mut SpiClient<'_>, users: Vec<Uuid>) -> Result<LockedHeads, IdentityError> {
+    let mut heads = LockedHeads::with_capacity(users.len());
+    if users.is_empty() {
+        return Ok(heads);
+    }
+    let users: Vec<pgrx::Uuid> = users.into_iter().map(pg_uuid).collect();
+    for row in LOCK_HEADS.run(client, &[users.into()])? {
+        let user_id = row.get::<pgrx::Uuid>(1)?.map(rust_uuid);
+        let user_id = user_id.ok_or_else(|| IdentityError::Internal("head without user".into()))?;
+        let last_seq = row.get::<i64>(2)?.ok_or_else(|| corrupt_head(user_id))?;
+        let last_hash = row
+            .get::<Vec<u8>>(3)?
+            .ok_or_else(|| corrupt_head(user_id))?;
+        heads.insert(user_id, (last_seq, last_hash));
+    }
+    Ok(heads)
+}
+
+/// Starts a chain for every link (all first links at this point); returns the users whose chain
+/// this started. The others have a chain already (or another transaction is starting it).
+fn start_chains(
+    client: &mut SpiClient<'_>,
+    links: &[PendingLink],
+) -> Result<HashSet<Uuid>, IdentityError> {
+    let mut started = HashSet::with_capacity(links.len());
+    if links.is_empty() {
+        return Ok(started);
+    }
+    let users: Vec<pgrx::Uuid> = links.iter().map(|l| pg_uuid(l.user_id)).collect();
+    let hashes: Vec<Vec<u8>> = links.iter().map(|l| l.hash.to_vec()).collect();
+    let ids: Vec<pgrx::Uuid> = links.iter().map(|l| pg_uuid(l.event_id)).collect();
+    for row in START_CHAINS.run(client, &[users.into(), hashes.into(), ids.into()])? {
+        if let Some(user) = row.get::<pgrx::Uuid>(1)? {
+            started.insert(rust_uuid(user));
+        }
+    }
+    Ok(started)
+}
+
+fn advance_heads(client: &mut SpiClient<'_>, links: &[PendingLink]) -> Result<(), IdentityError> {
+    let next: Vec<&PendingLink> = links.iter().filter(|link| link.seq > 1).collect();
+    if next.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<pgrx::Uuid> = next.iter().map(|l| pg_uuid(l.user_id)).collect();
+    let seqs: Vec<i64> = next.iter().map(|l| l.seq).collect();
+    let hashes: Vec<Vec<u8>> = next.iter().map(|l| l.hash.to_vec()).collect();
+    let ids: Vec<pgrx::Uuid> = next.iter().map(|l| pg_uuid(l.event_id)).collect();
+    ADVANCE_HEADS.run(
+        client,
+        &[users.into(), seqs.into(), hashes.into(), ids.into()],
+    )?;
+    Ok(())
+}
+
+fn insert_events(
+    client: &mut SpiClient<'_>,
+    event_type: EventType,
+    created_at: pg_sys::TimestampTz,
+    links: &[PendingLink],
+) -> Result<(), IdentityError> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    let created_at = TimestampWithTimeZone::try_from(created_at)
+        .map_err(|e| IdentityError::Internal(format!("transaction timestamp: {e}")))?;
+    let ids: Vec<pgrx::Uuid> = links.iter().map(|l| pg_uuid(l.event_id)).collect();
+    let users: Vec<pgrx::Uuid> = links.iter().map(|l| pg_uuid(l.user_id)).collect();
+    let seqs: Vec<i64> = links.iter().map(|l| l.seq).collect();
+    let payloads = jsonb_array(links.iter().map(|l| l.payload.0).collect());
+    let prev_hashes: Vec<Option<Vec<u8>>> = links.iter().map(|l| l.prev_hash.clone()).collect();
+    let hashes: Vec<Vec<u8>> = links.iter().map(|l| l.hash.to_vec()).collect();
+    let inserted = INSERT_EVENTS.run(
+        client,
+        &[
+            event_type.as_str().into(),
+            created_at.into(),
+            ids.into(),
+            users.into(),
+            seqs.into(),
+            payloads,
+            prev_hashes.into(),
+            hashes.into(),
+        ],
+    )?;
+    if inserted.len() != links.len() {
+        // Holding the head locks, (user_id, seq) can only be taken if a head lags its log.
+        return Err(IdentityError::Internal(
+            "an event chain head is behind its events: run identity.check_integrity()".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn corrupt_head(user_id: Uuid) -> IdentityError {
@@ -803,6 +1075,52 @@ mod tests {
             Spi::run(&format!("UPDATE identity.identity_events {step}")).unwrap();
         }
         assert_eq!(chain_ok().0, Some(false));
+    }
+
+    #[pg_test]
+    fn a_bulk_append_links_every_chain_as_single_appends_would() {
+        use super::{append_many, EventType};
+        use serde_json::json;
+        use uuid::Uuid;
+        bind_one("1"); // USER's chain exists; OTHER's does not
+        let user = Uuid::parse_str(USER).unwrap();
+        let other = Uuid::parse_str("00000000-0000-4000-8000-000000000002").unwrap();
+        let events = [
+            (other, json!({"n": 1})),
+            (user, json!({"n": 2})),
+            (other, json!({"n": 3})), // a user's second event of the batch links to its first
+        ];
+        Spi::connect_mut(|client| append_many(client, EventType::Bind, &events)).unwrap();
+        let chains: Option<String> = Spi::get_one(
+            "SELECT string_agg(format('%s:%s:%s', right(user_id::text, 1), seq, coalesce(payload->>'n', '-')), ' '
+                              ORDER BY user_id, seq)
+               FROM identity.identity_events",
+        )
+        .unwrap();
+        assert_eq!(chains.as_deref(), Some("1:1:- 1:2:2 2:1:1 2:2:3"));
+        let all_verify: Option<bool> =
+            Spi::get_one("SELECT bool_and(ok) FROM identity.check_integrity()").unwrap();
+        assert_eq!(all_verify, Some(true));
+        let heads = Spi::get_one::<String>(
+            "SELECT string_agg(last_seq::text, ',' ORDER BY user_id) FROM identity.event_chain_heads",
+        );
+        assert_eq!(heads, Ok(Some("2,2".into())));
+    }
+
+    #[pg_test]
+    fn a_bulk_append_refuses_a_head_behind_its_events() {
+        use super::{append_many, EventType};
+        use uuid::Uuid;
+        bind_one("1");
+        bind_one("2");
+        Spi::run("UPDATE identity.event_chain_heads SET last_seq = 1").unwrap();
+        let user = Uuid::parse_str(USER).unwrap();
+        let events = [(user, serde_json::json!({}))];
+        let outcome = Spi::connect_mut(|client| append_many(client, EventType::Bind, &events));
+        assert!(
+            matches!(&outcome, Err(crate::errors::IdentityError::Internal(m)) if m.contains("check_integrity")),
+            "{outcome:?}"
+        );
     }
 
     #[pg_test]

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# identity.create_binding against what an application or a DBA would do instead, side by side in
+# one run on one cluster, with pgbench over the Unix socket (-M prepared, as drivers do):
+#   ext    SELECT identity.create_binding(...)                       one round trip
+#   app    BEGIN; INSERT … ON CONFLICT DO NOTHING RETURNING; INSERT the event; COMMIT
+#          (a repeat: the INSERT returns nothing, so the app looks up the owner instead)
+#   plpgsql the same two inserts (or the owner lookup) in a PL/pgSQL function, one round trip
+#   floor  one bare INSERT … ON CONFLICT DO NOTHING into a table shaped like user_bindings
+# Two workloads: new bindings (a new user's first binding, random ids) and idempotent repeats
+# (ids bound before the run, bound again to the same user). 1 and 4 clients, SECONDS_PER_RUN
+# seconds each (default 15). Run after `make install`; prints Markdown tables for BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${SECONDS_PER_RUN:-15}
+repeat_pool=100000
+
+. scripts/throwaway.sh
+throwaway_cluster identity_create_bench "shared_buffers=512MB" "max_wal_size=4GB"
+psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
+
+"${psql[@]}" <<SQL
+CREATE EXTENSION identity_bindings;
+
+-- Without the extension: the tables an application would create (the seed's design).
+CREATE TABLE app_bindings (
+    id uuid PRIMARY KEY, user_id uuid NOT NULL, provider text NOT NULL, external_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(), UNIQUE (provider, external_id));
+CREATE INDEX ON app_bindings (user_id);
+CREATE TABLE app_events (
+    id uuid PRIMARY KEY, user_id uuid NOT NULL, event_type text NOT NULL, payload jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE floor_bindings (LIKE app_bindings INCLUDING ALL);
+
+-- What a DBA would write instead: the same two inserts, and the owner check, in one function.
+CREATE FUNCTION app_bind(p_user uuid, p_provider text, p_external_id text, p_evidence jsonb,
+                         OUT binding_id uuid, OUT created boolean)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+    owner uuid;
+BEGIN
+    INSERT INTO app_bindings (id, user_id, provider, external_id)
+    VALUES (gen_random_uuid(), p_user, p_provider, p_external_id)
+    ON CONFLICT (provider, external_id) DO NOTHING RETURNING id INTO binding_id;
+    IF binding_id IS NOT NULL THEN
+        INSERT INTO app_events (id, user_id, event_type, payload)
+        VALUES (gen_random_uuid(), p_user, 'bind',
+                jsonb_build_object('binding_id', binding_id, 'provider', p_provider,
+                                   'external_id', p_external_id, 'evidence', p_evidence));
+        created := true;
+        RETURN;
+    END IF;
+    SELECT b.id, b.user_id INTO binding_id, owner
+      FROM app_bindings b WHERE b.provider = p_provider AND b.external_id = p_external_id;
+    IF owner IS DISTINCT FROM p_user THEN
+        RAISE EXCEPTION 'bound to another user' USING ERRCODE = '23505';
+    END IF;
+    created := false;
+END
+\$\$;
+
+-- The ids the repeats bind again: user md5(n)::uuid, GitHub id n, for n in 1..$repeat_pool.
+SELECT count(*) FROM (
+    SELECT identity.create_binding(md5(n::text)::uuid, 'github', n::text, '{"method": "bench"}')
+      FROM generate_series(1, $repeat_pool) n) s;
+SELECT count(*) FROM (SELECT app_bind(md5(n::text)::uuid, 'github', n::text, '{"method": "bench"}')
+                        FROM generate_series(1, $repeat_pool) n) s;
+INSERT INTO floor_bindings (id, user_id, provider, external_id)
+SELECT gen_random_uuid(), md5(n::text)::uuid, 'github', n::text FROM generate_series(1, $repeat_pool) n;
+VACUUM ANALYZE;
+SQL
+
+# New ids are random far above the repeat pool: a collision in a run is a 1-in-10^4 event.
+new_id='\set n random(1000000000, 90000000000000000)'
+repeat_id="\\set n random(1, $repeat_pool)"
+script() {  # script <name> <id line> <body>
+    printf '%s\n%s\n' "$2" "$3" > "$work/$1.sql"
+}
+for kind in new repeat; do
+    if [ "$kind" = new ]; then id_line=$new_id; else id_line=$repeat_id; fi
+    script "ext_$kind" "$id_line" \
+"SELECT created FROM identity.create_binding(md5(:n::text)::uuid, 'github', :n::text, '{\"method\": \"bench\"}');"
+    script "plpgsql_$kind" "$id_line" \
+"SELECT created FROM app_bind(md5(:n::text)::uuid, 'github', :n::text, '{\"method\": \"bench\"}');"
+    script "floor_$kind" "$id_line" \
+"INSERT INTO floor_bindings (id, user_id, provider, external_id) VALUES (gen_random_uuid(), md5(:n::text)::uuid, 'github', :n::text) ON CONFLICT (provider, external_id) DO NOTHING;"
+done
+script app_new "$new_id" "BEGIN;
+INSERT INTO app_bindings (id, user_id, provider, external_id) VALUES (gen_random_uuid(), md5(:n::text)::uuid, 'github', :n::text) ON CONFLICT (provider, external_id) DO NOTHING RETURNING id AS binding_id \\gset
+INSERT INTO app_events (id, user_id, event_type, payload) VALUES (gen_random_uuid(), md5(:n::text)::uuid, 'bind', jsonb_build_object('binding_id', :binding_id::uuid, 'provider', 'github', 'external_id', :n::text, 'evidence', '{\"method\": \"bench\"}'::jsonb));
+COMMIT;"
+script app_repeat "$repeat_id" "BEGIN;
+INSERT INTO app_bindings (id, user_id, provider, external_id) VALUES (gen_random_uuid(), md5(:n::text)::uuid, 'github', :n::text) ON CONFLICT (provider, external_id) DO NOTHING RETURNING id;
+SELECT id, user_id FROM app_bindings WHERE provider = 'github' AND external_id = :n::text;
+COMMIT;"
+
+tps() {  # tps <script> <clients>: transactions per second; any client error fails the run
+    local out
+    if ! out=$(/usr/lib/postgresql/15/bin/pgbench -n -M prepared -h "$cluster" -p 5432 -U postgres \
+        -f "$work/$1.sql" -c "$2" -j "$2" -T "$seconds" postgres 2>&1); then
+        printf 'pgbench %s (%s clients) failed:\n%s\n' "$1" "$2" "$out" >&2
+        exit 1
+    fi
+    awk '/^tps = / {printf "%.0f", $3}' <<<"$out"
+}
+
+ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
+for kind in new repeat; do
+    declare -A result=()
+    for contestant in ext app plpgsql floor; do
+        for clients in 1 4; do
+            result[$contestant$clients]=$(tps "${contestant}_$kind" "$clients")
+        done
+    done
+    if [ "$kind" = new ]; then title="new bindings"; else title="idempotent repeats"; fi
+    cat <<EOF2
+
+| create_binding, $title (${seconds} s per cell) | 1 client tps | ext ÷ this | 4 clients tps | ext ÷ this |
+|---|---:|---:|---:|---:|
+| \`identity.create_binding\` (ext) | ${result[ext1]} | 1.00× | ${result[ext4]} | 1.00× |
+| (a) app: BEGIN; INSERT; INSERT; COMMIT from the client | ${result[app1]} | $(ratio "${result[ext1]}" "${result[app1]}") | ${result[app4]} | $(ratio "${result[ext4]}" "${result[app4]}") |
+| (b) the same inserts in a PL/pgSQL function | ${result[plpgsql1]} | $(ratio "${result[ext1]}" "${result[plpgsql1]}") | ${result[plpgsql4]} | $(ratio "${result[ext4]}" "${result[plpgsql4]}") |
+| (c) floor: one bare INSERT | ${result[floor1]} | $(ratio "${result[ext1]}" "${result[floor1]}") | ${result[floor4]} | $(ratio "${result[ext4]}" "${result[floor4]}") |
+EOF2
+    unset result
+done
