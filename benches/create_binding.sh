@@ -95,6 +95,8 @@ COMMIT;"
 
 tps() {  # tps <script> <clients>: transactions per second; any client error fails the run
     local out
+    # Every cell starts after a checkpoint, so none pays for another's full-page writes.
+    "${psql[@]}" -c CHECKPOINT
     if ! out=$(/usr/lib/postgresql/15/bin/pgbench -n -M prepared -h "$cluster" -p 5432 -U postgres \
         -f "$work/$1.sql" -c "$2" -j "$2" -T "$seconds" postgres 2>&1); then
         printf 'pgbench %s (%s clients) failed:\n%s\n' "$1" "$2" "$out" >&2

@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL 15 cluster, run as the postgres user (initdb refuses root).
 #
 #   scripts/cluster.sh start DIR [extra postgres -c settings...]   # prints nothing; socket in DIR
+#   scripts/cluster.sh restart DIR   # starts it again (after a crash) with the same settings
 #   scripts/cluster.sh stop DIR
 #
 # The cluster listens only on a Unix socket in DIR (no TCP), so it never collides with another
@@ -18,11 +19,17 @@ start() {
     install -d -o postgres -g postgres -m 0700 "$dir"
     runuser -u postgres -- "$BIN/initdb" -D "$dir/data" -A trust -U postgres --locale=C.UTF-8 \
         --no-sync >/dev/null
+    printf '%q ' "${settings[@]}" > "$dir/settings"
+    launch "$dir"
+}
+
+launch() {
+    local dir=$1
     # Started without RUST_BACKTRACE, as a production server is: with it, every error raised
     # through SPI would carry a Rust backtrace in its DETAIL.
     env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE \
         runuser -u postgres -- "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "$(printf '%q ' "${settings[@]}")" start >/dev/null
+        -o "$(cat "$dir/settings")" start >/dev/null
     # The socket directory must be reachable by the (root) client.
     chmod 0755 "$dir"
 }
@@ -37,6 +44,7 @@ stop() {
 
 case "${1:-}" in
     start) shift; start "$@" ;;
+    restart) shift; launch "$@" ;;
     stop) shift; stop "$@" ;;
-    *) echo "usage: $0 start DIR [setting=value...] | stop DIR" >&2; exit 2 ;;
+    *) echo "usage: $0 start DIR [setting=value...] | restart DIR | stop DIR" >&2; exit 2 ;;
 esac

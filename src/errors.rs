@@ -47,6 +47,8 @@ pub enum IdentityError {
     NonceUnusable { nonce: String },
     /// 22023: a nonce lifetime must be positive and at most a day.
     InvalidNonceLifetime,
+    /// 53400: identity.max_outstanding_nonces nonces are outstanding already.
+    TooManyOutstandingNonces { limit: i32 },
     /// 42P01: no users table given, and public.users does not exist.
     NoUsersTable,
     /// 42501: the caller may not read the table a backfill or backstop would read for them.
@@ -90,6 +92,7 @@ impl IdentityError {
             ChainAppendConflict => ERRCODE_T_R_SERIALIZATION_FAILURE,
             AppendOnly { .. } | NoSourcePrivilege { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             NoUsersTable => ERRCODE_UNDEFINED_TABLE,
+            TooManyOutstandingNonces { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -126,6 +129,9 @@ impl IdentityError {
                 "Nonces are single use and expire: get a new one from identity.issue_nonce() and sign again.".into()
             }
             InvalidNonceLifetime => "Pass an interval such as '10 minutes' (at most '1 day').".into(),
+            TooManyOutstandingNonces { .. } => {
+                "Rate-limit nonce requests per client in the application; raise identity.max_outstanding_nonces only if real sign-ins need more, or shorten their lifetime.".into()
+            }
             NoUsersTable => "Pass the table that holds the users, e.g. identity.backfill_wallet_bindings('app.accounts').".into(),
             NoSourcePrivilege { .. } => {
                 "GRANT SELECT on the id and wallet columns to the role that runs the backfill.".into()
@@ -195,6 +201,10 @@ impl fmt::Display for IdentityError {
                 f,
                 "SIWE verification failed: nonce \"{}\" is unknown, expired or already used",
                 echo(nonce)
+            ),
+            TooManyOutstandingNonces { limit } => write!(
+                f,
+                "too many outstanding SIWE nonces: identity.max_outstanding_nonces ({limit}) are issued and not yet used or expired"
             ),
             InvalidNonceLifetime => {
                 write!(f, "a nonce lifetime must be positive and at most 1 day")

@@ -1,4 +1,5 @@
-//! Settings (GUCs) of the extension: the retry policy of the binding queue. Each can be set
+//! Settings (GUCs) of the extension: the retry policy of the binding queue, the background
+//! worker, and the bound on outstanding SIWE nonces. Each can be set
 //! per role, per database or in postgresql.conf by a superuser.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -19,6 +20,10 @@ pub static WORKER_DATABASE: GucSetting<Option<std::ffi::CString>> =
 pub static WORKER_POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 /// How often the worker runs the backstop, seconds (`identity.backstop_interval`, 1h).
 pub static BACKSTOP_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3_600);
+
+/// Most nonces that may be outstanding at once (`identity.max_outstanding_nonces`, 1,000,000):
+/// a flood of nonce requests is refused there instead of growing the table without bound.
+pub static MAX_OUTSTANDING_NONCES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 
 /// Registers the settings; called from `_PG_init`. Superuser-set, never postmaster-only, so
 /// loading the library without preload never breaks a session.
@@ -90,6 +95,16 @@ pub fn init() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"identity.max_outstanding_nonces",
+        c"Most SIWE nonces that may be outstanding (issued, not yet used or purged) at once.",
+        c"identity.issue_nonce refuses with SQLSTATE 53400 beyond it. Other sessions' nonces are counted once their transaction has ended.",
+        &MAX_OUTSTANDING_NONCES,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     // SAFETY: a plain registration call with a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"identity".as_ptr()) };

@@ -49,6 +49,33 @@ static PURGE_EXPIRED: Statement = Statement::write(
     &[pg_sys::INT8OID],
 );
 
+// Outstanding nonces, without counting rows: the cumulative statistics' live tuples of the table
+// (other sessions' nonces, flushed when their transaction ends: issue_nonce forces that flush)
+// plus this transaction's own inserts and deletes, not flushed yet.
+static OUTSTANDING_NONCES: Statement = Statement::read(
+    "SELECT pg_stat_get_live_tuples(t.oid) + pg_stat_get_xact_tuples_inserted(t.oid)
+            - pg_stat_get_xact_tuples_deleted(t.oid)
+       FROM (SELECT 'identity.siwe_nonces'::regclass::oid) t (oid)",
+    &[],
+);
+
+/// Refuses a new nonce once `identity.max_outstanding_nonces` are outstanding.
+fn check_nonce_capacity(client: &mut SpiClient<'_>) -> Result<(), IdentityError> {
+    let limit = crate::gucs::MAX_OUTSTANDING_NONCES.get();
+    let outstanding = OUTSTANDING_NONCES
+        .run(client, &[])?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0);
+    if outstanding >= i64::from(limit) {
+        return Err(IdentityError::TooManyOutstandingNonces { limit });
+    }
+    // Other sessions count this nonce as soon as this transaction ends, not up to a second later.
+    // SAFETY: sets a backend-local flag read when the backend next reports its statistics.
+    unsafe { pg_sys::pgstat_force_next_flush() };
+    Ok(())
+}
+
 /// `identity.issue_nonce(ttl)`: a new single-use nonce valid for `ttl` (at most a day).
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -57,6 +84,7 @@ fn issue_nonce(ttl: default!(Option<Interval>, "'10 minutes'")) -> Result<String
     let nonce = random_nonce()?;
     Spi::connect_mut(|client| -> Result<(), IdentityError> {
         PURGE_EXPIRED.run(client, &[EXPIRED_PURGED_PER_ISSUE.into()])?;
+        check_nonce_capacity(client)?;
         let stored = STORE_NONCE.run(client, &[nonce.as_str().into(), ttl.into()])?;
         if stored.is_empty() {
             return Err(IdentityError::InvalidNonceLifetime);
@@ -91,6 +119,25 @@ pub fn consume(
 mod tests {
     use crate::testing::sqlstate_of;
     use pgrx::prelude::*;
+
+    #[pg_test]
+    fn a_flood_of_nonce_requests_is_refused_at_the_configured_bound() {
+        Spi::run("SET LOCAL identity.max_outstanding_nonces = 5").unwrap();
+        let issued =
+            Spi::get_one::<i64>("SELECT count(identity.issue_nonce()) FROM generate_series(1, 5)");
+        assert_eq!(issued, Ok(Some(5)));
+        let (sqlstate, message) = crate::testing::error_of("SELECT identity.issue_nonce()");
+        assert_eq!(sqlstate, "53400");
+        assert!(
+            message.contains("identity.max_outstanding_nonces (5)"),
+            "{message}"
+        );
+        let stored = Spi::get_one::<i64>("SELECT count(*) FROM identity.siwe_nonces");
+        assert_eq!(stored, Ok(Some(5)));
+        // A used nonce frees its place.
+        Spi::run("DELETE FROM identity.siwe_nonces WHERE nonce IN (SELECT nonce FROM identity.siwe_nonces LIMIT 1)").unwrap();
+        assert_eq!(sqlstate_of("SELECT identity.issue_nonce()"), "00000");
+    }
 
     #[pg_test]
     fn nonces_are_long_alphanumeric_and_distinct() {
