@@ -57,6 +57,15 @@ impl TestDatabase {
         database
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The socket directory of the shared test cluster.
+    pub fn host() -> String {
+        std::env::var(HOST_VARIABLE).expect("the test cluster's socket directory")
+    }
+
     pub fn connect(&self) -> Client {
         self.config
             .connect(NoTls)
@@ -149,6 +158,47 @@ impl Cluster {
         self.config(database)
             .connect(NoTls)
             .expect("connect to the test cluster")
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crash would, and waits until its backends have
+    /// noticed and exited (PostgreSQL refuses to start while any of them lives).
+    pub fn kill_postmaster(&self) {
+        let pid_file = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .expect("the cluster runs");
+        let postmaster = pid_file.lines().next().unwrap().trim().to_owned();
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .expect("run pgrep");
+        let children: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &postmaster])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "postmaster {postmaster} killed");
+        let gone = eventually(std::time::Duration::from_secs(60), || {
+            children
+                .iter()
+                .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        });
+        assert!(gone, "the backends exited after the postmaster died");
+    }
+
+    /// Starts the cluster again with its settings (crash recovery runs if it crashed).
+    pub fn restart(&self) {
+        let status = std::process::Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/cluster.sh"
+            ))
+            .arg("restart")
+            .arg(&self.dir)
+            .status()
+            .expect("run scripts/cluster.sh");
+        assert!(status.success(), "cluster restarted");
     }
 
     pub fn server_log(&self) -> String {
