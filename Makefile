@@ -17,8 +17,11 @@ help:
 setup:
 	@scripts/setup.sh
 
+# cargo pgrx installs the current version's script and the upgrade scripts (sql/*--*--*.sql);
+# the frozen install scripts of earlier releases go in by hand, for upgrade tests.
 install: setup
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	install -m 0644 sql/identity_bindings--0.1.0.sql $$($(PG_CONFIG) --sharedir)/extension/
 
 lint: setup
 	cargo fmt --all -- --check

@@ -35,6 +35,11 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates `{purpose}_{n}` with the extension installed.
     pub fn create(purpose: &str) -> TestDatabase {
+        TestDatabase::create_with(purpose, "CREATE EXTENSION identity_bindings")
+    }
+
+    /// Creates `{purpose}_{n}` and runs `setup` in it (e.g. an older version of the extension).
+    pub fn create_with(purpose: &str, setup: &str) -> TestDatabase {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "{purpose}_{}_{}",
@@ -52,8 +57,8 @@ impl TestDatabase {
         let database = TestDatabase { name, config };
         database
             .connect()
-            .batch_execute("CREATE EXTENSION identity_bindings")
-            .expect("create extension");
+            .batch_execute(setup)
+            .expect("set up the test database");
         database
     }
 
@@ -229,4 +234,67 @@ pub fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) 
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     check()
+}
+
+/// Every table of the extension: the ones pg_extension_config_dump hands to pg_dump.
+pub const TABLES: [&str; 6] = [
+    "providers",
+    "user_bindings",
+    "identity_events",
+    "event_chain_heads",
+    "binding_jobs",
+    "siwe_nonces",
+];
+
+/// Rows in every table: bindings of built-in and custom providers, bind, revoke and merge
+/// events, a queued job and an outstanding nonce.
+pub fn populate_every_table(client: &mut Client) {
+    let (alice, bob) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    client
+        .batch_execute(&format!(
+            "SELECT identity.register_provider('employee', '^E[0-9]{{6}}$', 'staff number');
+             SELECT identity.create_binding('{alice}', 'github', '100', '{{\"method\": \"oauth\"}}');
+             SELECT identity.create_binding('{alice}', 'employee', 'E000001', '{{\"method\": \"hr\"}}');
+             SELECT identity.create_binding('{bob}', 'discord', '80351110224678912', '{{\"method\": \"oauth\"}}');
+             SELECT identity.revoke_binding('github', '100', '{{\"reason\": \"user request\"}}');
+             SELECT identity.merge_users('{bob}', '{alice}', '{{\"reason\": \"same person\"}}');
+             SELECT identity.enqueue_binding('{bob}', 'github', '200', '{{\"method\": \"oauth\"}}');
+             SELECT identity.issue_nonce();"
+        ))
+        .unwrap();
+    for n in 0..200 {
+        client
+            .execute(
+                "SELECT identity.create_binding($1, 'github', $2, '{\"method\": \"bulk\"}')",
+                &[&uuid::Uuid::new_v4(), &format!("{}", 1000 + n)],
+            )
+            .unwrap();
+    }
+}
+
+/// (table, rows, digest of the rows) for every table, in a fixed order. Built-in providers are
+/// made by CREATE EXTENSION, so their creation time is not compared; everything else is.
+pub fn table_contents(client: &mut Client) -> Vec<(String, i64, String)> {
+    TABLES
+        .iter()
+        .map(|table| {
+            let rows = match *table {
+                "providers" => "(SELECT name, builtin, pattern, description,
+                                        CASE WHEN NOT builtin THEN created_at END
+                                   FROM identity.providers)"
+                    .to_owned(),
+                _ => format!("identity.{table}"),
+            };
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '')
+                           FROM {rows} t"
+                    ),
+                    &[],
+                )
+                .unwrap();
+            (table.to_string(), row.get(0), row.get(1))
+        })
+        .collect()
 }

@@ -1,0 +1,139 @@
+//! Upgrade: 0.1.0 (its install script frozen in sql/) installed with data in every table, then
+//! `ALTER EXTENSION identity_bindings UPDATE`. The data and the chains survive, the functions
+//! work, and the upgraded schema is exactly a fresh install's.
+
+use identity_bindings_client_tests::{
+    integrity_is_clean, populate_every_table, table_contents, TestDatabase,
+};
+use postgres::Client;
+use std::collections::BTreeSet;
+use uuid::Uuid;
+
+/// One line per property of every object of the extension: its members, each function's full
+/// definition, privileges and comment, each column, constraint, index, trigger (with whether it
+/// is enabled), each table's privileges and comment, and the tables pg_dump is told to dump.
+const DESCRIBE_EXTENSION: &str = "
+WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'identity_bindings'),
+members AS (
+    SELECT d.classid, d.objid FROM pg_depend d, ext
+     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'),
+relations AS (
+    SELECT c.oid FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
+    UNION
+    SELECT t.typrelid FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
+     WHERE t.typrelid <> 0)
+SELECT 'member ' || pg_describe_object(classid, objid, 0) FROM members
+UNION ALL
+SELECT format('function %s: %s acl=%s comment=%s', p.oid::regprocedure, pg_get_functiondef(p.oid),
+              p.proacl, obj_description(p.oid, 'pg_proc'))
+  FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
+UNION ALL
+SELECT format('column %s.%s #%s %s not_null=%s default=%s', a.attrelid::regclass, a.attname, a.attnum,
+              format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+  FROM pg_attribute a JOIN relations r ON r.oid = a.attrelid
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT format('constraint %s %s: %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid))
+  FROM pg_constraint c JOIN relations r ON r.oid = c.conrelid
+UNION ALL
+SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN relations r ON r.oid = i.indrelid
+UNION ALL
+SELECT format('trigger %s enabled=%s', pg_get_triggerdef(t.oid), t.tgenabled)
+  FROM pg_trigger t JOIN relations r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
+UNION ALL
+SELECT format('relation %s kind=%s acl=%s comment=%s', c.oid::regclass, c.relkind, c.relacl,
+              obj_description(c.oid, 'pg_class'))
+  FROM pg_class c JOIN relations r ON r.oid = c.oid
+UNION ALL
+SELECT format('dumped %s where %s', config.relation::regclass, config.condition)
+  FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS config (relation, condition)
+ WHERE e.extname = 'identity_bindings'";
+
+fn describe_extension(client: &mut Client) -> BTreeSet<String> {
+    client
+        .query(DESCRIBE_EXTENSION, &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect()
+}
+
+fn installed_version(client: &mut Client) -> String {
+    client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'identity_bindings'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn an_upgraded_0_1_0_install_keeps_its_data_and_equals_a_fresh_install() {
+    let old = TestDatabase::create_with(
+        "upgrade_from_0_1_0",
+        "CREATE EXTENSION identity_bindings VERSION '0.1.0'",
+    );
+    let mut client = old.connect();
+    assert_eq!(installed_version(&mut client), "0.1.0");
+    populate_every_table(&mut client);
+    let before = table_contents(&mut client);
+
+    client
+        .batch_execute("ALTER EXTENSION identity_bindings UPDATE")
+        .unwrap();
+    let fresh = TestDatabase::create("upgrade_fresh");
+    let mut fresh_client = fresh.connect();
+    let current = installed_version(&mut fresh_client);
+    assert_ne!(current, "0.1.0", "the default version is a later one");
+    assert_eq!(installed_version(&mut client), current);
+
+    // Data and chains survive.
+    assert_eq!(table_contents(&mut client), before);
+    assert!(integrity_is_clean(&mut client));
+
+    // The upgraded schema is a fresh install's, object for object.
+    let upgraded = describe_extension(&mut client);
+    let installed = describe_extension(&mut fresh_client);
+    let only_upgraded: Vec<_> = upgraded.difference(&installed).collect();
+    let only_fresh: Vec<_> = installed.difference(&upgraded).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "upgraded schema differs from a fresh install:\nonly after the upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
+    );
+    assert!(upgraded.len() > 100, "the description covers the schema");
+
+    // The functions work on the upgraded data: the queued job runs, a restored chain grows,
+    // the guard still refuses to rewrite history.
+    let job: String = client
+        .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(job, "succeeded");
+    let owner: Option<Uuid> = client
+        .query_one("SELECT identity.resolve('employee', 'E000001')", &[])
+        .unwrap()
+        .get(0);
+    let created: bool = client
+        .query_one(
+            "SELECT created FROM identity.create_binding($1, 'employee', 'E000002', '{\"method\": \"hr\"}')",
+            &[&owner.expect("bound before the upgrade")],
+        )
+        .unwrap()
+        .get(0);
+    assert!(created);
+    let nonce: String = client
+        .query_one("SELECT identity.issue_nonce()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(nonce.len(), 22);
+    assert!(integrity_is_clean(&mut client));
+    let refused = client.batch_execute("UPDATE identity.identity_events SET payload = '{}'");
+    assert_eq!(
+        refused
+            .err()
+            .map(|e| identity_bindings_client_tests::sqlstate(&e).to_owned()),
+        Some("42501".to_owned())
+    );
+}
