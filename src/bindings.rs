@@ -5,7 +5,7 @@
 //! explicit, evidenced merge, or by a revoke followed by a new bind (NO_AUTO_MERGE).
 
 use crate::errors::{required, IdentityError};
-use crate::events::{append, append_many, pg_uuid, rust_uuid, EventType};
+use crate::events::{append, append_after, append_many, pg_uuid, rust_uuid, EventType};
 use crate::providers::canonical_external_id;
 use crate::statements::Statement;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -25,9 +25,17 @@ pub struct BindOutcome {
     pub created: bool,
 }
 
-static INSERT_BINDING: Statement = Statement::write(
-    "INSERT INTO identity.user_bindings (id, user_id, provider, external_id) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (provider, external_id) DO NOTHING RETURNING id",
+// The binding, and when it is new, the end of its user's chain locked for the bind event: one
+// row (last seq, last hash; NULLs for a user without a chain) if inserted, none if it existed.
+static INSERT_BINDING_LOCK_CHAIN: Statement = Statement::write(
+    "WITH inserted AS (
+         INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (provider, external_id) DO NOTHING RETURNING user_id)
+     SELECT h.last_seq, h.last_hash FROM inserted
+       LEFT JOIN LATERAL (
+           SELECT c.last_seq, c.last_hash FROM identity.event_chain_heads c
+            WHERE c.user_id = inserted.user_id FOR UPDATE) h ON true",
     &[UUIDOID, UUIDOID, TEXTOID, TEXTOID],
 );
 
@@ -53,7 +61,7 @@ pub fn bind(
     // then the insert is simply tried again.
     for _ in 0..3 {
         let binding_id = Uuid::now_v7();
-        let inserted = INSERT_BINDING.run(
+        let inserted = INSERT_BINDING_LOCK_CHAIN.run(
             client,
             &[
                 pg_uuid(binding_id).into(),
@@ -63,8 +71,13 @@ pub fn bind(
             ],
         )?;
         if !inserted.is_empty() {
+            let end = inserted.first();
+            let end = match (end.get::<i64>(1)?, end.get::<Vec<u8>>(2)?) {
+                (Some(last_seq), Some(last_hash)) => Some((last_seq, last_hash)),
+                _ => None,
+            };
             let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
-            append(client, user_id, EventType::Bind, &payload)?;
+            append_after(client, user_id, EventType::Bind, &payload, end)?;
             return Ok(BindOutcome {
                 binding_id,
                 canonical_id,

@@ -191,34 +191,46 @@ static LOCK_HEAD: Statement = Statement::write(
     &[UUIDOID],
 );
 
-static START_CHAIN: Statement = Statement::write(
-    "INSERT INTO identity.event_chain_heads (user_id, last_seq, last_hash, last_event_id)
-     VALUES ($1, 1, $2, $3) ON CONFLICT (user_id) DO NOTHING RETURNING true",
-    &[UUIDOID, BYTEAOID, UUIDOID],
+// The head of a new chain and its first event, in one statement: (head written, event written).
+// No head written: another transaction started this chain meanwhile.
+static START_CHAIN_WITH_EVENT: Statement = Statement::write(
+    "WITH head AS (
+         INSERT INTO identity.event_chain_heads (user_id, last_seq, last_hash, last_event_id)
+         VALUES ($2, $3, $8, $1) ON CONFLICT (user_id) DO NOTHING RETURNING user_id),
+     event AS (
+         INSERT INTO identity.identity_events
+                (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+         SELECT $1, head.user_id, $3, $4, $5, $6, $7, $8 FROM head
+         ON CONFLICT (user_id, seq) DO NOTHING RETURNING true)
+     SELECT EXISTS (SELECT FROM head), EXISTS (SELECT FROM event)",
+    EVENT_PARAMETERS,
 );
 
-static ADVANCE_HEAD: Statement = Statement::write(
-    "UPDATE identity.event_chain_heads SET last_seq = $2, last_hash = $3, last_event_id = $4
-      WHERE user_id = $1",
-    &[UUIDOID, INT8OID, BYTEAOID, UUIDOID],
+// The head moved to the new event, and the event, in one statement (the head is locked).
+static ADVANCE_CHAIN_WITH_EVENT: Statement = Statement::write(
+    "WITH head AS (
+         UPDATE identity.event_chain_heads SET last_seq = $3, last_hash = $8, last_event_id = $1
+          WHERE user_id = $2 RETURNING user_id),
+     event AS (
+         INSERT INTO identity.identity_events
+                (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+         SELECT $1, head.user_id, $3, $4, $5, $6, $7, $8 FROM head
+         ON CONFLICT (user_id, seq) DO NOTHING RETURNING true)
+     SELECT EXISTS (SELECT FROM head), EXISTS (SELECT FROM event)",
+    EVENT_PARAMETERS,
 );
 
-static INSERT_EVENT: Statement = Statement::write(
-    "INSERT INTO identity.identity_events
-            (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-     ON CONFLICT (user_id, seq) DO NOTHING RETURNING true",
-    &[
-        UUIDOID,
-        UUIDOID,
-        INT8OID,
-        TEXTOID,
-        JSONBOID,
-        TIMESTAMPTZOID,
-        BYTEAOID,
-        BYTEAOID,
-    ],
-);
+/// id, user_id, seq, event_type, payload, created_at, prev_hash, hash.
+const EVENT_PARAMETERS: &[pg_sys::Oid] = &[
+    UUIDOID,
+    UUIDOID,
+    INT8OID,
+    TEXTOID,
+    JSONBOID,
+    TIMESTAMPTZOID,
+    BYTEAOID,
+    BYTEAOID,
+];
 
 /// A payload as a jsonb datum, with the text PostgreSQL prints for it: the hash commits to that
 /// text, so the verifier can recompute it from `payload::text` byte for byte.
@@ -264,6 +276,10 @@ pub fn rust_uuid(id: pgrx::Uuid) -> Uuid {
     Uuid::from_bytes(*id.as_bytes())
 }
 
+/// The end of a user's chain, locked by the caller: (last seq, last hash); `None` when the user
+/// has no chain yet.
+pub type ChainEnd = Option<(i64, Vec<u8>)>;
+
 /// Appends one event to `user_id`'s chain and returns its id, holding the chain's head row
 /// lock until the transaction ends.
 pub fn append(
@@ -272,87 +288,111 @@ pub fn append(
     event_type: EventType,
     payload: &serde_json::Value,
 ) -> Result<Uuid, IdentityError> {
-    let (payload_datum, payload_text) = jsonb_with_text(payload);
-    let event_id = Uuid::now_v7();
-    // SAFETY: reads a backend-local timestamp; no preconditions.
-    let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let hash_of = |prev_hash: Option<&[u8]>, seq: i64| {
-        ChainLink {
-            prev_hash,
-            event_id,
-            user_id,
-            seq,
-            created_at,
-            event_type: event_type.as_str(),
-            payload: &payload_text,
-        }
-        .hash()
-    };
-
+    let payload = jsonb_with_text(payload);
     // A user's first event creates the head row; a concurrent first event waits on that insert
     // and then, on its fresh snapshot, finds and locks the row. Two rounds always suffice under
     // READ COMMITTED; under REPEATABLE READ PostgreSQL itself raises 40001 instead.
     for _ in 0..2 {
-        let head = LOCK_HEAD.run(client, &[pg_uuid(user_id).into()])?;
-        let (seq, prev_hash, hash) = if head.is_empty() {
-            let hash = hash_of(None, 1);
-            let started = START_CHAIN.run(
-                client,
-                &[
-                    pg_uuid(user_id).into(),
-                    hash.as_slice().into(),
-                    pg_uuid(event_id).into(),
-                ],
-            )?;
-            if started.is_empty() {
-                continue; // another transaction started this chain first: lock its head
-            }
-            (1, None, hash)
-        } else {
-            let head = head.first();
-            let last_seq = head.get::<i64>(1)?.ok_or_else(|| corrupt_head(user_id))?;
-            let last_hash = head
-                .get::<Vec<u8>>(2)?
-                .ok_or_else(|| corrupt_head(user_id))?;
-            let seq = last_seq + 1;
-            let hash = hash_of(Some(&last_hash), seq);
-            ADVANCE_HEAD.run(
-                client,
-                &[
-                    pg_uuid(user_id).into(),
-                    seq.into(),
-                    hash.as_slice().into(),
-                    pg_uuid(event_id).into(),
-                ],
-            )?;
-            (seq, Some(last_hash), hash)
-        };
-        let created_at = TimestampWithTimeZone::try_from(created_at)
-            .map_err(|e| IdentityError::Internal(format!("transaction timestamp: {e}")))?;
-        // SAFETY: payload_datum is a jsonb datum built above in this memory context.
-        let payload_arg = unsafe { DatumWithOid::new(payload_datum, JSONBOID) };
-        let inserted = INSERT_EVENT.run(
-            client,
-            &[
-                pg_uuid(event_id).into(),
-                pg_uuid(user_id).into(),
-                seq.into(),
-                event_type.as_str().into(),
-                payload_arg,
-                created_at.into(),
-                prev_hash.as_deref().into(),
-                hash.as_slice().into(),
-            ],
-        )?;
-        if inserted.is_empty() {
-            // Holding the head lock, (user_id, seq) can only be taken if the head lags the log.
-            return Err(IdentityError::Internal(format!(
-                "event chain head of user {user_id} is behind its events: run identity.verify_event_chain('{user_id}')"
-            )));
+        let end = lock_chain_end(client, user_id)?;
+        if let Some(event_id) = link_after(client, user_id, event_type, &payload, end)? {
+            return Ok(event_id);
         }
-        return Ok(event_id);
     }
     Err(IdentityError::ChainAppendConflict)
+}
+
+/// Appends after `end`, which the caller has just locked (or found absent): one statement instead
+/// of append's two. Falls back to `append` when another transaction started the chain meanwhile.
+pub fn append_after(
+    client: &mut SpiClient<'_>,
+    user_id: Uuid,
+    event_type: EventType,
+    payload: &serde_json::Value,
+    end: ChainEnd,
+) -> Result<Uuid, IdentityError> {
+    let jsonb = jsonb_with_text(payload);
+    match link_after(client, user_id, event_type, &jsonb, end)? {
+        Some(event_id) => Ok(event_id),
+        None => append(client, user_id, event_type, payload),
+    }
+}
+
+fn lock_chain_end(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<ChainEnd, IdentityError> {
+    let head = LOCK_HEAD.run(client, &[pg_uuid(user_id).into()])?;
+    if head.is_empty() {
+        return Ok(None);
+    }
+    let head = head.first();
+    let last_seq = head.get::<i64>(1)?.ok_or_else(|| corrupt_head(user_id))?;
+    let last_hash = head
+        .get::<Vec<u8>>(2)?
+        .ok_or_else(|| corrupt_head(user_id))?;
+    Ok(Some((last_seq, last_hash)))
+}
+
+/// Writes the event after `end` and moves the head to it; `None` when `end` was `None` but another
+/// transaction has started the chain since.
+fn link_after(
+    client: &mut SpiClient<'_>,
+    user_id: Uuid,
+    event_type: EventType,
+    (payload_datum, payload_text): &(pg_sys::Datum, String),
+    end: ChainEnd,
+) -> Result<Option<Uuid>, IdentityError> {
+    let event_id = Uuid::now_v7();
+    // SAFETY: reads a backend-local timestamp; no preconditions.
+    let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let starts_chain = end.is_none();
+    let (seq, prev_hash) = match end {
+        Some((last_seq, last_hash)) => (last_seq + 1, Some(last_hash)),
+        None => (1, None),
+    };
+    let hash = ChainLink {
+        prev_hash: prev_hash.as_deref(),
+        event_id,
+        user_id,
+        seq,
+        created_at,
+        event_type: event_type.as_str(),
+        payload: payload_text,
+    }
+    .hash();
+    let statement = if starts_chain {
+        &START_CHAIN_WITH_EVENT
+    } else {
+        &ADVANCE_CHAIN_WITH_EVENT
+    };
+    let created_at = TimestampWithTimeZone::try_from(created_at)
+        .map_err(|e| IdentityError::Internal(format!("transaction timestamp: {e}")))?;
+    // SAFETY: payload_datum is a jsonb datum built in this memory context.
+    let payload_arg = unsafe { DatumWithOid::new(*payload_datum, JSONBOID) };
+    let written = statement.run(
+        client,
+        &[
+            pg_uuid(event_id).into(),
+            pg_uuid(user_id).into(),
+            seq.into(),
+            event_type.as_str().into(),
+            payload_arg,
+            created_at.into(),
+            prev_hash.as_deref().into(),
+            hash.as_slice().into(),
+        ],
+    )?;
+    let written = written.first();
+    let head_written = written.get::<bool>(1)?.unwrap_or(false);
+    let event_written = written.get::<bool>(2)?.unwrap_or(false);
+    match (head_written, event_written) {
+        (true, true) => Ok(Some(event_id)),
+        (false, _) if starts_chain => Ok(None),
+        (false, _) => Err(IdentityError::Internal(format!(
+            "event chain head of user {user_id} vanished while locked"
+        ))),
+        // Holding the head lock, (user_id, seq) can only be taken if the head lags the log.
+        (true, false) => Err(IdentityError::Internal(format!(
+            "event chain head of user {user_id} is behind its events: run identity.verify_event_chain('{user_id}')"
+        ))),
+    }
 }
 
 static LOCK_HEADS: Statement = Statement::write(
