@@ -57,9 +57,23 @@ pub fn bind(
     evidence: Value,
 ) -> Result<BindOutcome, IdentityError> {
     let canonical_id = canonical_external_id(client, provider, external_id)?;
-    // A concurrent revoke can remove the conflicting row between the insert and the look-up;
-    // then the insert is simply tried again.
+    // Most calls bind what is bound already (every login re-binds its wallet): one read answers
+    // them. An insert that loses a race to a concurrent one finds the winner on the next round; a
+    // concurrent revoke of a conflicting row lets the next round insert.
     for _ in 0..3 {
+        if let Some((binding_id, owner)) = find_binding(client, provider, &canonical_id)? {
+            if owner != user_id {
+                return Err(IdentityError::BoundToAnotherUser {
+                    provider: provider.to_owned(),
+                    external_id: canonical_id,
+                });
+            }
+            return Ok(BindOutcome {
+                binding_id,
+                canonical_id,
+                created: false,
+            });
+        }
         let binding_id = Uuid::now_v7();
         let inserted = INSERT_BINDING_LOCK_CHAIN.run(
             client,
@@ -84,29 +98,25 @@ pub fn bind(
                 created: true,
             });
         }
-        let existing =
-            FIND_BINDING.run(client, &[provider.into(), canonical_id.as_str().into()])?;
-        if existing.is_empty() {
-            continue;
-        }
-        let existing = existing.first();
-        let owner = existing.get::<pgrx::Uuid>(2)?.map(rust_uuid);
-        if owner != Some(user_id) {
-            return Err(IdentityError::BoundToAnotherUser {
-                provider: provider.to_owned(),
-                external_id: canonical_id,
-            });
-        }
-        let binding_id = existing.get::<pgrx::Uuid>(1)?.map(rust_uuid);
-        let binding_id =
-            binding_id.ok_or_else(|| IdentityError::Internal("binding id is NULL".into()))?;
-        return Ok(BindOutcome {
-            binding_id,
-            canonical_id,
-            created: false,
-        });
     }
     Err(IdentityError::ChainAppendConflict)
+}
+
+/// The live binding of a canonical id, on a fresh snapshot: (binding id, user).
+fn find_binding(
+    client: &mut SpiClient<'_>,
+    provider: &str,
+    canonical_id: &str,
+) -> Result<Option<(Uuid, Uuid)>, IdentityError> {
+    let found = FIND_BINDING.run(client, &[provider.into(), canonical_id.into()])?;
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let found = found.first();
+    match (found.get::<pgrx::Uuid>(1)?, found.get::<pgrx::Uuid>(2)?) {
+        (Some(binding_id), Some(owner)) => Ok(Some((rust_uuid(binding_id), rust_uuid(owner)))),
+        _ => Err(IdentityError::Internal("binding with NULL ids".into())),
+    }
 }
 
 /// The payload of a bind or revoke event: which binding, and the evidence for the change.

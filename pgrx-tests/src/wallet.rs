@@ -74,3 +74,28 @@ pub fn siwe_message(
         "{domain} wants you to sign in with your Ethereum account:\n{address}\n\nSign in to the identity_bindings tests.\n\nURI: https://{domain}/login\nVersion: 1\nChain ID: 1\nNonce: {nonce}\nIssued At: {issued_at}\nExpiration Time: {expiration_time}"
     )
 }
+
+/// A SIWE message for `domain` signed by `wallet`, with a nonce freshly issued by the database
+/// and a five-minute lifetime.
+pub fn signed_login(
+    client: &mut postgres::Client,
+    wallet: &TestWallet,
+    domain: &str,
+) -> (String, String) {
+    let row = client
+        .query_one(
+            "SELECT identity.issue_nonce(), to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    to_char((now() + interval '5 minutes') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+            &[],
+        )
+        .unwrap();
+    let message = siwe_message(
+        domain,
+        &wallet.address(),
+        row.get(0),
+        row.get(1),
+        row.get(2),
+    );
+    let signature = wallet.personal_sign(&message);
+    (message, signature)
+}

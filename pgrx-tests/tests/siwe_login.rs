@@ -1,6 +1,6 @@
 //! Sign-In with Ethereum over real connections: replays, and logins that must commit.
 
-use identity_bindings_client_tests::wallet::{siwe_message, TestWallet};
+use identity_bindings_client_tests::wallet::TestWallet;
 use identity_bindings_client_tests::{integrity_is_clean, server_message, sqlstate, TestDatabase};
 use std::sync::Barrier;
 use std::thread;
@@ -9,24 +9,8 @@ use uuid::Uuid;
 const DOMAIN: &str = "app.example";
 const SESSIONS: usize = 8;
 
-/// A message signed by `wallet` with a nonce freshly issued by the database.
 fn signed_login(client: &mut postgres::Client, wallet: &TestWallet) -> (String, String) {
-    let row = client
-        .query_one(
-            "SELECT identity.issue_nonce(), to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    to_char((now() + interval '5 minutes') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
-            &[],
-        )
-        .unwrap();
-    let message = siwe_message(
-        DOMAIN,
-        &wallet.address(),
-        row.get(0),
-        row.get(1),
-        row.get(2),
-    );
-    let signature = wallet.personal_sign(&message);
-    (message, signature)
+    identity_bindings_client_tests::wallet::signed_login(client, wallet, DOMAIN)
 }
 
 fn login(

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# identity.resolve_many for 10,000 wallet ids against the plain query an application would send,
+# WHERE provider = 'wallet' AND external_id = ANY(...), side by side on the same cluster and data
+# (100,000 wallet bindings), under pgbench over the Unix socket, 1 client. Both get the same array
+# of canonical addresses; resolve_many also canonicalizes and checks each one (EIP-55) and returns
+# one row per input in input order. Run after `make install`; prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${SECONDS_PER_RUN:-15}
+bindings=${BINDINGS:-100000}
+
+. scripts/throwaway.sh
+throwaway_cluster identity_resolve_bench "shared_buffers=512MB"
+psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
+
+"${psql[@]}" <<SQL
+SET client_min_messages = warning;
+CREATE EXTENSION identity_bindings;
+CREATE TABLE public.users (id uuid PRIMARY KEY, wallet_address text);
+INSERT INTO public.users
+SELECT gen_random_uuid(), '0x' || left(encode(sha256(int8send(i)), 'hex'), 40)
+  FROM generate_series(1, $bindings) i;
+SELECT * FROM identity.backfill_wallet_bindings();
+CREATE TABLE wanted AS
+    SELECT array_agg(external_id) AS ids
+      FROM (SELECT external_id FROM identity.user_bindings ORDER BY random() LIMIT 10000) s;
+VACUUM ANALYZE;
+SQL
+
+cat > "$work/ext.sql" <<'SQL'
+SELECT count(r.user_id) FROM wanted w, identity.resolve_many('wallet', w.ids) r;
+SQL
+cat > "$work/plain.sql" <<'SQL'
+SELECT count(b.user_id) FROM wanted w, identity.user_bindings b
+ WHERE b.provider = 'wallet' AND b.external_id = ANY (w.ids);
+SQL
+# Both must find all 10,000.
+for script in ext plain; do
+    found=$("${psql[@]}" -At -f "$work/$script.sql")
+    [ "$found" = 10000 ] || { echo "$script found $found of 10000" >&2; exit 1; }
+done
+
+tps() {  # tps <script>
+    /usr/lib/postgresql/15/bin/pgbench -n -M prepared -h "$cluster" -p 5432 -U postgres \
+        -f "$work/$1.sql" -c 1 -T "$seconds" postgres 2>/dev/null | awk '/^tps = / {print $3}'
+}
+plain=$(tps plain)
+ext=$(tps ext)
+ms() { python3 -c "print(f'{1000 / $1:.2f}')"; }
+cat <<EOF2
+| 10,000 wallet ids among $bindings bindings, 1 client, ${seconds} s | calls/s | ms per call | vs the plain query |
+|---|---:|---:|---:|
+| plain \`WHERE provider = 'wallet' AND external_id = ANY(...)\` | $(printf '%.1f' "$plain") | $(ms "$plain") | 1.00× |
+| \`identity.resolve_many('wallet', ...)\` | $(printf '%.1f' "$ext") | $(ms "$ext") | $(python3 -c "print(f'{$plain / $ext:.2f}×')") the time |
+EOF2
