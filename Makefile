@@ -1,6 +1,7 @@
 # identity_bindings: every command a developer, a DBA or CI needs.
 #   make demo   install what is missing, build, and walk through the extension on a throwaway cluster
 #   make test   every test: lint, #[test] + #[pg_test], pg_regress contract, client-side tests
+#   make bench  every benchmark against its alternatives (BENCHMARKS.md); make soak: 30-minute load
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -9,10 +10,10 @@ export CARGO_TARGET_DIR ?= /var/cache/identity_bindings/target
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PG_TEST_DATA := $(abspath $(CARGO_TARGET_DIR)/../test-pgdata)
 
-.PHONY: help setup install lint unit fuzz regress client test demo bench-siwe
+.PHONY: help setup install lint unit fuzz regress client test demo bench bench-siwe soak
 
 help:
-	@sed -n '2,3p' Makefile | sed 's/^# *//'
+	@sed -n '2,4p' Makefile | sed 's/^# *//'
 
 setup:
 	@scripts/setup.sh
@@ -56,3 +57,17 @@ bench-siwe: install
 	cargo bench --locked --bench siwe_verify
 	benches/siwe_instructions.sh
 	benches/siwe_pgbench.sh
+
+# Every benchmark, each side by side with its alternatives in one run; results in BENCHMARKS.md.
+# Takes about an hour (the scaling run fills 10 million bindings).
+bench: install
+	benches/create_binding.sh
+	benches/resolve_many.sh
+	benches/scaling.sh
+	benches/backfill.sh
+	$(MAKE) bench-siwe
+
+# The long form of the soak test `make test` runs for 20 s: SOAK_SECONDS of mixed load (30 min).
+SOAK_SECONDS ?= 1800
+soak: install
+	IDENTITY_BINDINGS_SOAK_SECONDS=$(SOAK_SECONDS) scripts/client-tests.sh a_mixed_load -- --nocapture

@@ -7,11 +7,14 @@
 #   plpgsql the same two inserts (or the owner lookup) in a PL/pgSQL function, one round trip
 #   floor  one bare INSERT … ON CONFLICT DO NOTHING into a table shaped like user_bindings
 # Two workloads: new bindings (a new user's first binding, random ids) and idempotent repeats
-# (ids bound before the run, bound again to the same user). 1 and 4 clients, SECONDS_PER_RUN
-# seconds each (default 15). Run after `make install`; prints Markdown tables for BENCHMARKS.md.
+# (ids bound before the run, bound again to the same user). 1 and 4 clients. Commits wait for
+# fsync, whose latency drifts on a shared machine, so the contestants take turns: ROUNDS rounds
+# (default 3) of SECONDS_PER_RUN seconds (default 10) per cell, and each cell reports its median.
+# Run after `make install`; prints Markdown tables for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${SECONDS_PER_RUN:-15}
+seconds=${SECONDS_PER_RUN:-10}
+rounds=${ROUNDS:-3}
 repeat_pool=100000
 
 . scripts/throwaway.sh
@@ -106,22 +109,28 @@ tps() {  # tps <script> <clients>: transactions per second; any client error fai
 }
 
 ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
+median() { python3 -c "import statistics, sys; print(round(statistics.median(map(float, sys.argv[1:]))))" "$@"; }
 for kind in new repeat; do
-    declare -A result=()
-    for contestant in ext app plpgsql floor; do
-        for clients in 1 4; do
-            result[$contestant$clients]=$(tps "${contestant}_$kind" "$clients")
+    declare -A runs=() result=()
+    for round in $(seq "$rounds"); do
+        for contestant in ext app plpgsql floor; do
+            for clients in 1 4; do
+                runs[$contestant$clients]+=" $(tps "${contestant}_$kind" "$clients")"
+            done
         done
+    done
+    for cell in "${!runs[@]}"; do
+        result[$cell]=$(median ${runs[$cell]})
     done
     if [ "$kind" = new ]; then title="new bindings"; else title="idempotent repeats"; fi
     cat <<EOF2
 
-| create_binding, $title (${seconds} s per cell) | 1 client tps | ext ÷ this | 4 clients tps | ext ÷ this |
+| create_binding, $title (median of $rounds × ${seconds} s) | 1 client tps | ext ÷ this | 4 clients tps | ext ÷ this |
 |---|---:|---:|---:|---:|
 | \`identity.create_binding\` (ext) | ${result[ext1]} | 1.00× | ${result[ext4]} | 1.00× |
 | (a) app: BEGIN; INSERT; INSERT; COMMIT from the client | ${result[app1]} | $(ratio "${result[ext1]}" "${result[app1]}") | ${result[app4]} | $(ratio "${result[ext4]}" "${result[app4]}") |
 | (b) the same inserts in a PL/pgSQL function | ${result[plpgsql1]} | $(ratio "${result[ext1]}" "${result[plpgsql1]}") | ${result[plpgsql4]} | $(ratio "${result[ext4]}" "${result[plpgsql4]}") |
 | (c) floor: one bare INSERT | ${result[floor1]} | $(ratio "${result[ext1]}" "${result[floor1]}") | ${result[floor4]} | $(ratio "${result[ext4]}" "${result[floor4]}") |
 EOF2
-    unset result
+    unset runs result
 done
