@@ -422,9 +422,13 @@ fn resolve(provider: &str, external_id: &str) -> Result<Option<pgrx::Uuid>, Erro
     .map_err(ErrorReport::from)
 }
 
+// One row per element of $2, in its order: the owner, or NULL (unbound, or a NULL element).
 static RESOLVE_MANY: Statement = Statement::read(
-    "SELECT b.external_id, b.user_id FROM identity.user_bindings b
-      WHERE b.provider = $1 AND b.external_id = ANY ($2)",
+    "SELECT b.user_id
+       FROM unnest($2::text[]) WITH ORDINALITY AS wanted (external_id, position)
+       LEFT JOIN identity.user_bindings b
+              ON b.provider = $1 AND b.external_id = wanted.external_id
+      ORDER BY wanted.position",
     &[TEXTOID, TEXTARRAYOID],
 );
 
@@ -457,17 +461,17 @@ fn resolve_many(
                 None => None,
             });
         }
-        let wanted: Vec<&str> = canonical.iter().flatten().map(String::as_str).collect();
-        let mut user_of: HashMap<String, pgrx::Uuid> = HashMap::with_capacity(wanted.len());
-        for row in RESOLVE_MANY.run(client, &[provider.into(), wanted.into()])? {
-            if let (Some(id), Some(user)) = (row.get::<String>(1)?, row.get::<pgrx::Uuid>(2)?) {
-                user_of.insert(id, user);
-            }
+        let rows = RESOLVE_MANY.run(client, &[provider.into(), canonical.into()])?;
+        let mut owners = Vec::with_capacity(inputs.len());
+        for row in rows {
+            owners.push(row.get::<pgrx::Uuid>(1)?);
         }
-        Ok(canonical
-            .iter()
-            .map(|id| id.as_ref().and_then(|id| user_of.get(id).copied()))
-            .collect())
+        if owners.len() != inputs.len() {
+            return Err(IdentityError::Internal(
+                "resolve_many lost track of its inputs".into(),
+            ));
+        }
+        Ok(owners)
     })?;
     Ok(TableIterator::new(inputs.into_iter().zip(owners)))
 }

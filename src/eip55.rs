@@ -38,6 +38,10 @@ impl fmt::Display for AddressError {
     }
 }
 
+fn is_mixed_case(digits: &str) -> bool {
+    digits.bytes().any(|b| b.is_ascii_lowercase()) && digits.bytes().any(|b| b.is_ascii_uppercase())
+}
+
 impl Address {
     pub fn from_bytes(bytes: [u8; 20]) -> Self {
         Address(bytes)
@@ -46,6 +50,26 @@ impl Address {
     /// Parses `0x` + 40 hex digits. All-lowercase and all-uppercase digits carry no checksum and are
     /// accepted; mixed case must be the exact EIP-55 checksum.
     pub fn parse(text: &str) -> Result<Address, AddressError> {
+        let (address, digits) = Address::decode(text)?;
+        if is_mixed_case(digits) {
+            address.check(digits, address.to_checksummed())?;
+        }
+        Ok(address)
+    }
+
+    /// The address and its EIP-55 form, hashing once: a mixed-case input is checked against
+    /// that form, any other input is converted to it.
+    pub fn parse_checksummed(text: &str) -> Result<(Address, String), AddressError> {
+        let (address, digits) = Address::decode(text)?;
+        let checksummed = address.to_checksummed();
+        if is_mixed_case(digits) {
+            address.check(digits, checksummed.clone())?;
+        }
+        Ok((address, checksummed))
+    }
+
+    /// The 20 bytes of `0x` and 40 hex digits, and the digits as given.
+    fn decode(text: &str) -> Result<(Address, &str), AddressError> {
         let digits = text.strip_prefix("0x").ok_or(AddressError::MissingPrefix)?;
         if digits.len() != 40 {
             return Err(AddressError::WrongLength(digits.chars().count()));
@@ -54,43 +78,39 @@ impl Address {
         for (byte, pair) in bytes.iter_mut().zip(digits.as_bytes().chunks_exact(2)) {
             *byte = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
         }
-        let address = Address(bytes);
-        let has_lower = digits.bytes().any(|b| b.is_ascii_lowercase());
-        let has_upper = digits.bytes().any(|b| b.is_ascii_uppercase());
-        if has_lower && has_upper {
-            let expected = address.to_checksummed();
-            if expected[2..] != *digits {
-                return Err(AddressError::BadChecksum { expected });
-            }
+        Ok((Address(bytes), digits))
+    }
+
+    /// Mixed-case digits must be exactly the EIP-55 form.
+    fn check(self, digits: &str, expected: String) -> Result<(), AddressError> {
+        if expected[2..] == *digits {
+            Ok(())
+        } else {
+            Err(AddressError::BadChecksum { expected })
         }
-        Ok(address)
     }
 
     /// The EIP-55 form: each hex letter is upper case where the matching nibble of
     /// keccak256(lowercase hex) is 8 or more.
     pub fn to_checksummed(self) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let lower: Vec<u8> = self
-            .0
-            .iter()
-            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0x0f)]])
-            .collect();
-        let hash = Keccak256::digest(&lower);
-        let mut out = String::with_capacity(42);
-        out.push_str("0x");
-        for (i, &c) in lower.iter().enumerate() {
-            let nibble = if i % 2 == 0 {
-                hash[i / 2] >> 4
-            } else {
-                hash[i / 2] & 0x0f
-            };
-            out.push(if c.is_ascii_alphabetic() && nibble >= 8 {
-                char::from(c.to_ascii_uppercase())
-            } else {
-                char::from(c)
-            });
+        let mut lower = [0u8; 40];
+        for (pair, byte) in lower.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
         }
-        out
+        let hash = Keccak256::digest(lower);
+        let mut out = [0u8; 42];
+        out[..2].copy_from_slice(b"0x");
+        for (i, (&c, slot)) in lower.iter().zip(&mut out[2..]).enumerate() {
+            let nibble = (hash[i / 2] >> if i % 2 == 0 { 4 } else { 0 }) & 0x0f;
+            *slot = if c.is_ascii_alphabetic() && nibble >= 8 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            };
+        }
+        String::from_utf8(out.to_vec()).expect("hex digits and 0x are ASCII")
     }
 }
 

@@ -42,8 +42,8 @@ impl Builtin {
     /// The canonical form of `external_id`, or why it is not one of this provider's ids.
     pub fn canonicalize(self, external_id: &str) -> Result<String, String> {
         match self {
-            Builtin::Wallet => Address::parse(external_id)
-                .map(|address| address.to_checksummed())
+            Builtin::Wallet => Address::parse_checksummed(external_id)
+                .map(|(_, checksummed)| checksummed)
                 .map_err(|e| e.to_string()),
             Builtin::Discord | Builtin::Github => canonical_decimal_id(external_id),
             Builtin::Google => canonical_openid_subject(external_id),
