@@ -37,6 +37,9 @@ SELECT nonce FROM identity.siwe_nonces;
 -- And functions not granted stay closed.
 SELECT identity.merge_users(:dave, gen_random_uuid(), '{}');
 \echo :LAST_ERROR_SQLSTATE
+-- Nor can it loosen a bound: the extension's settings are a superuser's.
+SET identity.max_outstanding_nonces = 100000000;
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 
 -- search_path tricks: objects in a schema the caller controls never change what the functions
