@@ -6,10 +6,10 @@
 
 use crate::errors::{required, IdentityError};
 use crate::events::{append, append_after, append_many, pg_uuid, rust_uuid, EventType};
-use crate::providers::canonical_external_id;
+use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::statements::Statement;
 use pgrx::pg_sys::panic::ErrorReport;
-use pgrx::pg_sys::{TEXTARRAYOID, TEXTOID, UUIDARRAYOID, UUIDOID};
+use pgrx::pg_sys::{self, TEXTARRAYOID, TEXTOID, UUIDARRAYOID, UUIDOID};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
@@ -432,31 +432,22 @@ static RESOLVE_MANY: Statement = Statement::read(
     &[TEXTOID, TEXTARRAYOID],
 );
 
-/// `identity.resolve_many(provider, external_ids)`: one row per input, in input order, with the
-/// id as given and its user (NULL when unbound or when the input element is NULL).
-// pgrx reads the column names from `name!` in the signature itself, so no type alias here.
-#[allow(clippy::type_complexity)]
-#[pg_extern(stable, security_definer, parallel_safe)]
-#[search_path(pg_catalog, pg_temp)]
-fn resolve_many(
-    provider: Option<&str>,
-    external_ids: Option<Vec<Option<String>>>,
-) -> Result<
-    TableIterator<
-        'static,
-        (
-            name!(external_id, Option<String>),
-            name!(user_id, Option<pgrx::Uuid>),
-        ),
-    >,
-    ErrorReport,
-> {
-    let provider = required(provider, "provider")?;
-    let inputs = required(external_ids, "external_ids")?;
-    let owners = Spi::connect_mut(|client| -> Result<Vec<Option<pgrx::Uuid>>, IdentityError> {
+/// The owner of each of `inputs` (canonicalized for `provider`), in input order.
+fn owners_in_order(
+    provider: &str,
+    inputs: &[Option<String>],
+) -> Result<Vec<Option<pgrx::Uuid>>, IdentityError> {
+    Spi::connect_mut(|client| {
         let mut canonical = Vec::with_capacity(inputs.len());
-        for input in &inputs {
+        // Checksummed-looking wallets are looked up as given and checked only if not found: a
+        // stored id is canonical, so one found as given is valid (no EIP-55 hash needed).
+        let mut checked_later = Vec::new();
+        for (position, input) in inputs.iter().enumerate() {
             canonical.push(match input {
+                Some(id) if canonical_if_valid(provider, id) => {
+                    checked_later.push(position);
+                    Some(id.clone())
+                }
                 Some(id) => Some(canonical_external_id(client, provider, id)?),
                 None => None,
             });
@@ -471,10 +462,84 @@ fn resolve_many(
                 "resolve_many lost track of its inputs".into(),
             ));
         }
+        // Not found: unbound if valid (it is then its own canonical form), an error if not.
+        for position in checked_later {
+            if let (None, Some(id)) = (owners[position], &inputs[position]) {
+                canonical_external_id(client, provider, id)?;
+            }
+        }
         Ok(owners)
-    })?;
-    Ok(TableIterator::new(inputs.into_iter().zip(owners)))
+    })
 }
+
+// `identity.resolve_many(provider, external_ids)`: one row per input, in input order, with the id
+// as given and its user (NULL when unbound or when the input element is NULL).
+//
+// Written to the C calling convention instead of #[pg_extern]: pgrx returns a set one row per
+// call, and every call of a SECURITY DEFINER ... SET function saves and restores the settings, so
+// 10,000 ids cost 10,000 of those. This returns all rows from one call (materialize mode). The
+// symbol keeps the name pgrx gave it in 0.1.0, whose install script refers to it.
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_resolve_many_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1_API
+}
+
+/// # Safety
+/// Called by PostgreSQL only, through the SQL function below, with its two arguments.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn resolve_many_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: argument 0 is text and argument 1 is text[], as the SQL definition declares.
+    let (provider, inputs) = unsafe {
+        (
+            pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 0),
+            pgrx::fcinfo::pg_getarg::<Vec<Option<String>>>(fcinfo, 1),
+        )
+    };
+    let resolved = required(provider, "provider").and_then(|provider| {
+        let inputs = required(inputs, "external_ids")?;
+        let owners = owners_in_order(provider, &inputs)?;
+        Ok((inputs, owners))
+    });
+    let (inputs, owners) = resolved.unwrap_or_else(|error| error.raise());
+    // SAFETY: PostgreSQL called this as a set-returning function; InitMaterializedSRF checks that
+    // materialize mode is allowed and builds the tuplestore and descriptor tuplestore_putvalues
+    // fills, with two columns (text, uuid) as declared.
+    unsafe {
+        pg_sys::InitMaterializedSRF(fcinfo, 0);
+        let result = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
+        for (input, owner) in inputs.into_iter().zip(owners) {
+            let mut nulls = [input.is_none(), owner.is_none()];
+            let mut values = [
+                input.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+                owner.into_datum().unwrap_or(pg_sys::Datum::from(0)),
+            ];
+            pg_sys::tuplestore_putvalues(
+                (*result).setResult,
+                (*result).setDesc,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+            );
+        }
+    }
+    pg_sys::Datum::from(0)
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION identity.resolve_many(provider text, external_ids text[])
+RETURNS TABLE (external_id text, user_id uuid)
+STABLE SECURITY DEFINER PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'resolve_many_wrapper';
+"#,
+    name = "resolve_many",
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
@@ -763,6 +828,33 @@ mod tests {
         );
         assert_eq!(
             sqlstate_of("SELECT * FROM identity.resolve_many('github', ARRAY['x'])"),
+            "22023"
+        );
+        // Its rows come from one call (materialize mode), in FROM and in a select list alike.
+        let in_select_list = Spi::get_one::<String>(
+            "SELECT string_agg((r).user_id::text, ',') FROM (SELECT identity.resolve_many('github', ARRAY['1', '1']) AS r) s",
+        );
+        assert_eq!(in_select_list, Ok(Some(format!("{ALICE},{ALICE}"))));
+    }
+
+    #[pg_test]
+    fn resolve_many_finds_wallets_however_spelled_and_refuses_bad_checksums() {
+        create(ALICE, "wallet", WALLET);
+        let unbound = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"; // valid EIP-55, not bound
+        let found = Spi::get_one::<String>(&format!(
+            "SELECT string_agg(coalesce(user_id::text, '∅'), ',' ORDER BY n)
+               FROM (SELECT r.*, row_number() OVER () AS n
+                       FROM identity.resolve_many('wallet', ARRAY['{WALLET}', '{}', '{unbound}']) r) x",
+            WALLET.to_ascii_lowercase()
+        ));
+        assert_eq!(found, Ok(Some(format!("{ALICE},{ALICE},∅"))));
+        // One letter's case flipped: spelled like a checksummed address, but the checksum fails.
+        let bad_checksum = WALLET.replacen("aA", "Aa", 1);
+        assert_ne!(bad_checksum, WALLET);
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT * FROM identity.resolve_many('wallet', ARRAY['{bad_checksum}'])"
+            )),
             "22023"
         );
     }

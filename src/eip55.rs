@@ -38,6 +38,12 @@ impl fmt::Display for AddressError {
     }
 }
 
+/// Whether `text` is spelled as a checksummed address would be: `0x`, 40 characters, mixed case.
+/// Such a text, if it is a valid address at all, is exactly its EIP-55 form.
+pub fn looks_checksummed(text: &str) -> bool {
+    text.len() == 42 && text.starts_with("0x") && is_mixed_case(&text[2..])
+}
+
 fn is_mixed_case(digits: &str) -> bool {
     digits.bytes().any(|b| b.is_ascii_lowercase()) && digits.bytes().any(|b| b.is_ascii_uppercase())
 }

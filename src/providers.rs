@@ -86,6 +86,14 @@ static CUSTOM_PATTERN_MATCH: Statement = Statement::read(
     &[TEXTOID, TEXTOID],
 );
 
+/// Whether `external_id`, if it is valid at all, is already in its canonical form: a wallet
+/// address spelled mixed case (EIP-55 allows exactly one mixed-case spelling). Found as given
+/// among the stored (canonical) ids, such an id needs no canonicalization.
+pub fn canonical_if_valid(provider: &str, external_id: &str) -> bool {
+    Builtin::named(provider) == Some(Builtin::Wallet)
+        && crate::eip55::looks_checksummed(external_id)
+}
+
 /// The canonical form of `external_id` for `provider`, built-in or registered.
 pub fn canonical_external_id(
     client: &mut SpiClient<'_>,
