@@ -191,32 +191,40 @@ static LOCK_HEAD: Statement = Statement::write(
     &[UUIDOID],
 );
 
-// The head of a new chain and its first event, in one statement: (head written, event written).
-// No head written: another transaction started this chain meanwhile.
+/// `WITH head AS (<head change>), event AS (...) SELECT (head written, event written)`: the event
+/// ($1..$8 as EVENT_PARAMETERS) is inserted only if the head change returned its user.
+macro_rules! with_head_insert_event {
+    ($head_change:literal) => {
+        concat!(
+            "WITH head AS (",
+            $head_change,
+            "),
+             event AS (
+                 INSERT INTO identity.identity_events
+                        (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+                 SELECT $1, head.user_id, $3, $4, $5, $6, $7, $8 FROM head
+                 ON CONFLICT (user_id, seq) DO NOTHING RETURNING true)
+             SELECT EXISTS (SELECT FROM head), EXISTS (SELECT FROM event)"
+        )
+    };
+}
+
+// The head of a new chain and its first event, in one statement. No head written: another
+// transaction started this chain meanwhile.
 static START_CHAIN_WITH_EVENT: Statement = Statement::write(
-    "WITH head AS (
-         INSERT INTO identity.event_chain_heads (user_id, last_seq, last_hash, last_event_id)
-         VALUES ($2, $3, $8, $1) ON CONFLICT (user_id) DO NOTHING RETURNING user_id),
-     event AS (
-         INSERT INTO identity.identity_events
-                (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
-         SELECT $1, head.user_id, $3, $4, $5, $6, $7, $8 FROM head
-         ON CONFLICT (user_id, seq) DO NOTHING RETURNING true)
-     SELECT EXISTS (SELECT FROM head), EXISTS (SELECT FROM event)",
+    with_head_insert_event!(
+        "INSERT INTO identity.event_chain_heads (user_id, last_seq, last_hash, last_event_id)
+         VALUES ($2, $3, $8, $1) ON CONFLICT (user_id) DO NOTHING RETURNING user_id"
+    ),
     EVENT_PARAMETERS,
 );
 
 // The head moved to the new event, and the event, in one statement (the head is locked).
 static ADVANCE_CHAIN_WITH_EVENT: Statement = Statement::write(
-    "WITH head AS (
-         UPDATE identity.event_chain_heads SET last_seq = $3, last_hash = $8, last_event_id = $1
-          WHERE user_id = $2 RETURNING user_id),
-     event AS (
-         INSERT INTO identity.identity_events
-                (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
-         SELECT $1, head.user_id, $3, $4, $5, $6, $7, $8 FROM head
-         ON CONFLICT (user_id, seq) DO NOTHING RETURNING true)
-     SELECT EXISTS (SELECT FROM head), EXISTS (SELECT FROM event)",
+    with_head_insert_event!(
+        "UPDATE identity.event_chain_heads SET last_seq = $3, last_hash = $8, last_event_id = $1
+          WHERE user_id = $2 RETURNING user_id"
+    ),
     EVENT_PARAMETERS,
 );
 

@@ -298,3 +298,40 @@ pub fn table_contents(client: &mut Client) -> Vec<(String, i64, String)> {
         })
         .collect()
 }
+
+/// After a restore or an upgrade of what `populate_every_table` wrote: the queued job runs, an id
+/// bound before resolves, a new binding extends that user's chain, a nonce is issued, every chain
+/// verifies, and the append-only guard still refuses to rewrite history.
+pub fn assert_the_extension_works_on_its_data(client: &mut Client) {
+    let job: String = client
+        .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(job, "succeeded");
+    let owner: Option<uuid::Uuid> = client
+        .query_one("SELECT identity.resolve('employee', 'E000001')", &[])
+        .unwrap()
+        .get(0);
+    let created: bool = client
+        .query_one(
+            "SELECT created FROM identity.create_binding($1, 'employee', 'E000002', '{\"method\": \"hr\"}')",
+            &[&owner.expect("bound before")],
+        )
+        .unwrap()
+        .get(0);
+    assert!(created);
+    let nonce: String = client
+        .query_one("SELECT identity.issue_nonce()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(nonce.len(), 22);
+    assert!(
+        integrity_is_clean(client),
+        "chains verify after new appends"
+    );
+    let refused = client.batch_execute("UPDATE identity.identity_events SET payload = '{}'");
+    assert_eq!(
+        refused.err().map(|e| sqlstate(&e).to_owned()),
+        Some("42501".to_owned())
+    );
+}
