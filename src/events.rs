@@ -296,15 +296,26 @@ pub fn append(
     event_type: EventType,
     payload: &serde_json::Value,
 ) -> Result<Uuid, IdentityError> {
-    let payload = jsonb_with_text(payload);
+    append_jsonb(client, user_id, event_type, jsonb_with_text(payload))
+}
+
+fn append_jsonb(
+    client: &mut SpiClient<'_>,
+    user_id: Uuid,
+    event_type: EventType,
+    mut payload: (pg_sys::Datum, String),
+) -> Result<Uuid, IdentityError> {
+    let created_at = transaction_started();
     // A user's first event creates the head row; a concurrent first event waits on that insert
     // and then, on its fresh snapshot, finds and locks the row. Two rounds always suffice under
     // READ COMMITTED; under REPEATABLE READ PostgreSQL itself raises 40001 instead.
     for _ in 0..2 {
         let end = lock_chain_end(client, user_id)?;
-        if let Some(event_id) = link_after(client, user_id, event_type, &payload, end)? {
-            return Ok(event_id);
+        let link = PendingLink::after(end, user_id, event_type, created_at, payload);
+        if write_link(client, event_type, created_at, &link)? {
+            return Ok(link.event_id);
         }
+        payload = link.payload;
     }
     Err(IdentityError::ChainAppendConflict)
 }
@@ -318,11 +329,18 @@ pub fn append_after(
     payload: &serde_json::Value,
     end: ChainEnd,
 ) -> Result<Uuid, IdentityError> {
-    let jsonb = jsonb_with_text(payload);
-    match link_after(client, user_id, event_type, &jsonb, end)? {
-        Some(event_id) => Ok(event_id),
-        None => append(client, user_id, event_type, payload),
+    let created_at = transaction_started();
+    let link = PendingLink::after(
+        end,
+        user_id,
+        event_type,
+        created_at,
+        jsonb_with_text(payload),
+    );
+    if write_link(client, event_type, created_at, &link)? {
+        return Ok(link.event_id);
     }
+    append_jsonb(client, user_id, event_type, link.payload)
 }
 
 fn lock_chain_end(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<ChainEnd, IdentityError> {
@@ -338,61 +356,42 @@ fn lock_chain_end(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<ChainEnd,
     Ok(Some((last_seq, last_hash)))
 }
 
-/// Writes the event after `end` and moves the head to it; `None` when `end` was `None` but another
-/// transaction has started the chain since.
-fn link_after(
+/// Writes `link` and moves its chain's head to it. `false` when the link starts a chain that
+/// another transaction has started since.
+fn write_link(
     client: &mut SpiClient<'_>,
-    user_id: Uuid,
     event_type: EventType,
-    (payload_datum, payload_text): &(pg_sys::Datum, String),
-    end: ChainEnd,
-) -> Result<Option<Uuid>, IdentityError> {
-    let event_id = Uuid::now_v7();
-    // SAFETY: reads a backend-local timestamp; no preconditions.
-    let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let starts_chain = end.is_none();
-    let (seq, prev_hash) = match end {
-        Some((last_seq, last_hash)) => (last_seq + 1, Some(last_hash)),
-        None => (1, None),
-    };
-    let hash = ChainLink {
-        prev_hash: prev_hash.as_deref(),
-        event_id,
-        user_id,
-        seq,
-        created_at,
-        event_type: event_type.as_str(),
-        payload: payload_text,
-    }
-    .hash();
+    created_at: pg_sys::TimestampTz,
+    link: &PendingLink,
+) -> Result<bool, IdentityError> {
+    let starts_chain = link.seq == 1;
     let statement = if starts_chain {
         &START_CHAIN_WITH_EVENT
     } else {
         &ADVANCE_CHAIN_WITH_EVENT
     };
-    let created_at = TimestampWithTimeZone::try_from(created_at)
-        .map_err(|e| IdentityError::Internal(format!("transaction timestamp: {e}")))?;
-    // SAFETY: payload_datum is a jsonb datum built in this memory context.
-    let payload_arg = unsafe { DatumWithOid::new(*payload_datum, JSONBOID) };
+    // SAFETY: the payload datum is a jsonb datum built in this memory context.
+    let payload_arg = unsafe { DatumWithOid::new(link.payload.0, JSONBOID) };
     let written = statement.run(
         client,
         &[
-            pg_uuid(event_id).into(),
-            pg_uuid(user_id).into(),
-            seq.into(),
+            pg_uuid(link.event_id).into(),
+            pg_uuid(link.user_id).into(),
+            link.seq.into(),
             event_type.as_str().into(),
             payload_arg,
-            created_at.into(),
-            prev_hash.as_deref().into(),
-            hash.as_slice().into(),
+            timestamptz(created_at)?.into(),
+            link.prev_hash.as_deref().into(),
+            link.hash.as_slice().into(),
         ],
     )?;
     let written = written.first();
     let head_written = written.get::<bool>(1)?.unwrap_or(false);
     let event_written = written.get::<bool>(2)?.unwrap_or(false);
+    let user_id = link.user_id;
     match (head_written, event_written) {
-        (true, true) => Ok(Some(event_id)),
-        (false, _) if starts_chain => Ok(None),
+        (true, true) => Ok(true),
+        (false, _) if starts_chain => Ok(false),
         (false, _) => Err(IdentityError::Internal(format!(
             "event chain head of user {user_id} vanished while locked"
         ))),
@@ -401,6 +400,17 @@ fn link_after(
             "event chain head of user {user_id} is behind its events: run identity.verify_event_chain('{user_id}')"
         ))),
     }
+}
+
+/// The start of the current transaction: every event it appends carries this time.
+fn transaction_started() -> pg_sys::TimestampTz {
+    // SAFETY: reads a backend-local timestamp; no preconditions.
+    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+}
+
+fn timestamptz(at: pg_sys::TimestampTz) -> Result<TimestampWithTimeZone, IdentityError> {
+    TimestampWithTimeZone::try_from(at)
+        .map_err(|e| IdentityError::Internal(format!("transaction timestamp: {e}")))
 }
 
 static LOCK_HEADS: Statement = Statement::write(
@@ -444,7 +454,7 @@ static INSERT_EVENTS: Statement = Statement::write(
     ],
 );
 
-/// One event of a bulk append, linked to its chain and ready to insert.
+/// One event linked to its chain and ready to write: the one place a link's hash is computed.
 struct PendingLink {
     event_id: Uuid,
     user_id: Uuid,
@@ -456,26 +466,33 @@ struct PendingLink {
 }
 
 impl PendingLink {
-    fn new(
+    /// A new event of `user_id`, linked after `end` (`None`: it starts the chain).
+    fn after(
+        end: ChainEnd,
         user_id: Uuid,
         event_type: EventType,
         created_at: pg_sys::TimestampTz,
-        payload: &serde_json::Value,
+        payload: (pg_sys::Datum, String),
     ) -> Self {
         let mut link = PendingLink {
             event_id: Uuid::now_v7(),
             user_id,
             seq: 1,
-            payload: jsonb_with_text(payload),
+            payload,
             prev_hash: None,
             hash: [0; 32],
         };
-        link.hash = link.chain_link(event_type, created_at).hash();
+        link.follow(end, event_type, created_at);
         link
     }
 
-    fn chain_link(&self, event_type: EventType, created_at: pg_sys::TimestampTz) -> ChainLink<'_> {
-        ChainLink {
+    /// Links the event after `end` (`None`: as the chain's first).
+    fn follow(&mut self, end: ChainEnd, event_type: EventType, created_at: pg_sys::TimestampTz) {
+        (self.seq, self.prev_hash) = match end {
+            Some((last_seq, last_hash)) => (last_seq + 1, Some(last_hash)),
+            None => (1, None),
+        };
+        self.hash = ChainLink {
             prev_hash: self.prev_hash.as_deref(),
             event_id: self.event_id,
             user_id: self.user_id,
@@ -484,18 +501,7 @@ impl PendingLink {
             event_type: event_type.as_str(),
             payload: &self.payload.1,
         }
-    }
-
-    /// Relinks the event after the chain's current head.
-    fn follow(
-        &mut self,
-        (last_seq, last_hash): (i64, Vec<u8>),
-        event_type: EventType,
-        created_at: pg_sys::TimestampTz,
-    ) {
-        self.seq = last_seq + 1;
-        self.prev_hash = Some(last_hash);
-        self.hash = self.chain_link(event_type, created_at).hash();
+        .hash();
     }
 }
 
@@ -513,13 +519,20 @@ pub fn append_many(
         events.iter().partition(|(user, _)| seen.insert(*user));
     // Heads are started and locked in user order, so concurrent batches cannot deadlock.
     bulk.sort_by_key(|(user, _)| *user);
-    // SAFETY: reads a backend-local timestamp; no preconditions.
-    let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let created_at = transaction_started();
     // Most events of a batch start their user's chain: try that first, then lock the heads of
     // the chains that exist and link those events after them.
     let mut links: Vec<PendingLink> = bulk
         .iter()
-        .map(|(user, payload)| PendingLink::new(*user, event_type, created_at, payload))
+        .map(|(user, payload)| {
+            PendingLink::after(
+                None,
+                *user,
+                event_type,
+                created_at,
+                jsonb_with_text(payload),
+            )
+        })
         .collect();
     let started = start_chains(client, &links)?;
     let continuing: Vec<Uuid> = links
@@ -535,7 +548,7 @@ pub fn append_many(
         }
         match heads.remove(&link.user_id) {
             Some(head) => {
-                link.follow(head, event_type, created_at);
+                link.follow(Some(head), event_type, created_at);
                 true
             }
             None => {
@@ -623,8 +636,7 @@ fn insert_events(
     if links.is_empty() {
         return Ok(());
     }
-    let created_at = TimestampWithTimeZone::try_from(created_at)
-        .map_err(|e| IdentityError::Internal(format!("transaction timestamp: {e}")))?;
+    let created_at = timestamptz(created_at)?;
     let ids: Vec<pgrx::Uuid> = links.iter().map(|l| pg_uuid(l.event_id)).collect();
     let users: Vec<pgrx::Uuid> = links.iter().map(|l| pg_uuid(l.user_id)).collect();
     let seqs: Vec<i64> = links.iter().map(|l| l.seq).collect();
