@@ -44,6 +44,17 @@ pub fn looks_checksummed(text: &str) -> bool {
     text.len() == 42 && text.starts_with("0x") && is_mixed_case(&text[2..])
 }
 
+/// Mixed-case digits must be exactly those of the EIP-55 form `expected` (`0x` included).
+fn check_checksum(digits: &str, expected: &str) -> Result<(), AddressError> {
+    if expected[2..] == *digits {
+        Ok(())
+    } else {
+        Err(AddressError::BadChecksum {
+            expected: expected.to_owned(),
+        })
+    }
+}
+
 fn is_mixed_case(digits: &str) -> bool {
     digits.bytes().any(|b| b.is_ascii_lowercase()) && digits.bytes().any(|b| b.is_ascii_uppercase())
 }
@@ -58,7 +69,7 @@ impl Address {
     pub fn parse(text: &str) -> Result<Address, AddressError> {
         let (address, digits) = Address::decode(text)?;
         if is_mixed_case(digits) {
-            address.check(digits, address.to_checksummed())?;
+            check_checksum(digits, &address.to_checksummed())?;
         }
         Ok(address)
     }
@@ -69,7 +80,7 @@ impl Address {
         let (address, digits) = Address::decode(text)?;
         let checksummed = address.to_checksummed();
         if is_mixed_case(digits) {
-            address.check(digits, checksummed.clone())?;
+            check_checksum(digits, &checksummed)?;
         }
         Ok((address, checksummed))
     }
@@ -85,15 +96,6 @@ impl Address {
             *byte = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
         }
         Ok((Address(bytes), digits))
-    }
-
-    /// Mixed-case digits must be exactly the EIP-55 form.
-    fn check(self, digits: &str, expected: String) -> Result<(), AddressError> {
-        if expected[2..] == *digits {
-            Ok(())
-        } else {
-            Err(AddressError::BadChecksum { expected })
-        }
     }
 
     /// The EIP-55 form: each hex letter is upper case where the matching nibble of
