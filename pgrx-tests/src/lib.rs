@@ -135,17 +135,8 @@ impl Cluster {
 
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
         let dir = Cluster::path_for(name);
-        let status = std::process::Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../scripts/cluster.sh"
-            ))
-            .arg("start")
-            .arg(&dir)
-            .args(settings)
-            .status()
-            .expect("run scripts/cluster.sh");
-        assert!(status.success(), "cluster {name} started");
+        let started = cluster_script("start", &dir).args(settings).status();
+        assert!(started.unwrap().success(), "cluster {name} started");
         Cluster { dir }
     }
 
@@ -194,16 +185,8 @@ impl Cluster {
 
     /// Starts the cluster again with its settings (crash recovery runs if it crashed).
     pub fn restart(&self) {
-        let status = std::process::Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../scripts/cluster.sh"
-            ))
-            .arg("restart")
-            .arg(&self.dir)
-            .status()
-            .expect("run scripts/cluster.sh");
-        assert!(status.success(), "cluster restarted");
+        let restarted = cluster_script("restart", &self.dir).status();
+        assert!(restarted.unwrap().success(), "cluster restarted");
     }
 
     pub fn server_log(&self) -> String {
@@ -213,15 +196,21 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../scripts/cluster.sh"
-            ))
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
+        let _ = cluster_script("stop", &self.dir).status();
     }
+}
+
+/// `scripts/cluster.sh <action> <dir>`, ready to run.
+fn cluster_script(action: &str, dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/cluster.sh"
+        ))
+        .arg(action)
+        .arg(dir);
+    command
 }
 
 /// Polls `check` until it holds or `within` has passed; whether it held.
