@@ -3,14 +3,18 @@
 #   - the seed application's single-statement backfill: INSERT … ON CONFLICT DO NOTHING RETURNING
 #     feeding the event INSERT, one transaction, on tables shaped like the seed's;
 #   - identity.backfill_wallet_bindings() (one transaction, batches of 10,000);
-#   - CALL identity.backfill_wallet_bindings_in_batches() (a commit per batch of 10,000).
-# Each starts from a copy of the same template database. Wallets are random (real addresses are
-# hashes), so no contestant gets index inserts in key order for free. Reports wall time and the
-# backend's own peak memory (RssAnon, sampled; VmHWM would count the shared buffers it touched).
+#   - CALL identity.backfill_wallet_bindings_in_batches() (a commit per batch of 10,000), in the
+#     calling session alone (max_parallel_backfill_workers = 0) and with its default workers (2).
+# Each starts from a copy of the same template database, after a CHECKPOINT. Wallets are random
+# (real addresses are hashes), so no contestant gets index inserts in key order for free. The
+# contestants take turns for ROUNDS rounds (default 3; disk latency drifts on a shared machine) and
+# each reports its median wall time, and the peak private memory (RssAnon, sampled; VmHWM would
+# count the shared buffers it touched) of the calling backend over the rounds.
 # Run after `make install`: benches/backfill.sh [rows]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
+rounds=${ROUNDS:-3}
 
 . scripts/throwaway.sh
 throwaway_cluster identity_backfill_bench "shared_buffers=1GB" "max_wal_size=8GB" "checkpoint_timeout=30min"
@@ -34,24 +38,27 @@ CREATE TABLE seed_identity_events (
 VACUUM ANALYZE;
 SQL
 
-timed() {  # timed <name> <sql>: in a fresh copy of the data, prints "seconds peak_rss_kib"
+timed() {  # timed <name> <settings> <sql>: in a fresh copy of the data, prints "seconds peak_rss_kib"
     local database="bench_$1" ms
-    "${psql[@]}" -d postgres -c "CREATE DATABASE $database TEMPLATE template_users"
+    "${psql[@]}" -d postgres -c "CREATE DATABASE $database TEMPLATE template_users" -c "CHECKPOINT"
+    rm -f "$work/$1.rss"
     ms=$("${psql[@]}" -d "$database" -At <<SQL | awk '/^Time:/ {t = $2} END {print t}'
 SET client_min_messages = warning;
+$2
 SELECT pg_backend_pid() AS pid \gset
 \setenv BACKEND_PID :pid
 \! scripts/peak_rss.sh \$BACKEND_PID > $work/$1.rss &
 \o /dev/null
 \timing on
-$2
+$3
 SQL
 )
     while [ ! -s "$work/$1.rss" ]; do sleep 0.2; done  # the sampler ends with the backend
+    "${psql[@]}" -d postgres -c "DROP DATABASE $database"
     printf '%s %s\n' "$(python3 -c "print(f'{$ms / 1000:.1f}')")" "$(cat "$work/$1.rss")"
 }
 
-read -r cte_s cte_kib < <(timed cte "WITH inserted AS (
+CTE="WITH inserted AS (
     INSERT INTO seed_user_bindings (id, user_id, provider, external_id)
     SELECT gen_random_uuid(), u.id, 'wallet', u.wallet_address FROM users u WHERE u.wallet_address IS NOT NULL
     ON CONFLICT (provider, external_id) DO NOTHING
@@ -60,15 +67,38 @@ INSERT INTO seed_identity_events (id, user_id, event_type, payload)
 SELECT gen_random_uuid(), user_id, 'bind',
        jsonb_build_object('provider', 'wallet', 'external_id', external_id, 'binding_id', id,
                           'evidence', jsonb_build_object('method', 'backfill'))
-  FROM inserted;")
-read -r fn_s fn_kib < <(timed function "SELECT * FROM identity.backfill_wallet_bindings();")
-read -r proc_s proc_kib < <(timed procedure "CALL identity.backfill_wallet_bindings_in_batches();")
+  FROM inserted;"
+contestants=(cte function session workers)
+declare -A setting=(
+    [cte]="" [function]="" [session]="SET identity.max_parallel_backfill_workers = 0;"
+    [workers]="RESET identity.max_parallel_backfill_workers;")
+declare -A statement=(
+    [cte]="$CTE" [function]="SELECT * FROM identity.backfill_wallet_bindings();"
+    [session]="CALL identity.backfill_wallet_bindings_in_batches();"
+    [workers]="CALL identity.backfill_wallet_bindings_in_batches();")
+declare -A times peaks
+for round in $(seq "$rounds"); do
+    for name in "${contestants[@]}"; do
+        read -r seconds kib < <(timed "$name" "${setting[$name]}" "${statement[$name]}")
+        echo "round $round: $name ${seconds}s, RssAnon $((kib / 1024)) MiB" >&2
+        times[$name]="${times[$name]:-} $seconds"
+        [ "$kib" -gt "${peaks[$name]:-0}" ] && peaks[$name]=$kib
+    done
+done
 
+median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" "$@"; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
-cat <<EOF2
-| backfill of $rows users | seconds | vs the seed's CTE | backend's own peak memory (RssAnon) |
-|---|---:|---:|---:|
-| seed's single-statement CTE (one transaction) | $cte_s | 1.00× | $((cte_kib / 1024)) MiB |
-| \`identity.backfill_wallet_bindings()\` (one transaction) | $fn_s | $(ratio "$fn_s" "$cte_s") | $((fn_kib / 1024)) MiB |
-| \`CALL identity.backfill_wallet_bindings_in_batches()\` (commit per 10,000) | $proc_s | $(ratio "$proc_s" "$cte_s") | $((proc_kib / 1024)) MiB |
-EOF2
+declare -A med
+for name in "${contestants[@]}"; do
+    # shellcheck disable=SC2086 # the list of times is meant to split into arguments
+    med[$name]=$(median ${times[$name]})
+done
+row() {  # row <name> <label>
+    printf '| %s | %s | %s | %s MiB |\n' "$2" "${med[$1]}" "$(ratio "${med[$1]}" "${med[cte]}")" "$((peaks[$1] / 1024))"
+}
+echo "| backfill of $rows users (median of $rounds alternating rounds) | seconds | vs the seed's CTE | calling backend's peak memory (RssAnon) |"
+echo "|---|---:|---:|---:|"
+row cte "seed's single-statement CTE (one transaction)"
+row function "\`identity.backfill_wallet_bindings()\` (one transaction)"
+row session "\`CALL identity.backfill_wallet_bindings_in_batches()\`, the session alone (commit per 10,000)"
+row workers "\`CALL identity.backfill_wallet_bindings_in_batches()\`, session + 2 workers (commit per 10,000)"

@@ -1,9 +1,130 @@
 -- identity_bindings 0.1.0 -> 0.2.0
 --
--- 0.2.0 changes native code only; no SQL object changes, so this script has nothing to run:
+-- Native code changes (no SQL object changes):
 --   - backfills bind each batch set-based (bulk binding insert, bulk chain heads and events);
 --   - identity.issue_nonce refuses beyond identity.max_outstanding_nonces (a new setting,
---     registered by the library, not an SQL object).
+--     registered by the library, not an SQL object);
+--   - identity.max_parallel_backfill_workers (a new setting) lets the batched backfill start
+--     background workers.
+-- SQL object changes, below: the batched backfill becomes resumable and parallel. Its progress
+-- table, the three functions its procedure calls, and the procedure's new body.
 -- The upgrade test (pgrx-tests/tests/upgrade.rs) checks that a 0.1.0 install updated with this
 -- script has exactly the objects of a fresh 0.2.0 install.
 \echo Use "ALTER EXTENSION identity_bindings UPDATE TO '0.2.0'" to load this file. \quit
+
+-- Progress of the batched backfill (CALL identity.backfill_wallet_bindings_in_batches): a run
+-- splits the source table's id range into parts; a part's resume point and counts are updated in
+-- the same transaction as each batch it binds, so an interrupted run resumes exactly where its
+-- last committed batch ended. Operational state, not evidence: the bind events are the record.
+CREATE SEQUENCE identity.backfill_run_id_seq;
+CREATE TABLE identity.backfill_parts (
+    run_id        bigint NOT NULL,
+    part          integer NOT NULL CHECK (part >= 1),
+    source        text NOT NULL,
+    id_column     name NOT NULL,
+    wallet_column name NOT NULL,
+    batch_size    integer NOT NULL CHECK (batch_size >= 1),
+    run_as        name NOT NULL,
+    -- Ids are kept as text, as the source's own type prints them.
+    after_id      text,
+    upto_id       text,
+    done          boolean NOT NULL DEFAULT false,
+    scanned       bigint NOT NULL DEFAULT 0,
+    created       bigint NOT NULL DEFAULT 0,
+    existing      bigint NOT NULL DEFAULT 0,
+    conflicts     bigint NOT NULL DEFAULT 0,
+    invalid       bigint NOT NULL DEFAULT 0,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, part)
+);
+COMMENT ON TABLE identity.backfill_parts IS
+    'Parts of each batched backfill run: the ids after after_id up to upto_id, with the counts so far. A CALL on the same source resumes an unfinished run.';
+
+SELECT pg_catalog.pg_extension_config_dump('identity.backfill_parts', '');
+SELECT pg_catalog.pg_extension_config_dump('identity.backfill_run_id_seq', '');
+
+CREATE FUNCTION identity.backfill_plan(
+	"users" regclass, /* Option < PgRelation > */
+	"id_column" TEXT, /* Option < & str > */
+	"wallet_column" TEXT, /* Option < & str > */
+	"batch_size" INT, /* Option < i32 > */
+	"resume_after_id" TEXT /* Option < & str > */
+) RETURNS bigint /* Result < i64, ErrorReport > */
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'backfill_plan_wrapper';
+
+CREATE FUNCTION identity.backfill_launch_workers(
+	"run_id" bigint /* i64 */
+) RETURNS INT /* Result < i32, ErrorReport > */
+STRICT VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'backfill_launch_workers_wrapper';
+
+CREATE FUNCTION identity.backfill_step(
+	"run_id" bigint /* i64 */
+) RETURNS TEXT /* Result < & '_ str, ErrorReport > */
+STRICT VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'backfill_step_wrapper';
+
+-- As privileges.sql does at install: nothing is reachable by default.
+REVOKE ALL ON TABLE identity.backfill_parts FROM PUBLIC;
+REVOKE ALL ON FUNCTION identity.backfill_plan(regclass, text, text, integer, text),
+                       identity.backfill_launch_workers(bigint),
+                       identity.backfill_step(bigint) FROM PUBLIC;
+
+-- The batched form: commits after each batch, so a table of tens of millions of users never
+-- needs one long transaction. Background workers (identity.max_parallel_backfill_workers, 2 by
+-- default) bind parts of the table beside this session. Interrupted, it is resumed by calling it
+-- again on the same table; resume_after_id starts a new run after that id instead. CALL it outside
+-- a transaction block.
+-- No SET search_path here: PostgreSQL forbids COMMIT in a procedure with SET clauses. It runs
+-- with the caller's rights and calls only schema-qualified objects, so nothing is at stake.
+CREATE OR REPLACE PROCEDURE identity.backfill_wallet_bindings_in_batches(
+    users regclass DEFAULT to_regclass('public.users'),
+    id_column name DEFAULT 'id',
+    wallet_column name DEFAULT 'wallet_address',
+    batch_size integer DEFAULT 10000,
+    resume_after_id text DEFAULT NULL
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    run bigint;
+    outcome text;
+BEGIN
+    run := identity.backfill_plan(users, id_column, wallet_column, batch_size, resume_after_id);
+    COMMIT;  -- the workers read the plan
+    PERFORM identity.backfill_launch_workers(run);
+    LOOP
+        outcome := identity.backfill_step(run);
+        COMMIT;
+        EXIT WHEN outcome = 'done';
+        IF outcome = 'waiting' THEN
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Roles that may CALL the procedure now need EXECUTE on what it calls (it runs with their rights).
+DO $$
+DECLARE
+    grantee regrole;
+BEGIN
+    FOR grantee IN
+        SELECT DISTINCT acl.grantee::regrole
+          FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) acl
+         WHERE p.oid = 'identity.backfill_wallet_bindings_in_batches(regclass, name, name, integer, text)'::regprocedure
+           AND acl.privilege_type = 'EXECUTE' AND acl.grantee <> 0 AND acl.grantee <> p.proowner
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION identity.backfill_plan(regclass, text, text, integer, text),
+                        identity.backfill_launch_workers(bigint), identity.backfill_step(bigint) TO %s', grantee);
+    END LOOP;
+END
+$$;

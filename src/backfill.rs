@@ -1,7 +1,7 @@
 //! Migrations: bind the wallets an application already stores on its users table, and a
 //! backstop that queues every wallet still unbound. The application's table is read in keyset
 //! batches, so a table of tens of millions of rows never needs one huge read; the procedure
-//! form commits after each batch.
+//! form (backfill_run.rs) commits after each batch, in parallel.
 
 use crate::bindings::{bind_many, BatchOutcome};
 use crate::errors::{required, IdentityError};
@@ -22,10 +22,14 @@ const NOTICED_PER_KIND: i64 = 5;
 /// One row of the source, as text: (user id, wallet), either possibly NULL.
 type SourceRow = (Option<String>, Option<String>);
 
+/// Ids of the source after the first (exclusive) up to the second (inclusive), as text; `None`
+/// leaves that end open.
+pub(crate) type KeyRange<'a> = (Option<&'a str>, Option<&'a str>);
+
 /// Where the wallets are: a table and two of its columns, checked to exist and to be readable
 /// by the caller (these functions run with the owner's rights, so they check for the caller).
-struct Source {
-    table: String,
+pub(crate) struct Source {
+    pub(crate) table: String,
     id_column: String,
     wallet_column: String,
     id_type: String,
@@ -34,7 +38,7 @@ struct Source {
 impl Source {
     /// The source a function's arguments name: the users table (NULL when the default,
     /// public.users, does not exist) and its id and wallet columns.
-    fn from_arguments(
+    pub(crate) fn from_arguments(
         client: &mut SpiClient<'_>,
         users: Option<PgRelation>,
         id_column: Option<&str>,
@@ -46,7 +50,7 @@ impl Source {
         Source::resolve(client, table, id_column, wallet_column)
     }
 
-    fn resolve(
+    pub(crate) fn resolve(
         client: &mut SpiClient<'_>,
         table: Oid,
         id_column: &str,
@@ -87,11 +91,55 @@ impl Source {
         })
     }
 
-    /// The next batch of (id, wallet) rows after `after`, in id order, as text.
-    fn batch(
+    /// The source a backfill run recorded: a table name (as `regclass` prints it) and columns.
+    pub(crate) fn named(
+        client: &mut SpiClient<'_>,
+        table: &str,
+        id_column: &str,
+        wallet_column: &str,
+    ) -> Result<Source, IdentityError> {
+        let oid = client
+            .select("SELECT to_regclass($1)::oid", None, &[table.into()])?
+            .first()
+            .get_one::<Oid>()?
+            .ok_or_else(|| IdentityError::InvalidParameter {
+                reason: format!("the backfill's table {table} no longer exists"),
+            })?;
+        Source::resolve(client, oid, id_column, wallet_column)
+    }
+
+    /// The ids after `after` of a `percent` sample of the table's pages, in id order, as text.
+    pub(crate) fn sorted_id_sample(
         &self,
         client: &mut SpiClient<'_>,
         after: Option<&str>,
+        percent: f64,
+    ) -> Result<Vec<String>, IdentityError> {
+        let Source {
+            table,
+            id_column,
+            id_type,
+            ..
+        } = self;
+        let sql = format!(
+            "SELECT t.{id_column}::text FROM {table} t TABLESAMPLE SYSTEM ({percent})
+              WHERE t.{id_column} IS NOT NULL AND ($1::text IS NULL OR t.{id_column} > $1::{id_type})
+              ORDER BY t.{id_column}"
+        );
+        let mut ids = Vec::new();
+        for row in client.select(sql.as_str(), None, &[after.into()])? {
+            ids.extend(row.get::<String>(1)?);
+        }
+        free_last_result();
+        Ok(ids)
+    }
+
+    /// The next batch of (id, wallet) rows after `after` and up to `upto` (both as text, `None`:
+    /// unbounded), in id order, as text.
+    fn batch(
+        &self,
+        client: &mut SpiClient<'_>,
+        (after, upto): KeyRange<'_>,
         size: i64,
     ) -> Result<Vec<SourceRow>, IdentityError> {
         let Source {
@@ -102,11 +150,13 @@ impl Source {
         } = self;
         let sql = format!(
             "SELECT t.{id_column}::text, t.{wallet_column}::text FROM {table} t
-              WHERE $1::text IS NULL OR t.{id_column} > $1::{id_type}
+              WHERE ($1::text IS NULL OR t.{id_column} > $1::{id_type})
+                AND ($3::text IS NULL OR t.{id_column} <= $3::{id_type})
               ORDER BY t.{id_column} LIMIT $2"
         );
         let mut rows = Vec::new();
-        for row in client.select(sql.as_str(), None, &[after.into(), size.into()])? {
+        let args = [after.into(), size.into(), upto.into()];
+        for row in client.select(sql.as_str(), None, &args)? {
             rows.push((row.get::<String>(1)?, row.get::<String>(2)?));
         }
         free_last_result();
@@ -142,14 +192,14 @@ impl Tally {
 /// lookups, and a long backfill then scans ever larger tables once per row. ANALYZE each time the
 /// bindings have doubled since the last one (at most log2(n) times): it counts this transaction's
 /// own rows, and invalidates the stale plans.
-pub struct StatisticsKeeper {
+pub(crate) struct StatisticsKeeper {
     bindings_at_last_analyze: i64,
     created_since: i64,
 }
 
 impl StatisticsKeeper {
     /// Starts from the size the statistics know now.
-    fn new(client: &mut SpiClient<'_>) -> Result<StatisticsKeeper, IdentityError> {
+    pub(crate) fn new(client: &mut SpiClient<'_>) -> Result<StatisticsKeeper, IdentityError> {
         let known = client
             .select(
                 "SELECT greatest(c.reltuples, 0)::int8 FROM pg_class c WHERE c.oid = 'identity.user_bindings'::regclass",
@@ -197,17 +247,18 @@ impl std::fmt::Display for InvalidRow {
     }
 }
 
-/// Binds one batch of the source's wallets. `seen` counts rows already reported by NOTICE.
-fn backfill_batch(
+/// Binds one batch of the source's wallets in `range`. `seen` counts rows already reported by
+/// NOTICE.
+pub(crate) fn backfill_batch(
     client: &mut SpiClient<'_>,
     source: &Source,
-    after: Option<&str>,
+    range: KeyRange<'_>,
     size: i64,
     seen: &mut Tally,
     statistics: &mut StatisticsKeeper,
 ) -> Result<Tally, IdentityError> {
     let mut tally = Tally::default();
-    let rows = source.batch(client, after, size)?;
+    let rows = source.batch(client, range, size)?;
     tally.scanned = rows.len() as i64;
     tally.last_id = rows.last().and_then(|(id, _)| id.clone());
     // Each row checked, in source order: the (user, address) to bind, or why it cannot be.
@@ -267,7 +318,7 @@ fn users_table(users: Option<PgRelation>) -> Result<Oid, IdentityError> {
         .ok_or(IdentityError::NoUsersTable)
 }
 
-fn checked_batch_size(size: Option<i32>) -> Result<i64, IdentityError> {
+pub(crate) fn checked_batch_size(size: Option<i32>) -> Result<i64, IdentityError> {
     match required(size, "batch_size")? {
         n if n >= 1 => Ok(i64::from(n)),
         _ => Err(IdentityError::InvalidParameter {
@@ -314,7 +365,7 @@ fn backfill_wallet_bindings(
             let batch = backfill_batch(
                 client,
                 &source,
-                total.last_id.clone().as_deref(),
+                (total.last_id.clone().as_deref(), None),
                 size,
                 &mut total,
                 &mut statistics,
@@ -328,8 +379,8 @@ fn backfill_wallet_bindings(
 }
 
 /// `identity.backfill_wallet_batch(users, id_column, wallet_column, batch_size, after_id)`: one
-/// batch after `after_id` (NULL: from the start), with the id to start the next one after. The
-/// procedure `identity.backfill_wallet_bindings_in_batches` calls it and commits between batches.
+/// batch after `after_id` (NULL: from the start), with the id to start the next one after: for a
+/// loop of the caller's own (the procedure keeps its progress in identity.backfill_parts instead).
 #[allow(clippy::type_complexity)] // pgrx reads column names from name! in the signature
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
@@ -360,7 +411,7 @@ fn backfill_wallet_batch(
         backfill_batch(
             client,
             &source,
-            after_id,
+            (after_id, None),
             size,
             &mut Tally::default(),
             &mut statistics,
@@ -377,45 +428,6 @@ fn backfill_wallet_batch(
     )))
 }
 
-extension_sql!(
-    r#"
--- The batched form: commits after each batch, so a table of tens of millions of users never
--- needs one long transaction. Interrupted, it is resumed from the id its last NOTICE names
--- (or simply run again: a backfill is idempotent). CALL it outside a transaction block.
--- No SET search_path here: PostgreSQL forbids COMMIT in a procedure with SET clauses. It runs
--- with the caller's rights and calls only schema-qualified objects, so nothing is at stake.
-CREATE PROCEDURE identity.backfill_wallet_bindings_in_batches(
-    users regclass DEFAULT to_regclass('public.users'),
-    id_column name DEFAULT 'id',
-    wallet_column name DEFAULT 'wallet_address',
-    batch_size integer DEFAULT 10000,
-    resume_after_id text DEFAULT NULL
-)
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    batch record;
-    after_id text := resume_after_id;
-    total_scanned bigint := 0;
-BEGIN
-    LOOP
-        SELECT * INTO batch
-          FROM identity.backfill_wallet_batch(users, id_column, wallet_column, batch_size, after_id);
-        EXIT WHEN batch.scanned = 0;
-        total_scanned := total_scanned + batch.scanned;
-        after_id := batch.last_id;
-        COMMIT;
-        RAISE NOTICE 'backfill: % rows committed up to id % (created %, existing %, conflicts %, invalid %)',
-            total_scanned, after_id, batch.created, batch.existing, batch.conflicts, batch.invalid;
-        EXIT WHEN batch.scanned < batch_size;
-    END LOOP;
-END
-$$;
-"#,
-    name = "backfill_procedure",
-    requires = [backfill_wallet_batch]
-);
-
 /// `identity.backstop(users, id_column, wallet_column)`: queues a binding job for every user whose
 /// valid wallet is not bound at all; returns how many jobs it queued (pending ones count once).
 #[pg_extern(volatile, security_definer)]
@@ -430,7 +442,7 @@ fn backstop(
         let mut queued = 0;
         let mut after: Option<String> = None;
         loop {
-            let rows = source.batch(client, after.as_deref(), 10_000)?;
+            let rows = source.batch(client, (after.as_deref(), None), 10_000)?;
             let done = rows.len() < 10_000;
             for (id, wallet) in rows {
                 after = id.clone();

@@ -53,6 +53,8 @@ pub enum IdentityError {
     NoUsersTable,
     /// 42501: the caller may not read the table a backfill or backstop would read for them.
     NoSourcePrivilege { table: String },
+    /// 42501: a backfill run is stepped by a role other than the one that planned it.
+    NotYourBackfillRun { run_id: i64, run_as: String },
     /// 22023: an argument outside its range.
     InvalidParameter { reason: String },
     /// A step that failed in a subtransaction, raised again with its own SQLSTATE.
@@ -90,7 +92,9 @@ impl IdentityError {
             NotBound { .. } => ERRCODE_NO_DATA_FOUND,
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
             ChainAppendConflict => ERRCODE_T_R_SERIALIZATION_FAILURE,
-            AppendOnly { .. } | NoSourcePrivilege { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            AppendOnly { .. } | NoSourcePrivilege { .. } | NotYourBackfillRun { .. } => {
+                ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
             NoUsersTable => ERRCODE_UNDEFINED_TABLE,
             TooManyOutstandingNonces { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
@@ -135,6 +139,9 @@ impl IdentityError {
             NoUsersTable => "Pass the table that holds the users, e.g. identity.backfill_wallet_bindings('app.accounts').".into(),
             NoSourcePrivilege { .. } => {
                 "GRANT SELECT on the id and wallet columns to the role that runs the backfill.".into()
+            }
+            NotYourBackfillRun { .. } => {
+                "A run reads its source with the privileges of the role that started it: CALL the backfill as that role.".into()
             }
             InvalidParameter { .. } | StepFailed { .. } => return None,
             ChainAppendConflict => "Retry the transaction.".into(),
@@ -216,6 +223,11 @@ impl fmt::Display for IdentityError {
             NoSourcePrivilege { table } => {
                 write!(f, "permission denied: the caller may not read the id and wallet columns of {table}")
             }
+            NotYourBackfillRun { run_id, run_as } => write!(
+                f,
+                "permission denied: backfill run {run_id} belongs to role {}",
+                echo(run_as)
+            ),
             InvalidParameter { reason } => write!(f, "{reason}"),
             StepFailed { message, .. } => write!(f, "{message}"),
             ChainAppendConflict => write!(

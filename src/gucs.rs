@@ -1,6 +1,6 @@
 //! Settings (GUCs) of the extension: the retry policy of the binding queue, the background
-//! worker, and the bound on outstanding SIWE nonces. Each can be set
-//! per role, per database or in postgresql.conf by a superuser.
+//! worker, the bound on outstanding SIWE nonces, and the batched backfill's parallelism. Each can
+//! be set per role, per database or in postgresql.conf (all but the last by a superuser only).
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
@@ -25,7 +25,12 @@ pub static BACKSTOP_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3_600);
 /// a flood of nonce requests is refused there instead of growing the table without bound.
 pub static MAX_OUTSTANDING_NONCES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 
-/// Registers the settings; called from `_PG_init`. Superuser-set, never postmaster-only, so
+/// Background workers a batched backfill may start besides the calling session
+/// (`identity.max_parallel_backfill_workers`, 2, as PostgreSQL's max_parallel_maintenance_workers).
+pub const MAX_BACKFILL_WORKERS: i32 = 32;
+pub static MAX_PARALLEL_BACKFILL_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// Registers the settings; called from `_PG_init`. Never postmaster-only, so
 /// loading the library without preload never breaks a session.
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -104,6 +109,16 @@ pub fn init() {
         1,
         i32::MAX,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"identity.max_parallel_backfill_workers",
+        c"Background workers CALL identity.backfill_wallet_bindings_in_batches may start to work beside the calling session.",
+        c"0 backfills in the calling session alone. Workers are taken from max_worker_processes; fewer start when fewer are free.",
+        &MAX_PARALLEL_BACKFILL_WORKERS,
+        0,
+        MAX_BACKFILL_WORKERS,
+        GucContext::Userset,
         GucFlags::default(),
     );
     // SAFETY: a plain registration call with a static C string.

@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod backfill;
+mod backfill_run;
 mod bindings;
 pub mod eip55;
 mod errors;
@@ -39,6 +40,11 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/retry.sql",
     name = "retry_schema",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/backfill.sql",
+    name = "backfill_schema",
     requires = ["schema"]
 );
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);

@@ -8,6 +8,7 @@ use crate::gucs::{BACKSTOP_INTERVAL_S, WORKER_DATABASE, WORKER_POLL_INTERVAL_MS}
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 /// Registers the worker; only possible while shared_preload_libraries is being processed.
@@ -27,6 +28,12 @@ const BACKSTOP: &str = "SELECT identity.backstop() WHERE to_regclass('public.use
 
 /// Runs `sql` in a transaction of its own: committed if it succeeds, rolled back if it raises.
 fn run_pass(sql: &str) -> Result<(), String> {
+    in_transaction(|| Spi::run(sql).map_err(|e| e.to_string()))
+}
+
+/// Runs `body` in a transaction of its own (a background worker's unit of work): committed if it
+/// succeeds, rolled back if it returns an error or raises one, whose message it returns.
+pub(crate) fn in_transaction<T>(body: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     // SAFETY: the transaction protocol of a background worker, as BackgroundWorker::transaction
     // does it, with an abort instead of a rethrow when the body fails.
     unsafe {
@@ -34,7 +41,7 @@ fn run_pass(sql: &str) -> Result<(), String> {
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let outcome = PgTryBuilder::new(|| Spi::run(sql).map_err(|e| e.to_string()))
+    let outcome = PgTryBuilder::new(AssertUnwindSafe(body))
         .catch_others(|caught| {
             Err(match caught {
                 pg_sys::panic::CaughtError::PostgresError(report)

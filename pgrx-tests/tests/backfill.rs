@@ -1,7 +1,8 @@
 //! Backfill over a real cluster: 100,000 users with duplicates, invalid rows and a conflicting
-//! binding give exact counts; a second run changes nothing; the procedure commits per batch.
+//! binding give exact counts; a second run changes nothing; the procedure commits per batch,
+//! shares the work with background workers, and resumes an interrupted run exactly.
 
-use identity_bindings_client_tests::{integrity_is_clean, TestDatabase};
+use identity_bindings_client_tests::{eventually, integrity_is_clean, TestDatabase};
 use postgres::Client;
 
 const USERS: i64 = 100_000;
@@ -116,7 +117,11 @@ fn the_procedure_commits_each_batch_and_resumes_where_it_stopped() {
                FROM generate_series(1, 2500) i;",
         )
         .unwrap();
-    // Resume after the 1000th user: only the rest is bound.
+    // Resume after the 1000th user: only the rest is bound. In this session alone, so that its
+    // batches are exactly three.
+    client
+        .batch_execute("SET identity.max_parallel_backfill_workers = 0")
+        .unwrap();
     client
         .batch_execute(
             "CALL identity.backfill_wallet_bindings_in_batches(batch_size => 500,
@@ -145,5 +150,177 @@ fn the_procedure_commits_each_batch_and_resumes_where_it_stopped() {
         .unwrap()
         .get(0);
     assert_eq!(bound, 2500);
+    assert!(integrity_is_clean(&mut client));
+}
+
+/// Backend types of the backfill's background workers seen in pg_stat_activity while `busy` runs.
+fn workers_seen_while(database: &TestDatabase, busy: impl FnOnce()) -> usize {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut observer = database.connect();
+    let watching = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now: i64 = observer
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'identity_bindings backfill'",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                most = most.max(now as usize);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            most
+        })
+    };
+    busy();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watching.join().unwrap()
+}
+
+/// The sums over a run's parts: (scanned, created, existing, conflicts, invalid), and whether
+/// every part is done.
+fn run_totals(client: &mut Client, run: i64) -> (Vec<i64>, bool) {
+    let row = client
+        .query_one(
+            "SELECT sum(scanned)::int8, sum(created)::int8, sum(existing)::int8, sum(conflicts)::int8,
+                    sum(invalid)::int8, bool_and(done)
+               FROM identity.backfill_parts WHERE run_id = $1",
+            &[&run],
+        )
+        .unwrap();
+    ((0..5).map(|i| row.get::<_, i64>(i)).collect(), row.get(5))
+}
+
+#[test]
+fn background_workers_share_the_batched_backfill_with_exact_counts() {
+    let database = TestDatabase::create("backfill_parallel");
+    let mut client = database.connect();
+    application_users(&mut client);
+    client
+        .execute(
+            "SELECT identity.create_binding(gen_random_uuid(), 'wallet', '0x' || lpad(to_hex(42), 40, '0'))",
+            &[],
+        )
+        .unwrap();
+    let (created, conflicts, invalid) = expected(42);
+
+    let workers = workers_seen_while(&database, || {
+        client
+            .batch_execute("SET identity.max_parallel_backfill_workers = 2")
+            .unwrap();
+        client
+            .batch_execute("CALL identity.backfill_wallet_bindings_in_batches(batch_size => 1000)")
+            .unwrap();
+    });
+    assert!(
+        workers >= 1,
+        "background workers bound parts beside the session"
+    );
+    let (run, parts): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT max(run_id), count(*) FROM identity.backfill_parts",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(parts > 1, "the table was split into parts");
+    let (totals, done) = run_totals(&mut client, run);
+    assert!(done);
+    assert_eq!(totals, vec![USERS, created, 0, conflicts, invalid]);
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM identity.identity_events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(events, created + 1, "one bind event per binding created");
+    assert!(integrity_is_clean(&mut client));
+}
+
+#[test]
+fn an_interrupted_parallel_backfill_resumes_and_counts_each_row_once() {
+    let database = TestDatabase::create("backfill_resume");
+    let mut client = database.connect();
+    application_users(&mut client);
+    let (created, conflicts, invalid) = expected(0);
+
+    // Stop the run in the middle: end the calling session and its workers once some batches
+    // are committed.
+    let caller_pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let mut observer = database.connect();
+    let interrupted = std::thread::spawn(move || {
+        client.batch_execute("SET identity.max_parallel_backfill_workers = 2")?;
+        client.batch_execute("CALL identity.backfill_wallet_bindings_in_batches(batch_size => 500)")
+    });
+    assert!(eventually(std::time::Duration::from_secs(60), || {
+        let bound: i64 = observer
+            .query_one(
+                "SELECT coalesce(sum(created), 0)::int8 FROM identity.backfill_parts",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        bound >= 10_000
+    }));
+    observer
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE pid = $1 OR backend_type = 'identity_bindings backfill'",
+            &[&caller_pid],
+        )
+        .unwrap();
+    assert!(
+        interrupted.join().unwrap().is_err(),
+        "the CALL was cut short"
+    );
+    assert!(eventually(std::time::Duration::from_secs(30), || {
+        let busy: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'identity_bindings backfill'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        busy == 0
+    }));
+    let unfinished: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM identity.backfill_parts WHERE NOT done",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(unfinished > 0, "the run stopped before its end");
+
+    // Calling it again resumes the same run; its counts are exact, as if it had never stopped.
+    let mut client = database.connect();
+    client
+        .batch_execute("SET identity.max_parallel_backfill_workers = 2")
+        .unwrap();
+    client
+        .batch_execute("CALL identity.backfill_wallet_bindings_in_batches(batch_size => 500)")
+        .unwrap();
+    let runs: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT run_id) FROM identity.backfill_parts",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "the interrupted run was resumed, not replaced");
+    let (totals, done) = run_totals(&mut client, 1);
+    assert!(done);
+    assert_eq!(totals, vec![USERS, created, 0, conflicts, invalid]);
+    let bound: i64 = client
+        .query_one("SELECT count(*) FROM identity.user_bindings", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(bound, created);
     assert!(integrity_is_clean(&mut client));
 }

@@ -29,9 +29,29 @@ SELECT * FROM identity.backfill_wallet_bindings('public.accounts', 'account_id',
 SELECT * FROM identity.backfill_wallet_bindings('public.accounts', 'no_such_column', 'eth');
 \echo :LAST_ERROR_SQLSTATE
 
--- For tens of millions of rows: the procedure commits after every batch and can be resumed
--- from the id its last NOTICE names. (CALL it outside a transaction block.)
+-- For tens of millions of rows: the procedure commits after every batch. (CALL it outside a
+-- transaction block.) Its progress is kept in identity.backfill_parts, in the transaction of each
+-- batch: an interrupted run is resumed by calling it again on the same table.
+-- In the calling session alone:
+SET identity.max_parallel_backfill_workers = 0;
 CALL identity.backfill_wallet_bindings_in_batches(batch_size => 2);
+SELECT run_id, part, after_id, upto_id, done, scanned, created, existing, conflicts, invalid
+  FROM identity.backfill_parts;
+
+-- With background workers (by default up to 2) binding parts of the table beside the session,
+-- on a table large enough to split: 1,000 accounts in batches of 50.
+RESET identity.max_parallel_backfill_workers;
+CREATE TABLE public.imported (id uuid PRIMARY KEY, wallet text);
+INSERT INTO public.imported
+SELECT ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, '0x' || lpad(to_hex(i), 40, '0')
+  FROM generate_series(1, 1000) i;
+SET client_min_messages = warning;  -- which process binds which batch varies from run to run
+CALL identity.backfill_wallet_bindings_in_batches('public.imported', 'id', 'wallet', batch_size => 50);
+RESET client_min_messages;
+SELECT count(*) > 1 AS split_into_parts, bool_and(done) AS done, sum(scanned) AS scanned,
+       sum(created) AS created
+  FROM identity.backfill_parts WHERE source = 'public.imported';
+SELECT count(*) AS bound FROM identity.user_bindings b JOIN public.imported i ON b.user_id = i.id;
 
 -- The backstop: every user whose valid wallet is not bound at all gets a binding job.
 INSERT INTO public.users VALUES

@@ -1,0 +1,766 @@
+//! The batched backfill (`CALL identity.backfill_wallet_bindings_in_batches`): resumable, and
+//! parallel. A run splits the source's id range into parts, kept in `identity.backfill_parts`.
+//! The calling session and up to `identity.max_parallel_backfill_workers` background workers each
+//! hold one part at a time (by a session advisory lock) and bind it batch by batch; the part's
+//! resume point and counts are written in the transaction of each batch, so every committed batch
+//! is counted exactly once, whoever bound it and however often the run was interrupted. A CALL on
+//! a source with an unfinished run resumes that run.
+
+use crate::backfill::{backfill_batch, checked_batch_size, Source, StatisticsKeeper, Tally};
+use crate::errors::IdentityError;
+use crate::gucs::MAX_PARALLEL_BACKFILL_WORKERS;
+use crate::statements::free_last_result;
+use crate::worker::in_transaction;
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::PgRelation;
+use std::cell::Cell;
+use std::ffi::CStr;
+
+/// Parts per process (the calling session and each worker): more parts than processes, so a
+/// process that is slower or starts later leaves its share to the others instead of ending last.
+const PARTS_PER_PROCESS: i64 = 4;
+/// Pages sampled to place the parts' boundaries: enough for an even split, cheap at any size.
+const SAMPLED_PAGES: f64 = 200.0;
+/// First key of the two-key advisory locks by which a process holds a part; the second key is
+/// made of the run and the part (see `part_lock_key`).
+const PART_LOCK_CLASS: i32 = 0x1DB1_BAC0;
+
+thread_local! {
+    /// The part this session holds the advisory lock of: (run, part).
+    static HELD_PART: Cell<Option<(i64, i32)>> = const { Cell::new(None) };
+}
+
+/// What a step reports to the loop that calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepOutcome {
+    /// A batch was bound (and is committed with the caller's transaction): step again.
+    More,
+    /// Every unfinished part is held by another process: wait for them, then step again.
+    Waiting,
+    /// Every part is done.
+    Done,
+}
+
+impl StepOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::More => "more",
+            StepOutcome::Waiting => "waiting",
+            StepOutcome::Done => "done",
+        }
+    }
+}
+
+/// The role the backfill reads the source as: the caller (these functions run as their owner).
+fn caller_name() -> String {
+    // SAFETY: reads the session's outer role, and its name (palloc'd, copied at once).
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), false);
+        CStr::from_ptr(name).to_string_lossy().into_owned()
+    }
+}
+
+/// `identity.backfill_plan(users, id_column, wallet_column, batch_size, resume_after_id)`: the run
+/// a CALL works on. Without `resume_after_id`, the caller's unfinished run on the same source if
+/// there is one; otherwise a new run of the ids after `resume_after_id` (NULL: all), split into
+/// parts when workers may help. A new run replaces the caller's unfinished runs on that source.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn backfill_plan(
+    users: Option<PgRelation>,
+    id_column: Option<&str>,
+    wallet_column: Option<&str>,
+    batch_size: Option<i32>,
+    resume_after_id: Option<&str>,
+) -> Result<i64, ErrorReport> {
+    let size = checked_batch_size(batch_size)?;
+    Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {
+        let source = Source::from_arguments(client, users, id_column, wallet_column)?;
+        let key = RunKey {
+            source: source.table.clone(),
+            id_column: id_column.unwrap_or_default().to_owned(),
+            wallet_column: wallet_column.unwrap_or_default().to_owned(),
+            run_as: caller_name(),
+        };
+        if resume_after_id.is_none() {
+            if let Some(run) = key.unfinished_run(client, size)? {
+                notice!("backfill: resuming run {run} where its last committed batches ended");
+                return Ok(run);
+            }
+        }
+        let upper_bounds = split_points(client, &source, resume_after_id, size)?;
+        key.new_run(client, size, resume_after_id, upper_bounds)
+    })?)
+}
+
+/// What makes two runs the same backfill: the source, its columns, and who reads it.
+struct RunKey {
+    source: String,
+    id_column: String,
+    wallet_column: String,
+    run_as: String,
+}
+
+impl RunKey {
+    const MATCHES: &'static str =
+        "source = $1 AND id_column = $2 AND wallet_column = $3 AND run_as = $4";
+
+    fn args(&self) -> [pgrx::datum::DatumWithOid<'_>; 4] {
+        [
+            self.source.as_str().into(),
+            self.id_column.as_str().into(),
+            self.wallet_column.as_str().into(),
+            self.run_as.as_str().into(),
+        ]
+    }
+
+    /// The newest unfinished run of this backfill, now to go on with batches of `size`.
+    fn unfinished_run(
+        &self,
+        client: &mut SpiClient<'_>,
+        size: i64,
+    ) -> Result<Option<i64>, IdentityError> {
+        let sql = format!(
+            "UPDATE identity.backfill_parts SET batch_size = $5
+              WHERE run_id = (SELECT max(run_id) FROM identity.backfill_parts WHERE {} AND NOT done)
+              RETURNING run_id",
+            Self::MATCHES
+        );
+        let [a, b, c, d] = self.args();
+        let run = client.update(&sql, None, &[a, b, c, d, (size as i32).into()])?;
+        Ok(run.first().get_one::<i64>().unwrap_or(None))
+    }
+
+    /// Records a new run whose parts end at `upper_bounds` (the last part is open-ended).
+    fn new_run(
+        &self,
+        client: &mut SpiClient<'_>,
+        size: i64,
+        after: Option<&str>,
+        upper_bounds: Vec<String>,
+    ) -> Result<i64, IdentityError> {
+        let superseded = format!(
+            "DELETE FROM identity.backfill_parts WHERE run_id IN
+               (SELECT run_id FROM identity.backfill_parts WHERE {} AND NOT done)",
+            Self::MATCHES
+        );
+        client.update(&superseded, None, &self.args())?;
+        let mut afters: Vec<Option<String>> = vec![after.map(str::to_owned)];
+        afters.extend(upper_bounds.iter().cloned().map(Some));
+        let mut uptos: Vec<Option<String>> = upper_bounds.into_iter().map(Some).collect();
+        uptos.push(None);
+        let parts = afters.len();
+        let [a, b, c, d] = self.args();
+        let run = client
+            .update(
+                "INSERT INTO identity.backfill_parts
+                        (run_id, part, source, id_column, wallet_column, run_as, batch_size, after_id, upto_id)
+                 SELECT r.id, p.part, $1, $2, $3, $4, $5, p.after_id, p.upto_id
+                   FROM (SELECT nextval('identity.backfill_run_id_seq') AS id) r,
+                        unnest($6::text[], $7::text[]) WITH ORDINALITY AS p (after_id, upto_id, part)
+                 RETURNING run_id",
+                None,
+                &[a, b, c, d, (size as i32).into(), afters.into(), uptos.into()],
+            )?
+            .first()
+            .get_one::<i64>()?
+            .ok_or_else(|| IdentityError::Internal("a new backfill run has no parts".into()))?;
+        notice!("backfill: run {run} in {parts} part(s)");
+        Ok(run)
+    }
+}
+
+/// Where parts end, from a sample of the source's ids after `after`: about one part per four
+/// batches, at most `PARTS_PER_PROCESS` per process that may work, none when no worker may help.
+fn split_points(
+    client: &mut SpiClient<'_>,
+    source: &Source,
+    after: Option<&str>,
+    size: i64,
+) -> Result<Vec<String>, IdentityError> {
+    let processes = i64::from(MAX_PARALLEL_BACKFILL_WORKERS.get()) + 1;
+    if processes == 1 {
+        return Ok(Vec::new());
+    }
+    let pages = client
+        .select(
+            "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int8",
+            None,
+            &[source.table.as_str().into()],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0);
+    let percent = 100.0 * (SAMPLED_PAGES / pages.max(1) as f64).min(1.0);
+    let sample = source.sorted_id_sample(client, after, percent)?;
+    let estimated_rows = sample.len() as f64 * 100.0 / percent;
+    let parts = ((estimated_rows / (size * PARTS_PER_PROCESS) as f64) as i64)
+        .clamp(1, processes * PARTS_PER_PROCESS) as usize;
+    let mut bounds: Vec<String> = (1..parts)
+        .map(|k| sample[k * sample.len() / parts].clone())
+        .collect();
+    bounds.dedup();
+    Ok(bounds)
+}
+
+/// A part of a run, as its row says now.
+struct Part {
+    number: i32,
+    source: String,
+    id_column: String,
+    wallet_column: String,
+    batch_size: i64,
+    run_as: String,
+    after_id: Option<String>,
+    upto_id: Option<String>,
+    counts: Tally,
+}
+
+impl Part {
+    fn load(client: &mut SpiClient<'_>, run: i64, number: i32) -> Result<Part, IdentityError> {
+        let row = client
+            .select(
+                "SELECT source, id_column::text, wallet_column::text, batch_size, run_as::text,
+                        after_id, upto_id, scanned, created, existing, conflicts, invalid
+                   FROM identity.backfill_parts WHERE run_id = $1 AND part = $2",
+                None,
+                &[run.into(), number.into()],
+            )?
+            .first();
+        let text =
+            |i| -> Result<String, IdentityError> { Ok(row.get::<String>(i)?.unwrap_or_default()) };
+        let count = |i| -> Result<i64, IdentityError> { Ok(row.get::<i64>(i)?.unwrap_or(0)) };
+        Ok(Part {
+            number,
+            source: text(1)?,
+            id_column: text(2)?,
+            wallet_column: text(3)?,
+            batch_size: i64::from(row.get::<i32>(4)?.unwrap_or(1)),
+            run_as: text(5)?,
+            after_id: row.get::<String>(6)?,
+            upto_id: row.get::<String>(7)?,
+            counts: Tally {
+                scanned: count(8)?,
+                created: count(9)?,
+                existing: count(10)?,
+                conflicts: count(11)?,
+                invalid: count(12)?,
+                last_id: None,
+            },
+        })
+    }
+
+    /// Binds the part's next batch and records it: the new resume point, the counts, and whether
+    /// the part is done.
+    fn bind_next_batch(
+        &mut self,
+        client: &mut SpiClient<'_>,
+        run: i64,
+    ) -> Result<bool, IdentityError> {
+        let source = Source::named(client, &self.source, &self.id_column, &self.wallet_column)?;
+        let mut statistics = StatisticsKeeper::new(client)?;
+        let range = (self.after_id.as_deref(), self.upto_id.as_deref());
+        let batch = backfill_batch(
+            client,
+            &source,
+            range,
+            self.batch_size,
+            &mut self.counts,
+            &mut statistics,
+        )?;
+        let done = batch.scanned < self.batch_size;
+        client.update(
+            "UPDATE identity.backfill_parts
+                SET after_id = coalesce($3, after_id), done = $4, scanned = scanned + $5,
+                    created = created + $6, existing = existing + $7, conflicts = conflicts + $8,
+                    invalid = invalid + $9, updated_at = clock_timestamp()
+              WHERE run_id = $1 AND part = $2",
+            None,
+            &[
+                run.into(),
+                self.number.into(),
+                batch.last_id.as_deref().into(),
+                done.into(),
+                batch.scanned.into(),
+                batch.created.into(),
+                batch.existing.into(),
+                batch.conflicts.into(),
+                batch.invalid.into(),
+            ],
+        )?;
+        if let Some(last) = &batch.last_id {
+            notice!(
+                "backfill run {run}, part {}: bound up to id {last} (so far: created {}, existing {}, conflicts {}, invalid {})",
+                self.number, self.counts.created, self.counts.existing, self.counts.conflicts, self.counts.invalid
+            );
+        }
+        Ok(done)
+    }
+}
+
+/// The second key of a part's advisory lock. Parts number fewer than 256 (at most 4 per process,
+/// 33 processes); runs that are unfinished at the same time never share it unless their ids
+/// differ by a multiple of 2^23.
+fn part_lock_key(run: i64, part: i32) -> i32 {
+    ((run << 8) | i64::from(part & 0xFF)) as i32
+}
+
+fn try_hold(client: &mut SpiClient<'_>, run: i64, part: i32) -> Result<bool, IdentityError> {
+    let held = client
+        .select(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            None,
+            &[PART_LOCK_CLASS.into(), part_lock_key(run, part).into()],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+    if held {
+        HELD_PART.set(Some((run, part)));
+    }
+    Ok(held)
+}
+
+fn release_held_part(client: &mut SpiClient<'_>) -> Result<(), IdentityError> {
+    if let Some((run, part)) = HELD_PART.take() {
+        client.select(
+            "SELECT pg_advisory_unlock($1, $2)",
+            None,
+            &[PART_LOCK_CLASS.into(), part_lock_key(run, part).into()],
+        )?;
+    }
+    Ok(())
+}
+
+/// The part of `run` this session holds, or an unfinished one no other process holds, now held.
+fn part_to_work_on(client: &mut SpiClient<'_>, run: i64) -> Result<Option<i32>, IdentityError> {
+    let unfinished: Vec<i32> = client
+        .select(
+            "SELECT part FROM identity.backfill_parts WHERE run_id = $1 AND NOT done ORDER BY part",
+            None,
+            &[run.into()],
+        )?
+        .map(|row| row.get::<i32>(1))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    free_last_result();
+    match HELD_PART.get() {
+        Some((held_run, part)) if held_run == run && unfinished.contains(&part) => {
+            return Ok(Some(part))
+        }
+        Some(_) => release_held_part(client)?,
+        None => {}
+    }
+    for part in unfinished {
+        if try_hold(client, run, part)? {
+            return Ok(Some(part));
+        }
+    }
+    Ok(None)
+}
+
+/// `identity.backfill_step(run_id)`: binds one batch of a part of the run and returns `more`;
+/// `waiting` when other processes hold every unfinished part; `done` when none is left. The
+/// caller commits after each call.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn backfill_step(run_id: i64) -> Result<&'static str, ErrorReport> {
+    let outcome = Spi::connect_mut(|client| -> Result<StepOutcome, IdentityError> {
+        let Some(number) = part_to_work_on(client, run_id)? else {
+            return finished_or_waiting(client, run_id);
+        };
+        let mut part = Part::load(client, run_id, number)?;
+        let caller = caller_name();
+        if part.run_as != caller {
+            release_held_part(client)?;
+            return Err(IdentityError::NotYourBackfillRun {
+                run_id,
+                run_as: part.run_as,
+            });
+        }
+        if part.bind_next_batch(client, run_id)? {
+            release_held_part(client)?;
+        }
+        Ok(StepOutcome::More)
+    })?;
+    Ok(outcome.as_str())
+}
+
+fn finished_or_waiting(client: &mut SpiClient<'_>, run: i64) -> Result<StepOutcome, IdentityError> {
+    let row = client
+        .select(
+            "SELECT count(*), count(*) FILTER (WHERE NOT done), sum(scanned)::int8, sum(created)::int8,
+                    sum(existing)::int8, sum(conflicts)::int8, sum(invalid)::int8
+               FROM identity.backfill_parts WHERE run_id = $1",
+            None,
+            &[run.into()],
+        )?
+        .first();
+    let number = |i| -> Result<i64, IdentityError> { Ok(row.get::<i64>(i)?.unwrap_or(0)) };
+    if number(1)? == 0 {
+        return Err(IdentityError::InvalidParameter {
+            reason: format!("there is no backfill run {run}"),
+        });
+    }
+    if number(2)? > 0 {
+        return Ok(StepOutcome::Waiting);
+    }
+    notice!(
+        "backfill run {run} finished: scanned {}, created {}, existing {}, conflicts {}, invalid {}",
+        number(3)?,
+        number(4)?,
+        number(5)?,
+        number(6)?,
+        number(7)?
+    );
+    Ok(StepOutcome::Done)
+}
+
+/// `identity.backfill_launch_workers(run_id)`: starts background workers on the run's unfinished
+/// parts, one fewer than there are (the caller works on one), at most
+/// `identity.max_parallel_backfill_workers`; returns how many started. Call it once the plan is
+/// committed. The workers run as the caller, in the caller's database.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn backfill_launch_workers(run_id: i64) -> Result<i32, ErrorReport> {
+    let unfinished = Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM identity.backfill_parts WHERE run_id = $1 AND NOT done",
+        &[run_id.into()],
+    )
+    .map_err(IdentityError::from)?
+    .unwrap_or(0);
+    let wanted = (unfinished - 1).clamp(0, i64::from(MAX_PARALLEL_BACKFILL_WORKERS.get()));
+    let identity = WorkerIdentity::of_this_session();
+    let mut started = 0;
+    for _ in 0..wanted {
+        let launched =
+            BackgroundWorkerBuilder::new(&format!("identity_bindings backfill run {run_id}"))
+                .set_type("identity_bindings backfill")
+                .set_library("identity_bindings")
+                .set_function("identity_bindings_backfill_main")
+                .enable_spi_access()
+                .set_start_time(BgWorkerStartTime::RecoveryFinished)
+                .set_restart_time(None)
+                .set_argument(Some(pg_sys::Datum::from(run_id)))
+                .set_extra(&identity.to_extra())
+                .load_dynamic();
+        if launched.is_err() {
+            notice!(
+                "backfill: {started} of {wanted} workers started (no free background worker slot: raise max_worker_processes); this session binds the rest"
+            );
+            break;
+        }
+        started += 1;
+    }
+    Ok(started)
+}
+
+/// Who a worker works as: the calling session's database, its login role, and the role it acts
+/// as (after SET ROLE). Passed in the worker's `bgw_extra`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WorkerIdentity {
+    database: Oid,
+    login: Oid,
+    role: Oid,
+}
+
+impl WorkerIdentity {
+    fn of_this_session() -> WorkerIdentity {
+        // SAFETY: reads this backend's database and roles.
+        unsafe {
+            WorkerIdentity {
+                database: pg_sys::MyDatabaseId,
+                login: pg_sys::GetSessionUserId(),
+                role: pg_sys::GetOuterUserId(),
+            }
+        }
+    }
+
+    fn to_extra(self) -> String {
+        format!(
+            "{} {} {}",
+            self.database.to_u32(),
+            self.login.to_u32(),
+            self.role.to_u32()
+        )
+    }
+
+    fn from_extra(extra: &str) -> Option<WorkerIdentity> {
+        let mut oids = extra
+            .split(' ')
+            .map(|oid| oid.parse::<u32>().ok().map(Oid::from));
+        let identity = WorkerIdentity {
+            database: oids.next()??,
+            login: oids.next()??,
+            role: oids.next()??,
+        };
+        oids.next().is_none().then_some(identity)
+    }
+}
+
+/// A backfill worker: steps through the run's parts, a transaction per batch, until no part is
+/// left to it. A failed batch is logged and ends the worker; its part is then free, and the
+/// calling session takes it up (and reports the error, should it happen again). SIGTERM ends the
+/// worker after the batch in hand.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn identity_bindings_backfill_main(argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    let run_id = argument.value() as i64;
+    let Some(identity) = WorkerIdentity::from_extra(BackgroundWorker::get_extra()) else {
+        warning!("identity_bindings backfill worker: malformed worker arguments");
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(identity.database), Some(identity.login));
+    if identity.role != identity.login {
+        let acting = in_transaction(|| {
+            Spi::run_with_args(
+                "SELECT pg_catalog.set_config('role', (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $1), false)",
+                &[identity.role.into()],
+            )
+            .map_err(|e| e.to_string())
+        });
+        if let Err(error) = acting {
+            warning!("identity_bindings backfill worker (run {run_id}): {error}");
+            return;
+        }
+    }
+    while !BackgroundWorker::sigterm_received() {
+        let step = in_transaction(|| {
+            Spi::get_one_with_args::<String>("SELECT identity.backfill_step($1)", &[run_id.into()])
+                .map_err(|e| e.to_string())
+        });
+        match step {
+            Ok(Some(outcome)) if outcome == StepOutcome::More.as_str() => continue,
+            Ok(_) => break,
+            Err(error) => {
+                warning!("identity_bindings backfill worker (run {run_id}): {error}");
+                break;
+            }
+        }
+    }
+}
+
+extension_sql!(
+    r#"
+-- The batched form: commits after each batch, so a table of tens of millions of users never
+-- needs one long transaction. Background workers (identity.max_parallel_backfill_workers, 2 by
+-- default) bind parts of the table beside this session. Interrupted, it is resumed by calling it
+-- again on the same table; resume_after_id starts a new run after that id instead. CALL it outside
+-- a transaction block.
+-- No SET search_path here: PostgreSQL forbids COMMIT in a procedure with SET clauses. It runs
+-- with the caller's rights and calls only schema-qualified objects, so nothing is at stake.
+CREATE PROCEDURE identity.backfill_wallet_bindings_in_batches(
+    users regclass DEFAULT to_regclass('public.users'),
+    id_column name DEFAULT 'id',
+    wallet_column name DEFAULT 'wallet_address',
+    batch_size integer DEFAULT 10000,
+    resume_after_id text DEFAULT NULL
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    run bigint;
+    outcome text;
+BEGIN
+    run := identity.backfill_plan(users, id_column, wallet_column, batch_size, resume_after_id);
+    COMMIT;  -- the workers read the plan
+    PERFORM identity.backfill_launch_workers(run);
+    LOOP
+        outcome := identity.backfill_step(run);
+        COMMIT;
+        EXIT WHEN outcome = 'done';
+        IF outcome = 'waiting' THEN
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END IF;
+    END LOOP;
+END
+$$;
+"#,
+    name = "backfill_procedure",
+    requires = [backfill_plan, backfill_launch_workers, backfill_step]
+);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::{part_lock_key, WorkerIdentity};
+    use crate::testing::sqlstate_of;
+    use pgrx::pg_sys::Oid;
+    use pgrx::prelude::*;
+
+    const WALLET_A: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
+    const WALLET_B: &str = "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359";
+
+    fn users_table() {
+        Spi::run(&format!(
+            "CREATE TABLE app_users (uid text PRIMARY KEY, eth text);
+             INSERT INTO app_users VALUES
+               ('00000000-0000-4000-8000-000000000001', '{WALLET_A}'),
+               ('00000000-0000-4000-8000-000000000002', '{WALLET_B}'),
+               ('00000000-0000-4000-8000-000000000003', '{WALLET_A}'),  -- duplicate wallet
+               ('not-a-uuid',                           '{WALLET_B}'),
+               ('00000000-0000-4000-8000-000000000004', '0x1234'),      -- invalid wallet
+               ('00000000-0000-4000-8000-000000000005', NULL)"
+        ))
+        .unwrap();
+    }
+
+    fn plan(resume_after: &str) -> i64 {
+        Spi::get_one::<i64>(&format!(
+            "SELECT identity.backfill_plan('app_users', 'uid', 'eth', 1, {resume_after})"
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    fn step(run: i64) -> String {
+        Spi::get_one::<String>(&format!("SELECT identity.backfill_step({run})"))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn run_totals(run: i64) -> (i64, i64, i64, i64, i64, i64) {
+        let row = Spi::connect(|client| {
+            let row = client
+                .select(
+                    &format!(
+                        "SELECT count(*), sum(scanned)::int8, sum(created)::int8, sum(existing)::int8,
+                                sum(conflicts)::int8, sum(invalid)::int8
+                           FROM identity.backfill_parts WHERE run_id = {run} AND done"
+                    ),
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .first();
+            (1..=6)
+                .map(|i| row.get::<i64>(i).unwrap().unwrap_or(0))
+                .collect::<Vec<_>>()
+        });
+        (row[0], row[1], row[2], row[3], row[4], row[5])
+    }
+
+    #[pg_test]
+    fn a_run_in_parts_counts_what_one_pass_counts() {
+        users_table();
+        // 30 more users, with wallets of their own: enough rows for parts of four batches each.
+        Spi::run(
+            "INSERT INTO app_users SELECT '00000000-0000-4000-8000-1' || lpad(i::text, 11, '0'),
+                                          '0x' || lpad(to_hex(i), 40, '0')
+               FROM generate_series(1, 30) i",
+        )
+        .unwrap();
+        Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 2").unwrap();
+        let run = plan("NULL");
+        let parts = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM identity.backfill_parts WHERE run_id = {run}"
+        ));
+        assert!(
+            parts.unwrap().unwrap() > 1,
+            "36 rows in batches of one are split"
+        );
+        let mut steps = 0;
+        while step(run) == "more" {
+            steps += 1;
+            assert!(steps < 200, "a run of 36 rows ends");
+        }
+        let (parts, scanned, created, existing, conflicts, invalid) = run_totals(run);
+        // As backfill_wallet_bindings counts the six users (backfill.rs), plus the 30: the
+        // duplicate wallet goes to the first user in id order, whichever part holds each.
+        assert_eq!(
+            (scanned, created, existing, conflicts, invalid),
+            (36, 32, 0, 1, 2)
+        );
+        assert!(parts > 1);
+        assert_eq!(step(run), "done", "a finished run stays finished");
+    }
+
+    #[pg_test]
+    fn an_unfinished_run_is_resumed_and_a_resume_id_starts_a_new_one() {
+        users_table();
+        Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 0").unwrap();
+        let run = plan("NULL");
+        assert_eq!(step(run), "more");
+        assert_eq!(plan("NULL"), run, "the unfinished run goes on");
+        let after = "'00000000-0000-4000-8000-000000000003'";
+        let newer = plan(after);
+        assert_ne!(newer, run);
+        assert_eq!(
+            Spi::get_one::<i64>(&format!(
+                "SELECT count(*) FROM identity.backfill_parts WHERE run_id = {run}"
+            )),
+            Ok(Some(0)),
+            "the run it replaces is gone"
+        );
+        while step(newer) == "more" {}
+        // Only what follows the resume id: the invalid wallet and the user without one.
+        assert_eq!(run_totals(newer), (1, 3, 0, 0, 0, 2));
+    }
+
+    #[pg_test]
+    fn a_step_refuses_another_roles_run_and_an_unknown_run() {
+        users_table();
+        let run = plan("NULL");
+        Spi::run(
+            "CREATE ROLE backfill_intruder;
+             GRANT SELECT ON app_users TO backfill_intruder;
+             GRANT USAGE ON SCHEMA identity TO backfill_intruder;
+             GRANT EXECUTE ON FUNCTION identity.backfill_step(bigint) TO backfill_intruder",
+        )
+        .unwrap();
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT set_config('role', 'backfill_intruder', true), identity.backfill_step({run})"
+            )),
+            "42501"
+        );
+        assert_eq!(
+            sqlstate_of("SELECT identity.backfill_step(987654)"),
+            "22023"
+        );
+    }
+
+    #[pg_test]
+    fn launching_without_workers_allowed_starts_none() {
+        users_table();
+        Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 0").unwrap();
+        let run = plan("NULL");
+        assert_eq!(
+            Spi::get_one::<i32>(&format!("SELECT identity.backfill_launch_workers({run})")),
+            Ok(Some(0))
+        );
+    }
+
+    #[pg_test]
+    fn worker_identity_survives_its_round_trip_through_bgw_extra() {
+        let identity = WorkerIdentity {
+            database: Oid::from(16384),
+            login: Oid::from(10),
+            role: Oid::from(16999),
+        };
+        assert_eq!(
+            WorkerIdentity::from_extra(&identity.to_extra()),
+            Some(identity)
+        );
+        assert_eq!(WorkerIdentity::from_extra("1 2"), None);
+        assert_eq!(WorkerIdentity::from_extra("1 2 3 4"), None);
+        assert_eq!(WorkerIdentity::from_extra("1 x 3"), None);
+    }
+
+    #[pg_test]
+    fn parts_of_one_run_take_distinct_locks() {
+        let keys: std::collections::HashSet<i32> =
+            (1..=132).map(|part| part_lock_key(7, part)).collect();
+        assert_eq!(keys.len(), 132);
+        assert_ne!(part_lock_key(7, 1), part_lock_key(8, 1));
+    }
+}
