@@ -10,6 +10,7 @@ use crate::backfill::{backfill_batch, checked_batch_size, Source, StatisticsKeep
 use crate::errors::IdentityError;
 use crate::gucs::MAX_PARALLEL_BACKFILL_WORKERS;
 use crate::statements::free_last_result;
+use crate::subtransaction::in_subtransaction;
 use crate::worker::in_transaction;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -30,6 +31,10 @@ const SAMPLED_PAGES: f64 = 200.0;
 /// First key of the two-key advisory locks by which a process holds a part; the second key is
 /// made of the run and the part (see `part_lock_key`).
 const PART_LOCK_CLASS: i32 = 0x1DB1_BAC0;
+/// Tries of a batch that conflicts with another part's batch: a deadlock or a serialization
+/// failure (never a cancel: that must stop the run).
+const BATCH_TRIES: u32 = 3;
+const CONFLICTS: [&str; 2] = ["40P01", "40001"];
 
 thread_local! {
     /// The part this session holds the advisory lock of: (run, part).
@@ -304,6 +309,27 @@ impl Part {
     }
 }
 
+/// Binds the part's next batch; a batch that deadlocks with another part's (two parts' rows
+/// sharing wallets, taken in opposite orders) is rolled back and tried again.
+fn bind_next_batch_retrying(part: &mut Part, run: i64) -> Result<bool, IdentityError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let counts = part.counts.clone();
+        let attempt =
+            in_subtransaction(|| Spi::connect_mut(|client| part.bind_next_batch(client, run)));
+        match attempt {
+            Ok(done) => return Ok(done),
+            Err(failure)
+                if CONFLICTS.contains(&failure.sqlstate.as_str()) && tries < BATCH_TRIES =>
+            {
+                part.counts = counts;
+            }
+            Err(failure) => return Err(failure.into()),
+        }
+    }
+}
+
 /// The second key of a part's advisory lock. Parts number fewer than 256 (at most 4 per process,
 /// 33 processes); runs that are unfinished at the same time never share it unless their ids
 /// differ by a multiple of 2^23.
@@ -386,7 +412,7 @@ fn backfill_step(run_id: i64) -> Result<&'static str, ErrorReport> {
                 run_as: part.run_as,
             });
         }
-        if part.bind_next_batch(client, run_id)? {
+        if bind_next_batch_retrying(&mut part, run_id)? {
             release_held_part(client)?;
         }
         Ok(StepOutcome::More)

@@ -139,13 +139,12 @@ pub enum BatchOutcome {
     BoundToAnotherUser,
 }
 
-// In external id order, so that concurrent batches (a parallel backfill's parts) that share ids
-// take them in the same order and cannot deadlock; for one id, the first row in input order wins.
+// In input order: a backfill's batches come in user id order, which keeps the user_id index's
+// inserts together. For one id, the first row wins.
 static INSERT_BINDINGS: Statement = Statement::write(
     "INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
      SELECT n.id, n.user_id, $1, n.external_id
-       FROM unnest($2::uuid[], $3::uuid[], $4::text[]) WITH ORDINALITY AS n (id, user_id, external_id, position)
-      ORDER BY n.external_id, n.position
+       FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS n (id, user_id, external_id)
      ON CONFLICT (provider, external_id) DO NOTHING RETURNING id",
     &[TEXTOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID],
 );

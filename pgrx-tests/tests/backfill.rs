@@ -324,3 +324,43 @@ fn an_interrupted_parallel_backfill_resumes_and_counts_each_row_once() {
     assert_eq!(bound, created);
     assert!(integrity_is_clean(&mut client));
 }
+
+#[test]
+fn parts_that_share_wallets_in_opposite_orders_bind_each_wallet_once() {
+    let database = TestDatabase::create("backfill_shared_wallets");
+    let mut client = database.connect();
+    // The second half of the users holds the first half's wallets in reverse order, so parallel
+    // parts insert the same wallets in opposite orders (the shape of a deadlock, which a batch
+    // survives by being tried again).
+    client
+        .batch_execute(
+            "CREATE TABLE public.users (id uuid PRIMARY KEY, wallet_address text);
+             INSERT INTO public.users
+             SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+                    '0x' || lpad(to_hex(CASE WHEN i <= 10000 THEN i ELSE 20001 - i END), 40, '0')
+               FROM generate_series(1, 20000) i;
+             SET identity.max_parallel_backfill_workers = 2;",
+        )
+        .unwrap();
+    client
+        .batch_execute("CALL identity.backfill_wallet_bindings_in_batches(batch_size => 500)")
+        .unwrap();
+    let (totals, done) = run_totals(&mut client, 1);
+    assert!(done);
+    assert_eq!(totals, vec![20_000, 10_000, 0, 10_000, 0]);
+    let wrong_owner: i64 = client
+        .query_one(
+            "SELECT count(*) FROM identity.user_bindings b
+              WHERE NOT EXISTS (SELECT FROM public.users u
+                                 WHERE u.id = b.user_id
+                                   AND lower(u.wallet_address) = lower(b.external_id))",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        wrong_owner, 0,
+        "each wallet went to one of the users that hold it"
+    );
+    assert!(integrity_is_clean(&mut client));
+}
