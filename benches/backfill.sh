@@ -10,6 +10,7 @@
 # contestants take turns for ROUNDS rounds (default 3; disk latency drifts on a shared machine) and
 # each reports its median wall time, and the peak private memory (RssAnon, sampled; VmHWM would
 # count the shared buffers it touched) of the calling backend over the rounds.
+# CONTESTANTS="cte workers" runs a subset (cte always, as the reference).
 # Run after `make install`: benches/backfill.sh [rows]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +69,7 @@ SELECT gen_random_uuid(), user_id, 'bind',
        jsonb_build_object('provider', 'wallet', 'external_id', external_id, 'binding_id', id,
                           'evidence', jsonb_build_object('method', 'backfill'))
   FROM inserted;"
-contestants=(cte function session workers)
+read -r -a contestants <<< "${CONTESTANTS:-cte function session workers}"  # cte is always needed
 declare -A setting=(
     [cte]="" [function]="" [session]="SET identity.max_parallel_backfill_workers = 0;"
     [workers]="RESET identity.max_parallel_backfill_workers;")
@@ -99,6 +100,6 @@ row() {  # row <name> <label>
 echo "| backfill of $rows users (median of $rounds alternating rounds) | seconds | vs the seed's CTE | calling backend's peak memory (RssAnon) |"
 echo "|---|---:|---:|---:|"
 row cte "seed's single-statement CTE (one transaction)"
-row function "\`identity.backfill_wallet_bindings()\` (one transaction)"
-row session "\`CALL identity.backfill_wallet_bindings_in_batches()\`, the session alone (commit per 10,000)"
-row workers "\`CALL identity.backfill_wallet_bindings_in_batches()\`, session + 2 workers (commit per 10,000)"
+if [ -n "${med[function]:-}" ]; then row function "\`identity.backfill_wallet_bindings()\` (one transaction)"; fi
+if [ -n "${med[session]:-}" ]; then row session "\`CALL identity.backfill_wallet_bindings_in_batches()\`, the session alone (commit per 10,000)"; fi
+if [ -n "${med[workers]:-}" ]; then row workers "\`CALL identity.backfill_wallet_bindings_in_batches()\`, session + 2 workers (commit per 10,000)"; fi

@@ -241,19 +241,38 @@ const EVENT_PARAMETERS: &[pg_sys::Oid] = &[
 ];
 
 /// A payload as a jsonb datum, with the text PostgreSQL prints for it: the hash commits to that
-/// text, so the verifier can recompute it from `payload::text` byte for byte.
+/// text, so the verifier can recompute it from `payload::text` byte for byte. The parser's and
+/// printer's work space lives in a context of its own, freed at once: a batch of ten thousand
+/// payloads keeps only their datums, not ten thousand parses' garbage.
 fn jsonb_with_text(payload: &serde_json::Value) -> (pg_sys::Datum, String) {
     let json = CString::new(payload.to_string()).expect("serialized JSON escapes every NUL");
-    // SAFETY: jsonb_in takes one cstring and returns a jsonb datum in the current memory
-    // context; jsonb_out takes that datum and returns a cstring.
+    // SAFETY: jsonb_in takes one cstring and returns a jsonb datum in the current memory context
+    // (the scratch one); jsonb_out takes that datum and returns a cstring there too. The datum is
+    // copied into the caller's context before the scratch context is deleted. Should either
+    // function raise, the scratch context, a child of the caller's, goes with the caller's.
     unsafe {
-        let datum =
+        let caller = pg_sys::CurrentMemoryContext;
+        let scratch = pg_sys::AllocSetContextCreateExtended(
+            caller,
+            c"identity_bindings payload".as_ptr(),
+            pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+            pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        pg_sys::MemoryContextSwitchTo(scratch);
+        let parsed =
             pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(json.as_ptr().into())])
                 .expect("jsonb_in never returns NULL");
-        let text = pgrx::direct_function_call::<&CStr>(pg_sys::jsonb_out, &[Some(datum)])
+        let text = pgrx::direct_function_call::<&CStr>(pg_sys::jsonb_out, &[Some(parsed)])
             .expect("jsonb_out never returns NULL")
             .to_string_lossy()
             .into_owned();
+        pg_sys::MemoryContextSwitchTo(caller);
+        // A fresh jsonb datum is never toasted: the copy is its whole varlena.
+        let datum = pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(
+            parsed.cast_mut_ptr::<pg_sys::varlena>(),
+        ));
+        pg_sys::MemoryContextDelete(scratch);
         (datum, text)
     }
 }
