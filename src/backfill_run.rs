@@ -31,6 +31,8 @@ const SAMPLED_PAGES: f64 = 200.0;
 /// First key of the two-key advisory locks by which a process holds a part; the second key is
 /// made of the run and the part (see `part_lock_key`).
 const PART_LOCK_CLASS: i32 = 0x1DB1_BAC0;
+/// First key of the advisory lock that serializes the planning of one backfill.
+const PLAN_LOCK_CLASS: i32 = 0x1DB1_BAC1;
 /// Tries of a batch that conflicts with another part's batch: a deadlock or a serialization
 /// failure (never a cancel: that must stop the run).
 const BATCH_TRIES: u32 = 3;
@@ -93,6 +95,7 @@ fn backfill_plan(
             wallet_column: wallet_column.unwrap_or_default().to_owned(),
             run_as: caller_name(),
         };
+        key.lock_until_commit(client)?;
         if resume_after_id.is_none() {
             if let Some(run) = key.unfinished_run(client, size)? {
                 notice!("backfill: resuming run {run} where its last committed batches ended");
@@ -123,6 +126,18 @@ impl RunKey {
             self.wallet_column.as_str().into(),
             self.run_as.as_str().into(),
         ]
+    }
+
+    /// Serializes planning for this backfill until the transaction ends, so that two CALLs started
+    /// together share one run (the second finds the first's) instead of replacing each other's.
+    fn lock_until_commit(&self, client: &mut SpiClient<'_>) -> Result<(), IdentityError> {
+        let [a, b, c, d] = self.args();
+        client.select(
+            "SELECT pg_advisory_xact_lock($5, hashtext(concat_ws(' ', $1, $2, $3, $4)))",
+            None,
+            &[a, b, c, d, PLAN_LOCK_CLASS.into()],
+        )?;
+        Ok(())
     }
 
     /// The newest unfinished run of this backfill, now to go on with batches of `size`.
@@ -224,6 +239,7 @@ struct Part {
     run_as: String,
     after_id: Option<String>,
     upto_id: Option<String>,
+    done: bool,
     counts: Tally,
 }
 
@@ -232,7 +248,7 @@ impl Part {
         let row = client
             .select(
                 "SELECT source, id_column::text, wallet_column::text, batch_size, run_as::text,
-                        after_id, upto_id, scanned, created, existing, conflicts, invalid
+                        after_id, upto_id, scanned, created, existing, conflicts, invalid, done
                    FROM identity.backfill_parts WHERE run_id = $1 AND part = $2",
                 None,
                 &[run.into(), number.into()],
@@ -250,6 +266,7 @@ impl Part {
             run_as: text(5)?,
             after_id: row.get::<String>(6)?,
             upto_id: row.get::<String>(7)?,
+            done: row.get::<bool>(13)?.unwrap_or(true),
             counts: Tally {
                 scanned: count(8)?,
                 created: count(9)?,
@@ -311,7 +328,7 @@ impl Part {
 
 /// Binds the part's next batch; a batch that deadlocks with another part's (two parts' rows
 /// sharing wallets, taken in opposite orders) is rolled back and tried again.
-fn bind_next_batch_retrying(part: &mut Part, run: i64) -> Result<bool, IdentityError> {
+fn bind_next_batch_retrying(part: &mut Part, run: i64) -> Result<(), IdentityError> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -319,7 +336,7 @@ fn bind_next_batch_retrying(part: &mut Part, run: i64) -> Result<bool, IdentityE
         let attempt =
             in_subtransaction(|| Spi::connect_mut(|client| part.bind_next_batch(client, run)));
         match attempt {
-            Ok(done) => return Ok(done),
+            Ok(_) => return Ok(()),
             Err(failure)
                 if CONFLICTS.contains(&failure.sqlstate.as_str()) && tries < BATCH_TRIES =>
             {
@@ -378,6 +395,7 @@ fn part_to_work_on(client: &mut SpiClient<'_>, run: i64) -> Result<Option<i32>, 
         .flatten()
         .collect();
     free_last_result();
+    // A held part that is no longer unfinished was done by this session's last (committed) step.
     match HELD_PART.get() {
         Some((held_run, part)) if held_run == run && unfinished.contains(&part) => {
             return Ok(Some(part))
@@ -412,9 +430,15 @@ fn backfill_step(run_id: i64) -> Result<&'static str, ErrorReport> {
                 run_as: part.run_as,
             });
         }
-        if bind_next_batch_retrying(&mut part, run_id)? {
+        if part.done {
+            // Finished by its last holder after this session listed it: look again.
             release_held_part(client)?;
+            return Ok(StepOutcome::More);
         }
+        // A part done by this batch stays held until the next step, after the caller's commit:
+        // released earlier, another process could take it while its end is uncommitted and bind
+        // its last batch again.
+        bind_next_batch_retrying(&mut part, run_id)?;
         Ok(StepOutcome::More)
     })?;
     Ok(outcome.as_str())
@@ -753,6 +777,38 @@ mod tests {
             sqlstate_of("SELECT identity.backfill_step(987654)"),
             "22023"
         );
+    }
+
+    fn part_locks_held() -> i64 {
+        Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = {}::oid
+                AND pid = pg_backend_pid()",
+            super::PART_LOCK_CLASS
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn a_finished_part_stays_held_until_the_next_step() {
+        users_table();
+        Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 0").unwrap();
+        let run = plan("NULL");
+        let part_done = || {
+            Spi::get_one::<bool>(&format!(
+                "SELECT done FROM identity.backfill_parts WHERE run_id = {run}"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        while !part_done() {
+            assert_eq!(step(run), "more");
+        }
+        // Released now, before the caller commits the step that finished it, the part could be
+        // taken by another process that still sees it unfinished, and bound a second time.
+        assert_eq!(part_locks_held(), 1, "held past the step that finished it");
+        assert_eq!(step(run), "done");
+        assert_eq!(part_locks_held(), 0, "released by the next step");
     }
 
     #[pg_test]

@@ -364,3 +364,36 @@ fn parts_that_share_wallets_in_opposite_orders_bind_each_wallet_once() {
     );
     assert!(integrity_is_clean(&mut client));
 }
+
+#[test]
+fn two_calls_started_together_share_one_run() {
+    let database = TestDatabase::create("backfill_two_calls");
+    let mut client = database.connect();
+    application_users(&mut client);
+    let (created, conflicts, invalid) = expected(0);
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let mut session = database.connect();
+            std::thread::spawn(move || {
+                session.batch_execute(
+                    "CALL identity.backfill_wallet_bindings_in_batches(batch_size => 1000)",
+                )
+            })
+        })
+        .collect();
+    for call in calls {
+        call.join().unwrap().unwrap();
+    }
+    let runs: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT run_id) FROM identity.backfill_parts",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "the second CALL joined the first one's run");
+    let (totals, done) = run_totals(&mut client, 1);
+    assert!(done);
+    assert_eq!(totals, vec![USERS, created, 0, conflicts, invalid]);
+    assert!(integrity_is_clean(&mut client));
+}
