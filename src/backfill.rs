@@ -473,25 +473,8 @@ fn backstop(
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::testing::sqlstate_of;
+    use crate::testing::{six_app_users, sqlstate_of, WALLET_A};
     use pgrx::prelude::*;
-
-    const WALLET_A: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
-    const WALLET_B: &str = "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359";
-
-    fn users_table() {
-        Spi::run(&format!(
-            "CREATE TABLE app_users (uid text PRIMARY KEY, eth text);
-             INSERT INTO app_users VALUES
-               ('00000000-0000-4000-8000-000000000001', '{WALLET_A}'),
-               ('00000000-0000-4000-8000-000000000002', '{WALLET_B}'),
-               ('00000000-0000-4000-8000-000000000003', '{WALLET_A}'),  -- duplicate wallet
-               ('not-a-uuid',                           '{WALLET_B}'),
-               ('00000000-0000-4000-8000-000000000004', '0x1234'),      -- invalid wallet
-               ('00000000-0000-4000-8000-000000000005', NULL)"
-        ))
-        .unwrap();
-    }
 
     fn backfill(batch: i32) -> (i64, i64, i64, i64, i64) {
         let row = Spi::connect(|client| {
@@ -512,7 +495,7 @@ mod tests {
 
     #[pg_test]
     fn backfill_counts_every_kind_of_row_and_is_idempotent() {
-        users_table();
+        six_app_users();
         assert_eq!(backfill(2), (6, 2, 0, 1, 2));
         assert_eq!(backfill(4), (6, 0, 2, 1, 2));
         let evidence = Spi::get_one::<String>(
@@ -527,7 +510,7 @@ mod tests {
 
     #[pg_test]
     fn one_batch_reports_where_the_next_one_starts() {
-        users_table();
+        six_app_users();
         let (scanned, last): (Option<i64>, Option<String>) = Spi::get_two(
             "SELECT scanned, last_id FROM identity.backfill_wallet_batch('app_users', 'uid', 'eth', 2, NULL)",
         )
@@ -540,7 +523,7 @@ mod tests {
 
     #[pg_test]
     fn backstop_queues_only_valid_unbound_wallets() {
-        users_table();
+        six_app_users();
         Spi::run(&format!(
             "SELECT identity.create_binding('00000000-0000-4000-8000-000000000009', 'wallet', '{WALLET_A}')"
         ))
@@ -562,7 +545,7 @@ mod tests {
 
     #[pg_test]
     fn a_missing_column_or_table_is_a_clear_error() {
-        users_table();
+        six_app_users();
         assert_eq!(
             sqlstate_of("SELECT identity.backfill_wallet_bindings('app_users', 'nope', 'eth')"),
             "22023"

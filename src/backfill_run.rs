@@ -643,26 +643,9 @@ $$;
 #[pg_schema]
 mod tests {
     use super::{part_lock_key, WorkerIdentity};
-    use crate::testing::sqlstate_of;
+    use crate::testing::{six_app_users, sqlstate_of};
     use pgrx::pg_sys::Oid;
     use pgrx::prelude::*;
-
-    const WALLET_A: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
-    const WALLET_B: &str = "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359";
-
-    fn users_table() {
-        Spi::run(&format!(
-            "CREATE TABLE app_users (uid text PRIMARY KEY, eth text);
-             INSERT INTO app_users VALUES
-               ('00000000-0000-4000-8000-000000000001', '{WALLET_A}'),
-               ('00000000-0000-4000-8000-000000000002', '{WALLET_B}'),
-               ('00000000-0000-4000-8000-000000000003', '{WALLET_A}'),  -- duplicate wallet
-               ('not-a-uuid',                           '{WALLET_B}'),
-               ('00000000-0000-4000-8000-000000000004', '0x1234'),      -- invalid wallet
-               ('00000000-0000-4000-8000-000000000005', NULL)"
-        ))
-        .unwrap();
-    }
 
     fn plan(resume_after: &str) -> i64 {
         Spi::get_one::<i64>(&format!(
@@ -701,7 +684,7 @@ mod tests {
 
     #[pg_test]
     fn a_run_in_parts_counts_what_one_pass_counts() {
-        users_table();
+        six_app_users();
         // 30 more users, with wallets of their own: enough rows for parts of four batches each.
         Spi::run(
             "INSERT INTO app_users SELECT '00000000-0000-4000-8000-1' || lpad(i::text, 11, '0'),
@@ -736,7 +719,7 @@ mod tests {
 
     #[pg_test]
     fn an_unfinished_run_is_resumed_and_a_resume_id_starts_a_new_one() {
-        users_table();
+        six_app_users();
         Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 0").unwrap();
         let run = plan("NULL");
         assert_eq!(step(run), "more");
@@ -758,7 +741,7 @@ mod tests {
 
     #[pg_test]
     fn a_step_refuses_another_roles_run_and_an_unknown_run() {
-        users_table();
+        six_app_users();
         let run = plan("NULL");
         Spi::run(
             "CREATE ROLE backfill_intruder;
@@ -791,7 +774,7 @@ mod tests {
 
     #[pg_test]
     fn a_finished_part_stays_held_until_the_next_step() {
-        users_table();
+        six_app_users();
         Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 0").unwrap();
         let run = plan("NULL");
         let part_done = || {
@@ -813,7 +796,7 @@ mod tests {
 
     #[pg_test]
     fn launching_without_workers_allowed_starts_none() {
-        users_table();
+        six_app_users();
         Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 0").unwrap();
         let run = plan("NULL");
         assert_eq!(

@@ -1,5 +1,6 @@
 //! Helpers for `#[pg_test]`s: run a statement and capture the error it raises, inside a
-//! PL/pgSQL exception block (a subtransaction), so the test's own transaction goes on.
+//! PL/pgSQL exception block (a subtransaction), so the test's own transaction goes on; and the
+//! users table the backfill tests read.
 
 use pgrx::prelude::*;
 
@@ -29,4 +30,25 @@ pub fn error_of(statement: &str) -> (String, String) {
 /// The SQLSTATE `statement` raises, or "00000" when it succeeds.
 pub fn sqlstate_of(statement: &str) -> String {
     error_of(statement).0
+}
+
+pub const WALLET_A: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
+const WALLET_B: &str = "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359";
+
+/// An application's users table for the backfill tests, `app_users (uid text, eth text)`: two
+/// users with wallets of their own, a third with the first one's wallet, a non-UUID id, an
+/// invalid wallet and a user without one. Backfilled in id order: scanned 6, created 2,
+/// existing 0, conflicts 1, invalid 2.
+pub fn six_app_users() {
+    Spi::run(&format!(
+        "CREATE TABLE app_users (uid text PRIMARY KEY, eth text);
+         INSERT INTO app_users VALUES
+           ('00000000-0000-4000-8000-000000000001', '{WALLET_A}'),
+           ('00000000-0000-4000-8000-000000000002', '{WALLET_B}'),
+           ('00000000-0000-4000-8000-000000000003', '{WALLET_A}'),  -- duplicate wallet
+           ('not-a-uuid',                           '{WALLET_B}'),
+           ('00000000-0000-4000-8000-000000000004', '0x1234'),      -- invalid wallet
+           ('00000000-0000-4000-8000-000000000005', NULL)"
+    ))
+    .unwrap();
 }

@@ -54,19 +54,24 @@ fn expected(pre_bound: i64) -> (i64, i64, i64) {
     (created, conflicts, invalid)
 }
 
-#[test]
-fn a_hundred_thousand_users_backfill_with_exact_counts_and_a_rerun_changes_nothing() {
-    let database = TestDatabase::create("backfill_100k");
-    let mut client = database.connect();
-    application_users(&mut client);
-    // One wallet already belongs to someone else: a conflict the backfill must report, not move.
+/// The application's users, and one wallet (number 42) already bound to someone else: a conflict
+/// the backfill must report, not move. Returns the exact (created, conflicts, invalid).
+fn application_users_and_a_conflict(client: &mut Client) -> (i64, i64, i64) {
+    application_users(client);
     client
         .execute(
             "SELECT identity.create_binding(gen_random_uuid(), 'wallet', '0x' || lpad(to_hex(42), 40, '0'))",
             &[],
         )
         .unwrap();
-    let (created, conflicts, invalid) = expected(42);
+    expected(42)
+}
+
+#[test]
+fn a_hundred_thousand_users_backfill_with_exact_counts_and_a_rerun_changes_nothing() {
+    let database = TestDatabase::create("backfill_100k");
+    let mut client = database.connect();
+    let (created, conflicts, invalid) = application_users_and_a_conflict(&mut client);
 
     let first = client
         .query_one("SELECT * FROM identity.backfill_wallet_bindings()", &[])
@@ -194,18 +199,35 @@ fn run_totals(client: &mut Client, run: i64) -> (Vec<i64>, bool) {
     ((0..5).map(|i| row.get::<_, i64>(i)).collect(), row.get(5))
 }
 
+/// There is one run, every part done, and its counts are the exact (created, conflicts, invalid)
+/// of all USERS rows, each counted once.
+fn assert_one_finished_run(
+    client: &mut Client,
+    (created, conflicts, invalid): (i64, i64, i64),
+    why: &str,
+) {
+    let runs: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT run_id) FROM identity.backfill_parts",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "{why}");
+    let run: i64 = client
+        .query_one("SELECT max(run_id) FROM identity.backfill_parts", &[])
+        .unwrap()
+        .get(0);
+    let (totals, done) = run_totals(client, run);
+    assert!(done);
+    assert_eq!(totals, vec![USERS, created, 0, conflicts, invalid]);
+}
+
 #[test]
 fn background_workers_share_the_batched_backfill_with_exact_counts() {
     let database = TestDatabase::create("backfill_parallel");
     let mut client = database.connect();
-    application_users(&mut client);
-    client
-        .execute(
-            "SELECT identity.create_binding(gen_random_uuid(), 'wallet', '0x' || lpad(to_hex(42), 40, '0'))",
-            &[],
-        )
-        .unwrap();
-    let (created, conflicts, invalid) = expected(42);
+    let (created, conflicts, invalid) = application_users_and_a_conflict(&mut client);
 
     let workers = workers_seen_while(&database, || {
         client
@@ -306,17 +328,11 @@ fn an_interrupted_parallel_backfill_resumes_and_counts_each_row_once() {
     client
         .batch_execute("CALL identity.backfill_wallet_bindings_in_batches(batch_size => 500)")
         .unwrap();
-    let runs: i64 = client
-        .query_one(
-            "SELECT count(DISTINCT run_id) FROM identity.backfill_parts",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(runs, 1, "the interrupted run was resumed, not replaced");
-    let (totals, done) = run_totals(&mut client, 1);
-    assert!(done);
-    assert_eq!(totals, vec![USERS, created, 0, conflicts, invalid]);
+    assert_one_finished_run(
+        &mut client,
+        (created, conflicts, invalid),
+        "the interrupted run was resumed, not replaced",
+    );
     let bound: i64 = client
         .query_one("SELECT count(*) FROM identity.user_bindings", &[])
         .unwrap()
@@ -384,16 +400,10 @@ fn two_calls_started_together_share_one_run() {
     for call in calls {
         call.join().unwrap().unwrap();
     }
-    let runs: i64 = client
-        .query_one(
-            "SELECT count(DISTINCT run_id) FROM identity.backfill_parts",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(runs, 1, "the second CALL joined the first one's run");
-    let (totals, done) = run_totals(&mut client, 1);
-    assert!(done);
-    assert_eq!(totals, vec![USERS, created, 0, conflicts, invalid]);
+    assert_one_finished_run(
+        &mut client,
+        (created, conflicts, invalid),
+        "the second CALL joined the first one's run",
+    );
     assert!(integrity_is_clean(&mut client));
 }
