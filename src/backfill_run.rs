@@ -232,11 +232,8 @@ fn split_points(
 /// A part of a run, as its row says now.
 struct Part {
     number: i32,
-    source: String,
-    id_column: String,
-    wallet_column: String,
+    key: RunKey,
     batch_size: i64,
-    run_as: String,
     after_id: Option<String>,
     upto_id: Option<String>,
     done: bool,
@@ -259,11 +256,13 @@ impl Part {
         let count = |i| -> Result<i64, IdentityError> { Ok(row.get::<i64>(i)?.unwrap_or(0)) };
         Ok(Part {
             number,
-            source: text(1)?,
-            id_column: text(2)?,
-            wallet_column: text(3)?,
+            key: RunKey {
+                source: text(1)?,
+                id_column: text(2)?,
+                wallet_column: text(3)?,
+                run_as: text(5)?,
+            },
             batch_size: i64::from(row.get::<i32>(4)?.unwrap_or(1)),
-            run_as: text(5)?,
             after_id: row.get::<String>(6)?,
             upto_id: row.get::<String>(7)?,
             done: row.get::<bool>(13)?.unwrap_or(true),
@@ -284,8 +283,14 @@ impl Part {
         &mut self,
         client: &mut SpiClient<'_>,
         run: i64,
-    ) -> Result<bool, IdentityError> {
-        let source = Source::named(client, &self.source, &self.id_column, &self.wallet_column)?;
+    ) -> Result<(), IdentityError> {
+        let RunKey {
+            source,
+            id_column,
+            wallet_column,
+            ..
+        } = &self.key;
+        let source = Source::named(client, source, id_column, wallet_column)?;
         let mut statistics = StatisticsKeeper::new(client)?;
         let range = (self.after_id.as_deref(), self.upto_id.as_deref());
         let batch = backfill_batch(
@@ -322,7 +327,7 @@ impl Part {
                 self.number, self.counts.created, self.counts.existing, self.counts.conflicts, self.counts.invalid
             );
         }
-        Ok(done)
+        Ok(())
     }
 }
 
@@ -336,7 +341,7 @@ fn bind_next_batch_retrying(part: &mut Part, run: i64) -> Result<(), IdentityErr
         let attempt =
             in_subtransaction(|| Spi::connect_mut(|client| part.bind_next_batch(client, run)));
         match attempt {
-            Ok(_) => return Ok(()),
+            Ok(()) => return Ok(()),
             Err(failure)
                 if CONFLICTS.contains(&failure.sqlstate.as_str()) && tries < BATCH_TRIES =>
             {
@@ -423,11 +428,11 @@ fn backfill_step(run_id: i64) -> Result<&'static str, ErrorReport> {
         };
         let mut part = Part::load(client, run_id, number)?;
         let caller = caller_name();
-        if part.run_as != caller {
+        if part.key.run_as != caller {
             release_held_part(client)?;
             return Err(IdentityError::NotYourBackfillRun {
                 run_id,
-                run_as: part.run_as,
+                run_as: part.key.run_as,
             });
         }
         if part.done {

@@ -94,7 +94,8 @@ pub fn in_subtransaction<T>(
     }
 }
 
-fn failure_of(caught: CaughtError) -> StepFailure {
+/// The SQLSTATE and message of an error caught by `PgTryBuilder`, whichever way it was raised.
+pub(crate) fn failure_of(caught: CaughtError) -> StepFailure {
     match caught {
         CaughtError::PostgresError(report)
         | CaughtError::ErrorReport(report)

@@ -5,6 +5,7 @@
 //! crash the postmaster starts it again.
 
 use crate::gucs::{BACKSTOP_INTERVAL_S, WORKER_DATABASE, WORKER_POLL_INTERVAL_MS};
+use crate::subtransaction::failure_of;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -42,15 +43,7 @@ pub(crate) fn in_transaction<T>(body: impl FnOnce() -> Result<T, String>) -> Res
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     let outcome = PgTryBuilder::new(AssertUnwindSafe(body))
-        .catch_others(|caught| {
-            Err(match caught {
-                pg_sys::panic::CaughtError::PostgresError(report)
-                | pg_sys::panic::CaughtError::ErrorReport(report)
-                | pg_sys::panic::CaughtError::RustPanic {
-                    ereport: report, ..
-                } => report.message().to_owned(),
-            })
-        })
+        .catch_others(|caught| Err(failure_of(caught).message))
         .execute();
     // SAFETY: ends the transaction started above, on both paths.
     unsafe {

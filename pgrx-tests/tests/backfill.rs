@@ -158,6 +158,17 @@ fn the_procedure_commits_each_batch_and_resumes_where_it_stopped() {
     assert!(integrity_is_clean(&mut client));
 }
 
+/// Backfill background workers running now.
+fn backfill_workers_running(client: &mut Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'identity_bindings backfill'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
 /// Backend types of the backfill's background workers seen in pg_stat_activity while `busy` runs.
 fn workers_seen_while(database: &TestDatabase, busy: impl FnOnce()) -> usize {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -167,14 +178,7 @@ fn workers_seen_while(database: &TestDatabase, busy: impl FnOnce()) -> usize {
         std::thread::spawn(move || {
             let mut most = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let now: i64 = observer
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'identity_bindings backfill'",
-                        &[],
-                    )
-                    .unwrap()
-                    .get(0);
-                most = most.max(now as usize);
+                most = most.max(backfill_workers_running(&mut observer) as usize);
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             most
@@ -241,19 +245,16 @@ fn background_workers_share_the_batched_backfill_with_exact_counts() {
         workers >= 1,
         "background workers bound parts beside the session"
     );
-    let (run, parts): (i64, i64) = {
-        let row = client
-            .query_one(
-                "SELECT max(run_id), count(*) FROM identity.backfill_parts",
-                &[],
-            )
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+    assert_one_finished_run(
+        &mut client,
+        (created, conflicts, invalid),
+        "one CALL, one run",
+    );
+    let parts: i64 = client
+        .query_one("SELECT count(*) FROM identity.backfill_parts", &[])
+        .unwrap()
+        .get(0);
     assert!(parts > 1, "the table was split into parts");
-    let (totals, done) = run_totals(&mut client, run);
-    assert!(done);
-    assert_eq!(totals, vec![USERS, created, 0, conflicts, invalid]);
     let events: i64 = client
         .query_one("SELECT count(*) FROM identity.identity_events", &[])
         .unwrap()
@@ -302,15 +303,9 @@ fn an_interrupted_parallel_backfill_resumes_and_counts_each_row_once() {
         "the CALL was cut short"
     );
     assert!(eventually(std::time::Duration::from_secs(30), || {
-        let busy: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'identity_bindings backfill'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        busy == 0
+        backfill_workers_running(&mut observer) == 0
     }));
+
     let unfinished: i64 = observer
         .query_one(
             "SELECT count(*) FROM identity.backfill_parts WHERE NOT done",
