@@ -202,12 +202,14 @@ impl Drop for Cluster {
 
 /// `scripts/cluster.sh <action> <dir>`, ready to run.
 fn cluster_script(action: &str, dir: &std::path::Path) -> std::process::Command {
+    // Where cargo runs the test from, not where it was compiled: clones that share one target
+    // directory share test binaries, whose compile-time path may be another clone's, long gone.
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
     let mut command = std::process::Command::new("bash");
     command
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/cluster.sh"
-        ))
+        .arg(package.join("../scripts/cluster.sh"))
         .arg(action)
         .arg(dir);
     command
