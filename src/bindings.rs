@@ -5,7 +5,10 @@
 //! explicit, evidenced merge, or by a revoke followed by a new bind (NO_AUTO_MERGE).
 
 use crate::errors::{required, IdentityError};
-use crate::events::{append, append_after, append_many, pg_uuid, rust_uuid, EventType};
+use crate::events::{
+    append, append_after, append_many, bind_starting_chain, pg_uuid, rust_uuid, ChainStart,
+    EventType,
+};
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::statements::Statement;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -39,13 +42,24 @@ static INSERT_BINDING_LOCK_CHAIN: Statement = Statement::write(
     &[UUIDOID, UUIDOID, TEXTOID, TEXTOID],
 );
 
-// A write statement for its fresh snapshot: after ON CONFLICT waited for the other inserter to
-// commit, this sees the row it committed.
+// The live binding of an id (id, user, NULL), or when it is unbound, whether the user to bind it
+// to has an event chain yet (NULL, NULL, has chain): the user's head is probed only for an
+// unbound id, since the Append stops at the first row. A write statement for its fresh snapshot:
+// after ON CONFLICT waited for the other inserter to commit, this sees the row it committed.
 static FIND_BINDING: Statement = Statement::write(
-    "SELECT b.id, b.user_id FROM identity.user_bindings b
-      WHERE b.provider = $1 AND b.external_id = $2",
-    &[TEXTOID, TEXTOID],
+    "(SELECT b.id, b.user_id, NULL::boolean FROM identity.user_bindings b
+       WHERE b.provider = $1 AND b.external_id = $2)
+     UNION ALL
+     SELECT NULL, NULL, EXISTS (SELECT FROM identity.event_chain_heads h WHERE h.user_id = $3)
+     LIMIT 1",
+    &[TEXTOID, TEXTOID, UUIDOID],
 );
+
+/// What `find_binding` found.
+enum Lookup {
+    Bound { binding_id: Uuid, owner: Uuid },
+    Unbound { user_has_chain: bool },
+}
 
 /// Binds `external_id` of `provider` to `user_id` with `evidence`, or finds it already bound to
 /// that user. Bound to another user: `BoundToAnotherUser`, nothing written.
@@ -61,37 +75,44 @@ pub fn bind(
     // them. An insert that loses a race to a concurrent one finds the winner on the next round; a
     // concurrent revoke of a conflicting row lets the next round insert.
     for _ in 0..3 {
-        if let Some((binding_id, owner)) = find_binding(client, provider, &canonical_id)? {
-            if owner != user_id {
+        let user_has_chain = match find_binding(client, provider, &canonical_id, user_id)? {
+            Lookup::Bound { owner, .. } if owner != user_id => {
                 return Err(IdentityError::BoundToAnotherUser {
                     provider: provider.to_owned(),
                     external_id: canonical_id,
-                });
+                })
             }
-            return Ok(BindOutcome {
-                binding_id,
-                canonical_id,
-                created: false,
-            });
-        }
+            Lookup::Bound { binding_id, .. } => {
+                return Ok(BindOutcome {
+                    binding_id,
+                    canonical_id,
+                    created: false,
+                })
+            }
+            Lookup::Unbound { user_has_chain } => user_has_chain,
+        };
         let binding_id = Uuid::now_v7();
-        let inserted = INSERT_BINDING_LOCK_CHAIN.run(
-            client,
-            &[
-                pg_uuid(binding_id).into(),
-                pg_uuid(user_id).into(),
-                provider.into(),
-                canonical_id.as_str().into(),
-            ],
-        )?;
-        if !inserted.is_empty() {
-            let end = inserted.first();
-            let end = match (end.get::<i64>(1)?, end.get::<Vec<u8>>(2)?) {
-                (Some(last_seq), Some(last_hash)) => Some((last_seq, last_hash)),
-                _ => None,
-            };
-            let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
-            append_after(client, user_id, EventType::Bind, &payload, end)?;
+        let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
+        let created = if user_has_chain {
+            insert_and_append(
+                client,
+                binding_id,
+                user_id,
+                provider,
+                &canonical_id,
+                &payload,
+            )?
+        } else {
+            insert_starting_chain(
+                client,
+                binding_id,
+                user_id,
+                provider,
+                &canonical_id,
+                &payload,
+            )?
+        };
+        if created {
             return Ok(BindOutcome {
                 binding_id,
                 canonical_id,
@@ -102,20 +123,80 @@ pub fn bind(
     Err(IdentityError::ChainAppendConflict)
 }
 
-/// The live binding of a canonical id, on a fresh snapshot: (binding id, user).
+/// The live binding of a canonical id, on a fresh snapshot, or whether `user_id` has a chain.
 fn find_binding(
     client: &mut SpiClient<'_>,
     provider: &str,
     canonical_id: &str,
-) -> Result<Option<(Uuid, Uuid)>, IdentityError> {
-    let found = FIND_BINDING.run(client, &[provider.into(), canonical_id.into()])?;
-    if found.is_empty() {
-        return Ok(None);
-    }
+    user_id: Uuid,
+) -> Result<Lookup, IdentityError> {
+    let args = [
+        provider.into(),
+        canonical_id.into(),
+        pg_uuid(user_id).into(),
+    ];
+    let found = FIND_BINDING.run(client, &args)?;
     let found = found.first();
-    match (found.get::<pgrx::Uuid>(1)?, found.get::<pgrx::Uuid>(2)?) {
-        (Some(binding_id), Some(owner)) => Ok(Some((rust_uuid(binding_id), rust_uuid(owner)))),
+    match (
+        found.get::<pgrx::Uuid>(1)?,
+        found.get::<pgrx::Uuid>(2)?,
+        found.get::<bool>(3)?,
+    ) {
+        (Some(binding_id), Some(owner), None) => Ok(Lookup::Bound {
+            binding_id: rust_uuid(binding_id),
+            owner: rust_uuid(owner),
+        }),
+        (None, None, Some(user_has_chain)) => Ok(Lookup::Unbound { user_has_chain }),
         _ => Err(IdentityError::Internal("binding with NULL ids".into())),
+    }
+}
+
+/// The binding and its event for a user who already has a chain: the insert locks the chain's
+/// end, and the event follows it. `false`: the id was bound meanwhile, nothing written.
+fn insert_and_append(
+    client: &mut SpiClient<'_>,
+    binding_id: Uuid,
+    user_id: Uuid,
+    provider: &str,
+    canonical_id: &str,
+    payload: &Value,
+) -> Result<bool, IdentityError> {
+    let args = [
+        pg_uuid(binding_id).into(),
+        pg_uuid(user_id).into(),
+        provider.into(),
+        canonical_id.into(),
+    ];
+    let inserted = INSERT_BINDING_LOCK_CHAIN.run(client, &args)?;
+    if inserted.is_empty() {
+        return Ok(false);
+    }
+    let end = inserted.first();
+    let end = match (end.get::<i64>(1)?, end.get::<Vec<u8>>(2)?) {
+        (Some(last_seq), Some(last_hash)) => Some((last_seq, last_hash)),
+        _ => None,
+    };
+    append_after(client, user_id, EventType::Bind, payload, end)?;
+    Ok(true)
+}
+
+/// The binding and its event for a user without a chain (a new user's first binding): one
+/// statement writes the binding and starts the chain. `false`: the id was bound meanwhile.
+fn insert_starting_chain(
+    client: &mut SpiClient<'_>,
+    binding_id: Uuid,
+    user_id: Uuid,
+    provider: &str,
+    canonical_id: &str,
+    payload: &Value,
+) -> Result<bool, IdentityError> {
+    match bind_starting_chain(client, binding_id, user_id, provider, canonical_id, payload)? {
+        ChainStart::BoundWithFirstEvent => Ok(true),
+        ChainStart::AlreadyBound => Ok(false),
+        ChainStart::BoundWithoutEvent => {
+            append(client, user_id, EventType::Bind, payload)?;
+            Ok(true)
+        }
     }
 }
 
@@ -582,6 +663,70 @@ mod tests {
                  ON e.payload->>'binding_id' = b.id::text",
         );
         assert_eq!(binding_id, 1);
+    }
+
+    #[pg_test]
+    fn a_first_binding_starts_the_chain_and_the_next_one_follows_it() {
+        create(ALICE, "github", "1");
+        create(ALICE, "discord", "2");
+        let links = Spi::get_one::<String>(&format!(
+            "SELECT string_agg(seq || ':' || (payload->>'provider') || ':' || (prev_hash IS NULL),
+                               ' ' ORDER BY seq)
+               FROM identity.identity_events WHERE user_id = '{ALICE}'"
+        ));
+        assert_eq!(links, Ok(Some("1:github:true 2:discord:false".into())));
+        let head = count(&format!(
+            "SELECT h.last_seq FROM identity.event_chain_heads h
+               JOIN identity.identity_events e ON e.id = h.last_event_id AND e.hash = h.last_hash
+              WHERE h.user_id = '{ALICE}'"
+        ));
+        assert_eq!(head, 2);
+        let verified: Option<bool> = Spi::get_one(&format!(
+            "SELECT ok FROM identity.verify_event_chain('{ALICE}')"
+        ))
+        .unwrap();
+        assert_eq!(verified, Some(true));
+    }
+
+    #[pg_test]
+    fn a_chain_started_meanwhile_gets_the_bind_event_appended() {
+        use super::insert_starting_chain;
+        use uuid::Uuid;
+        // What a concurrent first binding of the same user leaves: the look-up found no chain,
+        // but by the time of the insert the user has one.
+        create(ALICE, "github", "1");
+        let alice = Uuid::parse_str(ALICE).unwrap();
+        let binding_id = Uuid::now_v7();
+        let payload = super::binding_payload(binding_id, "github", "2", &serde_json::json!({}));
+        let created = Spi::connect_mut(|client| {
+            insert_starting_chain(client, binding_id, alice, "github", "2", &payload)
+        });
+        assert_eq!(created, Ok(true));
+        let second = Spi::get_one::<String>(&format!(
+            "SELECT payload->>'binding_id' FROM identity.identity_events
+              WHERE user_id = '{ALICE}' AND seq = 2"
+        ));
+        assert_eq!(second, Ok(Some(binding_id.to_string())));
+        let integrity: Option<bool> =
+            Spi::get_one("SELECT bool_and(ok) FROM identity.check_integrity()").unwrap();
+        assert_eq!(integrity, Some(true));
+    }
+
+    #[pg_test]
+    fn a_first_binding_of_an_id_bound_meanwhile_writes_nothing() {
+        use super::insert_starting_chain;
+        use uuid::Uuid;
+        create(ALICE, "github", "1");
+        let bob = Uuid::parse_str(BOB).unwrap();
+        let binding_id = Uuid::now_v7();
+        let payload = super::binding_payload(binding_id, "github", "1", &serde_json::json!({}));
+        let created = Spi::connect_mut(|client| {
+            insert_starting_chain(client, binding_id, bob, "github", "1", &payload)
+        });
+        assert_eq!(created, Ok(false));
+        assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 1);
+        assert_eq!(count("SELECT count(*) FROM identity.event_chain_heads"), 1);
+        assert_eq!(count("SELECT count(*) FROM identity.identity_events"), 1);
     }
 
     #[pg_test]

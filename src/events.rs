@@ -228,6 +228,98 @@ static ADVANCE_CHAIN_WITH_EVENT: Statement = Statement::write(
     EVENT_PARAMETERS,
 );
 
+// A new binding, the head of its user's new chain and the chain's first event (a bind), in one
+// statement: the first link's hash needs nothing from the database. Reports what it wrote; the
+// head and event are written only after the binding, the event only after the head.
+static BIND_STARTING_CHAIN: Statement = Statement::write(
+    "WITH binding AS (
+         INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (provider, external_id) DO NOTHING RETURNING user_id),
+     head AS (
+         INSERT INTO identity.event_chain_heads (user_id, last_seq, last_hash, last_event_id)
+         SELECT binding.user_id, 1, $8, $5 FROM binding
+         ON CONFLICT (user_id) DO NOTHING RETURNING user_id),
+     event AS (
+         INSERT INTO identity.identity_events
+                (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+         SELECT $5, head.user_id, 1, 'bind', $6, $7, NULL, $8 FROM head
+         ON CONFLICT (user_id, seq) DO NOTHING RETURNING true)
+     SELECT EXISTS (SELECT FROM binding), EXISTS (SELECT FROM head), EXISTS (SELECT FROM event)",
+    &[
+        UUIDOID,
+        UUIDOID,
+        TEXTOID,
+        TEXTOID,
+        UUIDOID,
+        JSONBOID,
+        TIMESTAMPTZOID,
+        BYTEAOID,
+    ],
+);
+
+/// What `bind_starting_chain` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainStart {
+    /// The binding, the user's chain head and its first event: done.
+    BoundWithFirstEvent,
+    /// Nothing: the external id was bound meanwhile.
+    AlreadyBound,
+    /// The binding only: another transaction started the user's chain meanwhile, so its bind
+    /// event must be appended to that chain (`append`) before the transaction ends.
+    BoundWithoutEvent,
+}
+
+/// Inserts binding `binding_id` of `(provider, external_id)` to `user_id`, a user without an event
+/// chain, together with the chain's first event (a bind with `payload`): one statement where
+/// binding and then appending take three.
+pub fn bind_starting_chain(
+    client: &mut SpiClient<'_>,
+    binding_id: Uuid,
+    user_id: Uuid,
+    provider: &str,
+    external_id: &str,
+    payload: &serde_json::Value,
+) -> Result<ChainStart, IdentityError> {
+    let created_at = transaction_started();
+    let link = PendingLink::after(
+        None,
+        user_id,
+        EventType::Bind,
+        created_at,
+        jsonb_with_text(payload),
+    );
+    // SAFETY: the payload datum is a jsonb datum built in this memory context.
+    let payload_arg = unsafe { DatumWithOid::new(link.payload.0, JSONBOID) };
+    let written = BIND_STARTING_CHAIN.run(
+        client,
+        &[
+            pg_uuid(binding_id).into(),
+            pg_uuid(user_id).into(),
+            provider.into(),
+            external_id.into(),
+            pg_uuid(link.event_id).into(),
+            payload_arg,
+            timestamptz(created_at)?.into(),
+            link.hash.as_slice().into(),
+        ],
+    )?;
+    let written = written.first();
+    let wrote = |column| {
+        written
+            .get::<bool>(column)
+            .map(|flag| flag.unwrap_or(false))
+    };
+    match (wrote(1)?, wrote(2)?, wrote(3)?) {
+        (true, true, true) => Ok(ChainStart::BoundWithFirstEvent),
+        (false, _, _) => Ok(ChainStart::AlreadyBound),
+        (true, false, _) => Ok(ChainStart::BoundWithoutEvent),
+        (true, true, false) => Err(IdentityError::Internal(format!(
+            "user {user_id} had no event chain head but has events: run identity.verify_event_chain('{user_id}')"
+        ))),
+    }
+}
+
 /// id, user_id, seq, event_type, payload, created_at, prev_hash, hash.
 const EVENT_PARAMETERS: &[pg_sys::Oid] = &[
     UUIDOID,
