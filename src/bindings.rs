@@ -10,6 +10,7 @@ use crate::events::{
     EventType,
 };
 use crate::providers::{canonical_external_id, canonical_if_valid};
+use crate::set_returning::{return_rows, V1_API};
 use crate::statements::Statement;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, TEXTARRAYOID, TEXTOID, UUIDARRAYOID, UUIDOID};
@@ -343,36 +344,66 @@ pub fn evidence_object(evidence: Option<pgrx::JsonB>) -> Result<Value, IdentityE
 }
 
 /// `identity.create_binding(user_id, provider, external_id, evidence)`.
-#[pg_extern(volatile, security_definer)]
-#[search_path(pg_catalog, pg_temp)]
 fn create_binding(
     user_id: Option<pgrx::Uuid>,
     provider: Option<&str>,
     external_id: Option<&str>,
-    evidence: default!(Option<pgrx::JsonB>, "'{}'"),
-) -> Result<
-    TableIterator<
-        'static,
-        (
-            name!(binding_id, pgrx::Uuid),
-            name!(canonical_id, String),
-            name!(created, bool),
-        ),
-    >,
-    ErrorReport,
-> {
+    evidence: Option<pgrx::JsonB>,
+) -> Result<BindOutcome, IdentityError> {
     let user_id = rust_uuid(required(user_id, "user_id")?);
     let provider = required(provider, "provider")?;
     let external_id = required(external_id, "external_id")?;
     let evidence = evidence_object(evidence)?;
-    let outcome =
-        Spi::connect_mut(|client| bind(client, user_id, provider, external_id, evidence))?;
-    Ok(TableIterator::once((
-        pg_uuid(outcome.binding_id),
-        outcome.canonical_id,
-        outcome.created,
-    )))
+    Spi::connect_mut(|client| bind(client, user_id, provider, external_id, evidence))
 }
+
+// Written to the C calling convention instead of #[pg_extern], so its one row is returned from
+// one call (see set_returning.rs): every login goes through here. The symbol keeps the name pgrx
+// gave it in 0.1.0, whose install script refers to it.
+#[no_mangle]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_create_binding_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    &V1_API
+}
+
+/// # Safety
+/// Called by PostgreSQL only, through the SQL function below, with its four arguments.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn create_binding_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: the arguments are uuid, text, text and jsonb, as the SQL definition declares.
+    let outcome = unsafe {
+        create_binding(
+            pgrx::fcinfo::pg_getarg(fcinfo, 0),
+            pgrx::fcinfo::pg_getarg(fcinfo, 1),
+            pgrx::fcinfo::pg_getarg(fcinfo, 2),
+            pgrx::fcinfo::pg_getarg(fcinfo, 3),
+        )
+    }
+    .unwrap_or_else(|error| error.raise());
+    let row = [
+        pg_uuid(outcome.binding_id).into_datum(),
+        outcome.canonical_id.into_datum(),
+        outcome.created.into_datum(),
+    ];
+    // SAFETY: one row of the three declared columns (uuid, text, boolean), built just now.
+    unsafe { return_rows(fcinfo, [row]) }
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION identity.create_binding(
+    user_id uuid, provider text, external_id text, evidence jsonb DEFAULT '{}')
+RETURNS TABLE (binding_id uuid, canonical_id text, created boolean)
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'create_binding_wrapper';
+"#,
+    name = "create_binding",
+);
 
 static DELETE_BINDING: Statement = Statement::write(
     "DELETE FROM identity.user_bindings b WHERE b.provider = $1 AND b.external_id = $2
@@ -558,14 +589,12 @@ fn owners_in_order(
 // `identity.resolve_many(provider, external_ids)`: one row per input, in input order, with the id
 // as given and its user (NULL when unbound or when the input element is NULL).
 //
-// Written to the C calling convention instead of #[pg_extern]: pgrx returns a set one row per
-// call, and every call of a SECURITY DEFINER ... SET function saves and restores the settings, so
-// 10,000 ids cost 10,000 of those. This returns all rows from one call (materialize mode). The
-// symbol keeps the name pgrx gave it in 0.1.0, whose install script refers to it.
+// Written to the C calling convention instead of #[pg_extern], so its rows are returned from one
+// call (see set_returning.rs), not one call per id. The symbol keeps the name pgrx gave it in
+// 0.1.0, whose install script refers to it.
 #[no_mangle]
 #[doc(hidden)]
 pub extern "C" fn pg_finfo_resolve_many_wrapper() -> &'static pg_sys::Pg_finfo_record {
-    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
     &V1_API
 }
 
@@ -589,27 +618,12 @@ pub unsafe extern "C-unwind" fn resolve_many_wrapper(
         Ok((inputs, owners))
     });
     let (inputs, owners) = resolved.unwrap_or_else(|error| error.raise());
-    // SAFETY: PostgreSQL called this as a set-returning function; InitMaterializedSRF checks that
-    // materialize mode is allowed and builds the tuplestore and descriptor tuplestore_putvalues
-    // fills, with two columns (text, uuid) as declared.
-    unsafe {
-        pg_sys::InitMaterializedSRF(fcinfo, 0);
-        let result = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
-        for (input, owner) in inputs.into_iter().zip(owners) {
-            let mut nulls = [input.is_none(), owner.is_none()];
-            let mut values = [
-                input.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-                owner.into_datum().unwrap_or(pg_sys::Datum::from(0)),
-            ];
-            pg_sys::tuplestore_putvalues(
-                (*result).setResult,
-                (*result).setDesc,
-                values.as_mut_ptr(),
-                nulls.as_mut_ptr(),
-            );
-        }
-    }
-    pg_sys::Datum::from(0)
+    let rows = inputs
+        .into_iter()
+        .zip(owners)
+        .map(|(input, owner)| [input.into_datum(), owner.into_datum()]);
+    // SAFETY: rows of the two declared columns (text, uuid), built in this memory context.
+    unsafe { return_rows(fcinfo, rows) }
 }
 
 extension_sql!(

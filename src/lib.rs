@@ -23,6 +23,7 @@ mod integrity;
 mod nonces;
 mod providers;
 mod retry;
+mod set_returning;
 pub mod siwe;
 mod siwe_login;
 mod statements;
