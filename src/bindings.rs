@@ -6,8 +6,7 @@
 
 use crate::errors::{required, IdentityError};
 use crate::events::{
-    append, append_after, append_many, bind_starting_chain, pg_uuid, rust_uuid, ChainStart,
-    EventType,
+    append, append_many, bind_starting_chain, pg_uuid, rust_uuid, ChainStart, EventType,
 };
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::set_returning::{return_rows, V1_API};
@@ -29,38 +28,13 @@ pub struct BindOutcome {
     pub created: bool,
 }
 
-// The binding, and when it is new, the end of its user's chain locked for the bind event: one
-// row (last seq, last hash; NULLs for a user without a chain) if inserted, none if it existed.
-static INSERT_BINDING_LOCK_CHAIN: Statement = Statement::write(
-    "WITH inserted AS (
-         INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (provider, external_id) DO NOTHING RETURNING user_id)
-     SELECT h.last_seq, h.last_hash FROM inserted
-       LEFT JOIN LATERAL (
-           SELECT c.last_seq, c.last_hash FROM identity.event_chain_heads c
-            WHERE c.user_id = inserted.user_id FOR UPDATE) h ON true",
-    &[UUIDOID, UUIDOID, TEXTOID, TEXTOID],
-);
-
-// The live binding of an id (id, user, NULL), or when it is unbound, whether the user to bind it
-// to has an event chain yet (NULL, NULL, has chain): the user's head is probed only for an
-// unbound id, since the Append stops at the first row. A write statement for its fresh snapshot:
-// after ON CONFLICT waited for the other inserter to commit, this sees the row it committed.
+// A write statement for its fresh snapshot: after ON CONFLICT waited for the other inserter to
+// commit, this sees the row it committed.
 static FIND_BINDING: Statement = Statement::write(
-    "(SELECT b.id, b.user_id, NULL::boolean FROM identity.user_bindings b
-       WHERE b.provider = $1 AND b.external_id = $2)
-     UNION ALL
-     SELECT NULL, NULL, EXISTS (SELECT FROM identity.event_chain_heads h WHERE h.user_id = $3)
-     LIMIT 1",
-    &[TEXTOID, TEXTOID, UUIDOID],
+    "SELECT b.id, b.user_id FROM identity.user_bindings b
+      WHERE b.provider = $1 AND b.external_id = $2",
+    &[TEXTOID, TEXTOID],
 );
-
-/// What `find_binding` found.
-enum Lookup {
-    Bound { binding_id: Uuid, owner: Uuid },
-    Unbound { user_has_chain: bool },
-}
 
 /// Binds `external_id` of `provider` to `user_id` with `evidence`, or finds it already bound to
 /// that user. Bound to another user: `BoundToAnotherUser`, nothing written.
@@ -76,43 +50,29 @@ pub fn bind(
     // them. An insert that loses a race to a concurrent one finds the winner on the next round; a
     // concurrent revoke of a conflicting row lets the next round insert.
     for _ in 0..3 {
-        let user_has_chain = match find_binding(client, provider, &canonical_id, user_id)? {
-            Lookup::Bound { owner, .. } if owner != user_id => {
+        if let Some((binding_id, owner)) = find_binding(client, provider, &canonical_id)? {
+            if owner != user_id {
                 return Err(IdentityError::BoundToAnotherUser {
                     provider: provider.to_owned(),
                     external_id: canonical_id,
-                })
+                });
             }
-            Lookup::Bound { binding_id, .. } => {
-                return Ok(BindOutcome {
-                    binding_id,
-                    canonical_id,
-                    created: false,
-                })
-            }
-            Lookup::Unbound { user_has_chain } => user_has_chain,
-        };
+            return Ok(BindOutcome {
+                binding_id,
+                canonical_id,
+                created: false,
+            });
+        }
         let binding_id = Uuid::now_v7();
         let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
-        let created = if user_has_chain {
-            insert_and_append(
-                client,
-                binding_id,
-                user_id,
-                provider,
-                &canonical_id,
-                &payload,
-            )?
-        } else {
-            insert_starting_chain(
-                client,
-                binding_id,
-                user_id,
-                provider,
-                &canonical_id,
-                &payload,
-            )?
-        };
+        let created = insert_binding_with_event(
+            client,
+            binding_id,
+            user_id,
+            provider,
+            &canonical_id,
+            &payload,
+        )?;
         if created {
             return Ok(BindOutcome {
                 binding_id,
@@ -124,66 +84,30 @@ pub fn bind(
     Err(IdentityError::ChainAppendConflict)
 }
 
-/// The live binding of a canonical id, on a fresh snapshot, or whether `user_id` has a chain.
+/// The live binding of a canonical id, on a fresh snapshot: (binding id, user).
 fn find_binding(
     client: &mut SpiClient<'_>,
     provider: &str,
     canonical_id: &str,
-    user_id: Uuid,
-) -> Result<Lookup, IdentityError> {
-    let args = [
-        provider.into(),
-        canonical_id.into(),
-        pg_uuid(user_id).into(),
-    ];
-    let found = FIND_BINDING.run(client, &args)?;
+) -> Result<Option<(Uuid, Uuid)>, IdentityError> {
+    let found = FIND_BINDING.run(client, &[provider.into(), canonical_id.into()])?;
+    if found.is_empty() {
+        return Ok(None);
+    }
     let found = found.first();
-    match (
-        found.get::<pgrx::Uuid>(1)?,
-        found.get::<pgrx::Uuid>(2)?,
-        found.get::<bool>(3)?,
-    ) {
-        (Some(binding_id), Some(owner), None) => Ok(Lookup::Bound {
-            binding_id: rust_uuid(binding_id),
-            owner: rust_uuid(owner),
-        }),
-        (None, None, Some(user_has_chain)) => Ok(Lookup::Unbound { user_has_chain }),
+    match (found.get::<pgrx::Uuid>(1)?, found.get::<pgrx::Uuid>(2)?) {
+        (Some(binding_id), Some(owner)) => Ok(Some((rust_uuid(binding_id), rust_uuid(owner)))),
         _ => Err(IdentityError::Internal("binding with NULL ids".into())),
     }
 }
 
-/// The binding and its event for a user who already has a chain: the insert locks the chain's
-/// end, and the event follows it. `false`: the id was bound meanwhile, nothing written.
-fn insert_and_append(
-    client: &mut SpiClient<'_>,
-    binding_id: Uuid,
-    user_id: Uuid,
-    provider: &str,
-    canonical_id: &str,
-    payload: &Value,
-) -> Result<bool, IdentityError> {
-    let args = [
-        pg_uuid(binding_id).into(),
-        pg_uuid(user_id).into(),
-        provider.into(),
-        canonical_id.into(),
-    ];
-    let inserted = INSERT_BINDING_LOCK_CHAIN.run(client, &args)?;
-    if inserted.is_empty() {
-        return Ok(false);
-    }
-    let end = inserted.first();
-    let end = match (end.get::<i64>(1)?, end.get::<Vec<u8>>(2)?) {
-        (Some(last_seq), Some(last_hash)) => Some((last_seq, last_hash)),
-        _ => None,
-    };
-    append_after(client, user_id, EventType::Bind, payload, end)?;
-    Ok(true)
-}
-
-/// The binding and its event for a user without a chain (a new user's first binding): one
-/// statement writes the binding and starts the chain. `false`: the id was bound meanwhile.
-fn insert_starting_chain(
+/// Inserts the binding and its bind event. `false`: the id was bound meanwhile, nothing written.
+///
+/// It is tried as a new user's first binding, whose event starts the user's chain: one statement
+/// writes the binding, the chain head and the event (the first link's hash needs nothing from the
+/// database). For a user who has a chain already, that statement writes the binding only, and the
+/// event is appended to the chain after it.
+fn insert_binding_with_event(
     client: &mut SpiClient<'_>,
     binding_id: Uuid,
     user_id: Uuid,
@@ -703,39 +627,15 @@ mod tests {
     }
 
     #[pg_test]
-    fn a_chain_started_meanwhile_gets_the_bind_event_appended() {
-        use super::insert_starting_chain;
-        use uuid::Uuid;
-        // What a concurrent first binding of the same user leaves: the look-up found no chain,
-        // but by the time of the insert the user has one.
-        create(ALICE, "github", "1");
-        let alice = Uuid::parse_str(ALICE).unwrap();
-        let binding_id = Uuid::now_v7();
-        let payload = super::binding_payload(binding_id, "github", "2", &serde_json::json!({}));
-        let created = Spi::connect_mut(|client| {
-            insert_starting_chain(client, binding_id, alice, "github", "2", &payload)
-        });
-        assert_eq!(created, Ok(true));
-        let second = Spi::get_one::<String>(&format!(
-            "SELECT payload->>'binding_id' FROM identity.identity_events
-              WHERE user_id = '{ALICE}' AND seq = 2"
-        ));
-        assert_eq!(second, Ok(Some(binding_id.to_string())));
-        let integrity: Option<bool> =
-            Spi::get_one("SELECT bool_and(ok) FROM identity.check_integrity()").unwrap();
-        assert_eq!(integrity, Some(true));
-    }
-
-    #[pg_test]
     fn a_first_binding_of_an_id_bound_meanwhile_writes_nothing() {
-        use super::insert_starting_chain;
+        use super::insert_binding_with_event;
         use uuid::Uuid;
         create(ALICE, "github", "1");
         let bob = Uuid::parse_str(BOB).unwrap();
         let binding_id = Uuid::now_v7();
         let payload = super::binding_payload(binding_id, "github", "1", &serde_json::json!({}));
         let created = Spi::connect_mut(|client| {
-            insert_starting_chain(client, binding_id, bob, "github", "1", &payload)
+            insert_binding_with_event(client, binding_id, bob, "github", "1", &payload)
         });
         assert_eq!(created, Ok(false));
         assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 1);

@@ -265,13 +265,13 @@ pub enum ChainStart {
     BoundWithFirstEvent,
     /// Nothing: the external id was bound meanwhile.
     AlreadyBound,
-    /// The binding only: another transaction started the user's chain meanwhile, so its bind
-    /// event must be appended to that chain (`append`) before the transaction ends.
+    /// The binding only: the user has a chain already (or another transaction started it
+    /// meanwhile), so the bind event must be appended to it (`append`) before the transaction ends.
     BoundWithoutEvent,
 }
 
-/// Inserts binding `binding_id` of `(provider, external_id)` to `user_id`, a user without an event
-/// chain, together with the chain's first event (a bind with `payload`): one statement where
+/// Inserts binding `binding_id` of `(provider, external_id)` to `user_id` and, if the user has no
+/// event chain yet, starts it with the binding's bind event (`payload`): one statement where
 /// binding and then appending take three.
 pub fn bind_starting_chain(
     client: &mut SpiClient<'_>,
@@ -407,15 +407,7 @@ pub fn append(
     event_type: EventType,
     payload: &serde_json::Value,
 ) -> Result<Uuid, IdentityError> {
-    append_jsonb(client, user_id, event_type, jsonb_with_text(payload))
-}
-
-fn append_jsonb(
-    client: &mut SpiClient<'_>,
-    user_id: Uuid,
-    event_type: EventType,
-    mut payload: (pg_sys::Datum, String),
-) -> Result<Uuid, IdentityError> {
+    let mut payload = jsonb_with_text(payload);
     let created_at = transaction_started();
     // A user's first event creates the head row; a concurrent first event waits on that insert
     // and then, on its fresh snapshot, finds and locks the row. Two rounds always suffice under
@@ -429,29 +421,6 @@ fn append_jsonb(
         payload = link.payload;
     }
     Err(IdentityError::ChainAppendConflict)
-}
-
-/// Appends after `end`, which the caller has just locked (or found absent): one statement instead
-/// of append's two. Falls back to `append` when another transaction started the chain meanwhile.
-pub fn append_after(
-    client: &mut SpiClient<'_>,
-    user_id: Uuid,
-    event_type: EventType,
-    payload: &serde_json::Value,
-    end: ChainEnd,
-) -> Result<Uuid, IdentityError> {
-    let created_at = transaction_started();
-    let link = PendingLink::after(
-        end,
-        user_id,
-        event_type,
-        created_at,
-        jsonb_with_text(payload),
-    );
-    if write_link(client, event_type, created_at, &link)? {
-        return Ok(link.event_id);
-    }
-    append_jsonb(client, user_id, event_type, link.payload)
 }
 
 fn lock_chain_end(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<ChainEnd, IdentityError> {
@@ -1135,7 +1104,9 @@ mod tests {
     use crate::testing::sqlstate_of;
     use pgrx::prelude::*;
 
-    const USER: &str = "00000000-0000-4000-8000-000000000001";
+    // A user no other module's tests bind: pg_tests run concurrently, and two tests binding for one
+    // user wait on (and can deadlock with) each other's uncommitted chain head.
+    const USER: &str = "00000000-0000-4000-8000-0000000e7e47";
 
     fn bind_one(external_id: &str) {
         Spi::run(&format!(
@@ -1268,7 +1239,7 @@ mod tests {
                FROM identity.identity_events",
         )
         .unwrap();
-        assert_eq!(chains.as_deref(), Some("1:1:- 1:2:2 2:1:1 2:2:3"));
+        assert_eq!(chains.as_deref(), Some("2:1:1 2:2:3 7:1:- 7:2:2"));
         let all_verify: Option<bool> =
             Spi::get_one("SELECT bool_and(ok) FROM identity.check_integrity()").unwrap();
         assert_eq!(all_verify, Some(true));

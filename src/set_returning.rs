@@ -19,11 +19,20 @@ pub unsafe fn return_rows<const COLUMNS: usize>(
     rows: impl IntoIterator<Item = [Option<pg_sys::Datum>; COLUMNS]>,
 ) -> pg_sys::Datum {
     // SAFETY: as the caller promises; InitMaterializedSRF checks that the caller accepts
-    // materialize mode and builds the tuplestore and the result descriptor from the function's
-    // declared result type.
+    // materialize mode and builds the tuplestore. Its descriptor is a copy of the one the caller
+    // expects when there is one (a function scan's): building it from the function's declared
+    // result type instead reads the catalog on every call.
     unsafe {
-        pg_sys::InitMaterializedSRF(fcinfo, 0);
         let result = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
+        let expects_desc = !result.is_null()
+            && (*result).type_ == pg_sys::NodeTag::T_ReturnSetInfo
+            && !(*result).expectedDesc.is_null();
+        let flags = if expects_desc {
+            pg_sys::MAT_SRF_USE_EXPECTED_DESC
+        } else {
+            0
+        };
+        pg_sys::InitMaterializedSRF(fcinfo, flags);
         for row in rows {
             let mut nulls = row.map(|column| column.is_none());
             let mut values = row.map(|column| column.unwrap_or(pg_sys::Datum::from(0)));
