@@ -62,6 +62,7 @@ bench-siwe: install
 # Takes about an hour (the scaling run fills 10 million bindings).
 bench: install
 	benches/create_binding.sh
+	benches/create_binding_instructions.sh
 	benches/resolve_many.sh
 	benches/scaling.sh
 	benches/backfill.sh
