@@ -1104,11 +1104,15 @@ mod tests {
     use crate::testing::sqlstate_of;
     use pgrx::prelude::*;
 
-    // A user no other module's tests bind: pg_tests run concurrently, and two tests binding for one
-    // user wait on (and can deadlock with) each other's uncommitted chain head.
+    // A user no other module's tests bind. pg_tests run concurrently, each in a transaction it
+    // rolls back, and two of them binding overlapping ids for one user in different orders
+    // deadlock on each other's uncommitted rows, as any two such transactions would. So the tests
+    // here take turns: each holds this module's advisory lock from its first binding on.
     const USER: &str = "00000000-0000-4000-8000-0000000e7e47";
 
     fn bind_one(external_id: &str) {
+        Spi::run("SELECT pg_advisory_xact_lock(hashtext('identity_bindings events tests'))")
+            .unwrap();
         Spi::run(&format!(
             "SELECT identity.create_binding('{USER}', 'github', '{external_id}', '{{\"method\": \"test\"}}')"
         ))
