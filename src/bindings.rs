@@ -6,7 +6,7 @@
 
 use crate::errors::{required, IdentityError};
 use crate::events::{
-    append, append_many, bind_starting_chain, pg_uuid, rust_uuid, ChainStart, EventType,
+    append, append_many, insert_binding_with_event, pg_uuid, rust_uuid, EventType,
 };
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::set_returning::{return_rows, V1_API};
@@ -98,30 +98,6 @@ fn find_binding(
     match (found.get::<pgrx::Uuid>(1)?, found.get::<pgrx::Uuid>(2)?) {
         (Some(binding_id), Some(owner)) => Ok(Some((rust_uuid(binding_id), rust_uuid(owner)))),
         _ => Err(IdentityError::Internal("binding with NULL ids".into())),
-    }
-}
-
-/// Inserts the binding and its bind event. `false`: the id was bound meanwhile, nothing written.
-///
-/// It is tried as a new user's first binding, whose event starts the user's chain: one statement
-/// writes the binding, the chain head and the event (the first link's hash needs nothing from the
-/// database). For a user who has a chain already, that statement writes the binding only, and the
-/// event is appended to the chain after it.
-fn insert_binding_with_event(
-    client: &mut SpiClient<'_>,
-    binding_id: Uuid,
-    user_id: Uuid,
-    provider: &str,
-    canonical_id: &str,
-    payload: &Value,
-) -> Result<bool, IdentityError> {
-    match bind_starting_chain(client, binding_id, user_id, provider, canonical_id, payload)? {
-        ChainStart::BoundWithFirstEvent => Ok(true),
-        ChainStart::AlreadyBound => Ok(false),
-        ChainStart::BoundWithoutEvent => {
-            append(client, user_id, EventType::Bind, payload)?;
-            Ok(true)
-        }
     }
 }
 
@@ -628,7 +604,7 @@ mod tests {
 
     #[pg_test]
     fn a_first_binding_of_an_id_bound_meanwhile_writes_nothing() {
-        use super::insert_binding_with_event;
+        use crate::events::insert_binding_with_event;
         use uuid::Uuid;
         create(ALICE, "github", "1");
         let bob = Uuid::parse_str(BOB).unwrap();

@@ -258,29 +258,22 @@ static BIND_STARTING_CHAIN: Statement = Statement::write(
     ],
 );
 
-/// What `bind_starting_chain` wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChainStart {
-    /// The binding, the user's chain head and its first event: done.
-    BoundWithFirstEvent,
-    /// Nothing: the external id was bound meanwhile.
-    AlreadyBound,
-    /// The binding only: the user has a chain already (or another transaction started it
-    /// meanwhile), so the bind event must be appended to it (`append`) before the transaction ends.
-    BoundWithoutEvent,
-}
-
-/// Inserts binding `binding_id` of `(provider, external_id)` to `user_id` and, if the user has no
-/// event chain yet, starts it with the binding's bind event (`payload`): one statement where
-/// binding and then appending take three.
-pub fn bind_starting_chain(
+/// Inserts binding `binding_id` of `(provider, external_id)` to `user_id` with its bind event
+/// (`payload`). `false`: the id was bound meanwhile, and nothing is written.
+///
+/// It is tried as the user's first binding: one statement writes the binding, the chain head and
+/// the first event, whose hash needs nothing from the database (where binding and then appending
+/// take three). For a user who has a chain already, or whose chain another transaction started
+/// meanwhile, that statement writes the binding only, and the event, its payload already parsed,
+/// is appended to the chain after it.
+pub fn insert_binding_with_event(
     client: &mut SpiClient<'_>,
     binding_id: Uuid,
     user_id: Uuid,
     provider: &str,
     external_id: &str,
     payload: &serde_json::Value,
-) -> Result<ChainStart, IdentityError> {
+) -> Result<bool, IdentityError> {
     let created_at = transaction_started();
     let link = PendingLink::after(
         None,
@@ -310,10 +303,14 @@ pub fn bind_starting_chain(
             .get::<bool>(column)
             .map(|flag| flag.unwrap_or(false))
     };
-    match (wrote(1)?, wrote(2)?, wrote(3)?) {
-        (true, true, true) => Ok(ChainStart::BoundWithFirstEvent),
-        (false, _, _) => Ok(ChainStart::AlreadyBound),
-        (true, false, _) => Ok(ChainStart::BoundWithoutEvent),
+    let (binding_written, head_written, event_written) = (wrote(1)?, wrote(2)?, wrote(3)?);
+    match (binding_written, head_written, event_written) {
+        (true, true, true) => Ok(true),
+        (false, _, _) => Ok(false),
+        (true, false, _) => {
+            append_parsed(client, user_id, EventType::Bind, link.payload)?;
+            Ok(true)
+        }
         (true, true, false) => Err(IdentityError::Internal(format!(
             "user {user_id} had no event chain head but has events: run identity.verify_event_chain('{user_id}')"
         ))),
@@ -407,7 +404,16 @@ pub fn append(
     event_type: EventType,
     payload: &serde_json::Value,
 ) -> Result<Uuid, IdentityError> {
-    let mut payload = jsonb_with_text(payload);
+    append_parsed(client, user_id, event_type, jsonb_with_text(payload))
+}
+
+/// `append`, for a payload already made a jsonb datum with its text (`jsonb_with_text`).
+fn append_parsed(
+    client: &mut SpiClient<'_>,
+    user_id: Uuid,
+    event_type: EventType,
+    mut payload: (pg_sys::Datum, String),
+) -> Result<Uuid, IdentityError> {
     let created_at = transaction_started();
     // A user's first event creates the head row; a concurrent first event waits on that insert
     // and then, on its fresh snapshot, finds and locks the row. Two rounds always suffice under
