@@ -6,8 +6,12 @@
 --     registered by the library, not an SQL object);
 --   - identity.max_parallel_backfill_workers (a new setting) lets the batched backfill start
 --     background workers.
--- SQL object changes, below: the batched backfill becomes resumable and parallel. Its progress
--- table, the three functions its procedure calls, and the procedure's new body.
+-- SQL object changes, below:
+--   - the batched backfill becomes resumable and parallel: its progress table, the three
+--     functions its procedure calls, and the procedure's new body;
+--   - the single-column CHECK constraints of user_bindings, identity_events and
+--     event_chain_heads become domains (identity.external_id, event_type, chain_seq, chain_hash),
+--     which PostgreSQL does not re-parse for every statement that writes the tables.
 -- The upgrade test (pgrx-tests/tests/upgrade.rs) checks that a 0.1.0 install updated with this
 -- script has exactly the objects of a fresh 0.2.0 install.
 \echo Use "ALTER EXTENSION identity_bindings UPDATE TO '0.2.0'" to load this file. \quit
@@ -128,3 +132,39 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The column rules as domains (see schema.sql for why). Done without rewriting the tables: the
+-- columns first change to the domains while these have no check (binary compatible, so neither
+-- the tables nor their indexes are rebuilt), with the old CHECK constraints dropped in the same
+-- statement; then each domain gets its check, which scans the tables once to validate the rows
+-- the old constraints already guarded. The tables stay locked until the update commits.
+CREATE DOMAIN identity.external_id AS text;
+CREATE DOMAIN identity.event_type AS text;
+CREATE DOMAIN identity.chain_seq AS bigint;
+CREATE DOMAIN identity.chain_hash AS bytea;
+
+ALTER TABLE identity.user_bindings
+    DROP CONSTRAINT user_bindings_external_id_check,
+    ALTER COLUMN external_id TYPE identity.external_id;
+ALTER TABLE identity.identity_events
+    DROP CONSTRAINT identity_events_seq_check,
+    DROP CONSTRAINT identity_events_event_type_check,
+    DROP CONSTRAINT identity_events_hash_check,
+    DROP CONSTRAINT identity_events_chain_link,
+    ALTER COLUMN seq TYPE identity.chain_seq,
+    ALTER COLUMN event_type TYPE identity.event_type,
+    ALTER COLUMN prev_hash TYPE identity.chain_hash,
+    ALTER COLUMN hash TYPE identity.chain_hash,
+    ADD CONSTRAINT identity_events_chain_link CHECK ((seq = 1) = (prev_hash IS NULL));
+ALTER TABLE identity.event_chain_heads
+    DROP CONSTRAINT event_chain_heads_last_seq_check,
+    DROP CONSTRAINT event_chain_heads_last_hash_check,
+    ALTER COLUMN last_seq TYPE identity.chain_seq,
+    ALTER COLUMN last_hash TYPE identity.chain_hash;
+
+ALTER DOMAIN identity.external_id
+    ADD CONSTRAINT external_id_check CHECK (octet_length(VALUE) BETWEEN 1 AND 512);
+ALTER DOMAIN identity.event_type
+    ADD CONSTRAINT event_type_check CHECK (VALUE IN ('bind', 'revoke', 'merge'));
+ALTER DOMAIN identity.chain_seq ADD CONSTRAINT chain_seq_check CHECK (VALUE >= 1);
+ALTER DOMAIN identity.chain_hash ADD CONSTRAINT chain_hash_check CHECK (octet_length(VALUE) = 32);

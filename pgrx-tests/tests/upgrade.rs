@@ -10,8 +10,8 @@ use postgres::Client;
 use std::collections::BTreeSet;
 
 /// One line per property of every object of the extension: its members, each function's full
-/// definition, privileges and comment, each column, constraint, index, trigger (with whether it
-/// is enabled), each table's privileges and comment, and the tables pg_dump is told to dump.
+/// definition, privileges and comment, each column, constraint, domain (with its checks), index,
+/// trigger (with whether it is enabled), each table's privileges and comment, and the tables pg_dump is told to dump.
 const DESCRIBE_EXTENSION: &str = "
 WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'identity_bindings'),
 members AS (
@@ -36,6 +36,13 @@ SELECT format('column %s.%s #%s %s not_null=%s default=%s', a.attrelid::regclass
 UNION ALL
 SELECT format('constraint %s %s: %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid))
   FROM pg_constraint c JOIN relations r ON r.oid = c.conrelid
+UNION ALL
+SELECT format('domain %s over %s not_null=%s default=%s check %s: %s', t.oid::regtype,
+              format_type(t.typbasetype, t.typtypmod), t.typnotnull, t.typdefault, c.conname,
+              pg_get_constraintdef(c.oid))
+  FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
+  LEFT JOIN pg_constraint c ON c.contypid = t.oid
+ WHERE t.typtype = 'd'
 UNION ALL
 SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN relations r ON r.oid = i.indrelid
 UNION ALL

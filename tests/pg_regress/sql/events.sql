@@ -60,3 +60,27 @@ ROLLBACK;
 
 -- After the rollbacks, history is intact.
 SELECT events, ok FROM identity.verify_event_chain(:carol);
+
+-- The columns themselves refuse what no chain can hold, whoever writes: hashes are 32 bytes,
+-- links are numbered from 1, an event is a bind, revoke or merge, and only a chain's first link
+-- has no previous hash.
+\set VERBOSITY terse
+INSERT INTO identity.identity_events (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+VALUES (gen_random_uuid(), :carol, 4, 'bind', '{}', now(), '\x00'::bytea, '\x00'::bytea);
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO identity.identity_events (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+VALUES (gen_random_uuid(), :carol, 0, 'bind', '{}', now(), NULL, sha256('x'));
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO identity.identity_events (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+VALUES (gen_random_uuid(), :carol, 4, 'edit', '{}', now(), sha256('x'), sha256('y'));
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO identity.identity_events (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
+VALUES (gen_random_uuid(), :carol, 4, 'bind', '{}', now(), NULL, sha256('y'));
+\echo :LAST_ERROR_SQLSTATE
+UPDATE identity.event_chain_heads SET last_seq = 0 WHERE user_id = :carol;
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
+VALUES (gen_random_uuid(), :carol, 'github', '');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+SELECT events, ok FROM identity.verify_event_chain(:carol);

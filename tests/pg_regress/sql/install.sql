@@ -16,6 +16,13 @@ SELECT c.relname, coalesce(d.condition, '') AS dumped_rows
  WHERE c.relnamespace = 'identity'::regnamespace AND c.relkind = 'r'
  ORDER BY c.relname;
 
+-- What every stored value must be, checked by the columns' types whoever writes the tables.
+SELECT t.typname AS domain, format_type(t.typbasetype, t.typtypmod) AS over,
+       pg_get_constraintdef(c.oid) AS rule
+  FROM pg_type t JOIN pg_constraint c ON c.contypid = t.oid
+ WHERE t.typnamespace = 'identity'::regnamespace AND t.typtype = 'd'
+ ORDER BY t.typname;
+
 -- The built-in providers and the canonical form of their ids.
 SELECT name, description FROM identity.providers ORDER BY name;
 
