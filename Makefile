@@ -66,6 +66,7 @@ bench: install
 	benches/resolve_many.sh
 	benches/scaling.sh
 	benches/backfill.sh
+	benches/upgrade.sh
 	$(MAKE) bench-siwe
 
 # The long form of the soak test `make test` runs for 20 s: SOAK_SECONDS of mixed load (30 min).

@@ -18,6 +18,7 @@ rows=${1:-1000000}
 rounds=${ROUNDS:-3}
 
 . scripts/throwaway.sh
+. benches/lib.sh
 throwaway_cluster identity_backfill_bench "shared_buffers=1GB" "max_wal_size=8GB" "checkpoint_timeout=30min"
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres)
 
@@ -87,12 +88,10 @@ for round in $(seq "$rounds"); do
     done
 done
 
-median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" "$@"; }
-ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
 declare -A med
 for name in "${contestants[@]}"; do
     # shellcheck disable=SC2086 # the list of times is meant to split into arguments
-    med[$name]=$(median ${times[$name]})
+    med[$name]=$(median 1 ${times[$name]})
 done
 row() {  # row <name> <label>
     printf '| %s | %s | %s | %s MiB |\n' "$2" "${med[$1]}" "$(ratio "${med[$1]}" "${med[cte]}")" "$((peaks[$1] / 1024))"

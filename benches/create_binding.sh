@@ -18,6 +18,7 @@ rounds=${ROUNDS:-3}
 repeat_pool=100000
 
 . scripts/throwaway.sh
+. benches/lib.sh
 throwaway_cluster identity_create_bench "shared_buffers=512MB" "max_wal_size=4GB"
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
 
@@ -59,8 +60,6 @@ tps() {  # tps <script> <clients>: transactions per second; any client error fai
     awk '/^tps = / {printf "%.0f", $3}' <<<"$out"
 }
 
-ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
-median() { python3 -c "import statistics, sys; print(round(statistics.median(map(float, sys.argv[1:]))))" "$@"; }
 for kind in new repeat; do
     declare -A runs=() result=()
     for round in $(seq "$rounds"); do
@@ -71,7 +70,7 @@ for kind in new repeat; do
         done
     done
     for cell in "${!runs[@]}"; do
-        result[$cell]=$(median ${runs[$cell]})
+        result[$cell]=$(median 0 ${runs[$cell]})
     done
     if [ "$kind" = new ]; then title="new bindings"; else title="idempotent repeats"; fi
     cat <<EOF2

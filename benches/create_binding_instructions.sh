@@ -17,6 +17,7 @@ large=${LARGE:-1200}
 repeat_pool=100000
 
 . scripts/throwaway.sh
+. benches/lib.sh
 throwaway_cluster identity_create_instructions "shared_buffers=512MB"
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
 "${psql[@]}" -v repeat_pool="$repeat_pool" -f benches/alternatives.sql >/dev/null
@@ -77,7 +78,6 @@ for kind in new repeat; do
         per_call[$contestant$kind]=$(((many - few) / (large - small)))
     done
 done
-ratio() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
 echo "| instructions per call (callgrind) | new bindings | ext ÷ this | idempotent repeats | ext ÷ this |"
 echo "|---|---:|---:|---:|---:|"
 label() {

@@ -13,6 +13,7 @@ rounds=${ROUNDS:-5}
 bindings=${BINDINGS:-100000}
 
 . scripts/throwaway.sh
+. benches/lib.sh
 throwaway_cluster identity_resolve_bench "shared_buffers=512MB"
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
 
@@ -47,18 +48,17 @@ tps() {  # tps <script>
     /usr/lib/postgresql/15/bin/pgbench -n -M prepared -h "$cluster" -p 5432 -U postgres \
         -f "$work/$1.sql" -c 1 -T "$seconds" postgres 2>/dev/null | awk '/^tps = / {print $3}'
 }
-median() { python3 -c "import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))" "$@"; }
 plain_runs=() ext_runs=()
 for round in $(seq "$rounds"); do
     plain_runs+=("$(tps plain)")
     ext_runs+=("$(tps ext)")
 done
-plain=$(median "${plain_runs[@]}")
-ext=$(median "${ext_runs[@]}")
+plain=$(median 3 "${plain_runs[@]}")
+ext=$(median 3 "${ext_runs[@]}")
 ms() { python3 -c "print(f'{1000 / $1:.2f}')"; }
 cat <<EOF2
 | 10,000 wallet ids among $bindings bindings, 1 client (median of $rounds × ${seconds} s) | calls/s | ms per call | vs the plain query |
 |---|---:|---:|---:|
 | plain \`WHERE provider = 'wallet' AND external_id = ANY(...)\` | $(printf '%.1f' "$plain") | $(ms "$plain") | 1.00× |
-| \`identity.resolve_many('wallet', ...)\` | $(printf '%.1f' "$ext") | $(ms "$ext") | $(python3 -c "print(f'{$plain / $ext:.2f}×')") the time |
+| \`identity.resolve_many('wallet', ...)\` | $(printf '%.1f' "$ext") | $(ms "$ext") | $(ratio "$plain" "$ext") the time |
 EOF2

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 seconds=${SECONDS_PER_RUN:-10}
 
 . scripts/throwaway.sh
+. benches/lib.sh
 throwaway_cluster identity_bench
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
 
@@ -51,12 +52,11 @@ verify2=$(tps "$work/verify.sql" 2)
 viem=$(cd tests/interop && node bench_viem_verify.mjs "$work/messages.jsonl" "$seconds" \
     | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["per_second"]))')
 
-ratio() { python3 -c "print(f'{$1 / $2:.1f}×')"; }
 cat <<EOF2
 | what (same 64 messages, ${seconds} s each) | verifications/s | vs viem |
 |---|---:|---:|
 | viem in Node, in process, 1 thread | $viem | 1.0× |
-| \`SELECT identity.verify_siwe(...)\`, pgbench, 1 client | $verify1 | $(ratio "$verify1" "$viem") |
-| \`SELECT identity.verify_siwe(...)\`, pgbench, 2 clients | $verify2 | $(ratio "$verify2" "$viem") |
+| \`SELECT identity.verify_siwe(...)\`, pgbench, 1 client | $verify1 | $(ratio "$verify1" "$viem" 1) |
+| \`SELECT identity.verify_siwe(...)\`, pgbench, 2 clients | $verify2 | $(ratio "$verify2" "$viem" 1) |
 | round-trip floor: same query without verification, 1 client | $floor1 | — |
 EOF2
