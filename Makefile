@@ -51,12 +51,13 @@ test: lint unit fuzz regress client
 demo: install
 	scripts/demo.sh
 
-# SIWE verification speed: against libsecp256k1 (criterion, callgrind) and viem (pgbench);
-# see BENCHMARKS.md.
+# SIWE speed: verification against libsecp256k1 (criterion, callgrind) and viem (pgbench), and
+# logins from Node against the app-side login; see BENCHMARKS.md.
 bench-siwe: install
 	cargo bench --locked --bench siwe_verify
 	benches/siwe_instructions.sh
 	benches/siwe_pgbench.sh
+	benches/siwe_login.sh
 
 # Every benchmark, each side by side with its alternatives in one run; results in BENCHMARKS.md.
 # Takes about an hour (the scaling run fills 10 million bindings).
