@@ -28,9 +28,12 @@ pub struct BindOutcome {
     pub created: bool,
 }
 
-// A write statement for its fresh snapshot: after ON CONFLICT waited for the other inserter to
-// commit, this sees the row it committed.
-static FIND_BINDING: Statement = Statement::write(
+// A read, so that a repeat (the common case: every login re-binds its wallet) writes nothing and
+// takes no transaction id: no commit record, no XID consumed. The first look-up runs on the
+// caller's snapshot. After an insert has lost a race (ON CONFLICT waited for the other inserter
+// to commit), this transaction has written, so the look-up takes a fresh snapshot and sees the
+// row the winner committed.
+static FIND_BINDING: Statement = Statement::read(
     "SELECT b.id, b.user_id FROM identity.user_bindings b
       WHERE b.provider = $1 AND b.external_id = $2",
     &[TEXTOID, TEXTOID],
@@ -84,7 +87,7 @@ pub fn bind(
     Err(IdentityError::ChainAppendConflict)
 }
 
-/// The live binding of a canonical id, on a fresh snapshot: (binding id, user).
+/// The live binding of a canonical id: (binding id, user).
 fn find_binding(
     client: &mut SpiClient<'_>,
     provider: &str,
@@ -131,7 +134,8 @@ static INSERT_BINDINGS: Statement = Statement::write(
     &[TEXTOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID],
 );
 
-// A write statement for its fresh snapshot, as FIND_BINDING.
+// A write statement for its fresh snapshot. (It runs after INSERT_BINDINGS, so this transaction has
+// written and a read would take one too; `write` says so.)
 static FIND_BINDINGS: Statement = Statement::write(
     "SELECT b.external_id, b.user_id FROM identity.user_bindings b
       WHERE b.provider = $1 AND b.external_id = ANY ($2)",

@@ -25,7 +25,9 @@ thread_local! {
 }
 
 impl Statement {
-    /// A read: runs on the caller's snapshot, so a STABLE function sees one consistent state.
+    /// A read: while this transaction has written nothing, runs on the caller's snapshot (so a
+    /// STABLE function sees one consistent state) and takes no transaction id; once it has
+    /// written, each execution takes a fresh snapshot, as a write does (pgrx's `select`).
     pub const fn read(sql: &'static str, params: &'static [pg_sys::Oid]) -> Self {
         Statement {
             sql,
@@ -35,7 +37,8 @@ impl Statement {
     }
 
     /// A write (or a locking read): each execution takes a fresh snapshot, which the chain-head
-    /// locking in events.rs relies on under READ COMMITTED.
+    /// locking in events.rs relies on under READ COMMITTED. Running one assigns this transaction
+    /// an id (pgrx's `update`), even when it writes nothing: never use it for a plain read.
     pub const fn write(sql: &'static str, params: &'static [pg_sys::Oid]) -> Self {
         Statement {
             sql,

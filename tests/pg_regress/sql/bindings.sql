@@ -14,6 +14,13 @@ SELECT canonical_id, created
   FROM identity.create_binding(:alice, 'wallet', '0x5AAEB6053F3E94C9B9A09F33669435E7EF1BEAED');
 SELECT count(*) AS bindings FROM identity.user_bindings;
 SELECT count(*) AS events FROM identity.identity_events;
+-- Such a repeat is only a read: it takes no transaction id, so an idempotent re-bind consumes
+-- no XID and writes no commit record.
+BEGIN;
+SELECT created
+  FROM identity.create_binding(:alice, 'wallet', '0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed');
+SELECT pg_current_xact_id_if_assigned() IS NULL AS took_no_transaction_id;
+COMMIT;
 
 -- The same account for another user is refused, naming the account but never its owner
 -- (NO_AUTO_MERGE), and nothing is written.
