@@ -495,6 +495,7 @@ mod tests {
 
     #[pg_test]
     fn backfill_counts_every_kind_of_row_and_is_idempotent() {
+        crate::testing::take_turns();
         six_app_users();
         assert_eq!(backfill(2), (6, 2, 0, 1, 2));
         assert_eq!(backfill(4), (6, 0, 2, 1, 2));
@@ -510,6 +511,7 @@ mod tests {
 
     #[pg_test]
     fn one_batch_reports_where_the_next_one_starts() {
+        crate::testing::take_turns();
         six_app_users();
         let (scanned, last): (Option<i64>, Option<String>) = Spi::get_two(
             "SELECT scanned, last_id FROM identity.backfill_wallet_batch('app_users', 'uid', 'eth', 2, NULL)",
@@ -523,6 +525,7 @@ mod tests {
 
     #[pg_test]
     fn backstop_queues_only_valid_unbound_wallets() {
+        crate::testing::take_turns();
         six_app_users();
         Spi::run(&format!(
             "SELECT identity.create_binding('00000000-0000-4000-8000-000000000009', 'wallet', '{WALLET_A}')"
@@ -545,6 +548,7 @@ mod tests {
 
     #[pg_test]
     fn a_missing_column_or_table_is_a_clear_error() {
+        crate::testing::take_turns();
         six_app_users();
         assert_eq!(
             sqlstate_of("SELECT identity.backfill_wallet_bindings('app_users', 'nope', 'eth')"),

@@ -689,6 +689,7 @@ mod tests {
 
     #[pg_test]
     fn a_run_in_parts_counts_what_one_pass_counts() {
+        crate::testing::take_turns();
         six_app_users();
         // 30 more users, with wallets of their own: enough rows for parts of four batches each.
         Spi::run(
@@ -724,6 +725,7 @@ mod tests {
 
     #[pg_test]
     fn an_unfinished_run_is_resumed_and_a_resume_id_starts_a_new_one() {
+        crate::testing::take_turns();
         six_app_users();
         Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 0").unwrap();
         let run = plan("NULL");
@@ -746,6 +748,7 @@ mod tests {
 
     #[pg_test]
     fn a_step_refuses_another_roles_run_and_an_unknown_run() {
+        crate::testing::take_turns();
         six_app_users();
         let run = plan("NULL");
         Spi::run(
@@ -779,6 +782,7 @@ mod tests {
 
     #[pg_test]
     fn a_finished_part_stays_held_until_the_next_step() {
+        crate::testing::take_turns();
         six_app_users();
         Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 0").unwrap();
         let run = plan("NULL");
@@ -801,6 +805,7 @@ mod tests {
 
     #[pg_test]
     fn launching_without_workers_allowed_starts_none() {
+        crate::testing::take_turns();
         six_app_users();
         Spi::run("SET LOCAL identity.max_parallel_backfill_workers = 0").unwrap();
         let run = plan("NULL");
@@ -812,6 +817,7 @@ mod tests {
 
     #[pg_test]
     fn worker_identity_survives_its_round_trip_through_bgw_extra() {
+        crate::testing::take_turns();
         let identity = WorkerIdentity {
             database: Oid::from(16384),
             login: Oid::from(10),
@@ -828,6 +834,7 @@ mod tests {
 
     #[pg_test]
     fn parts_of_one_run_take_distinct_locks() {
+        crate::testing::take_turns();
         let keys: std::collections::HashSet<i32> =
             (1..=132).map(|part| part_lock_key(7, part)).collect();
         assert_eq!(keys.len(), 132);

@@ -567,6 +567,7 @@ mod tests {
 
     #[pg_test]
     fn a_new_binding_writes_the_binding_and_its_bind_event() {
+        crate::testing::take_turns();
         assert_eq!(create(ALICE, "github", "583231"), ("583231".into(), true));
         assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 1);
         let event: (Option<String>, Option<pgrx::JsonB>) =
@@ -585,6 +586,7 @@ mod tests {
 
     #[pg_test]
     fn a_first_binding_starts_the_chain_and_the_next_one_follows_it() {
+        crate::testing::take_turns();
         create(ALICE, "github", "1");
         create(ALICE, "discord", "2");
         let links = Spi::get_one::<String>(&format!(
@@ -608,6 +610,7 @@ mod tests {
 
     #[pg_test]
     fn a_first_binding_of_an_id_bound_meanwhile_writes_nothing() {
+        crate::testing::take_turns();
         use crate::events::insert_binding_with_event;
         use uuid::Uuid;
         create(ALICE, "github", "1");
@@ -625,6 +628,7 @@ mod tests {
 
     #[pg_test]
     fn a_failed_event_append_leaves_no_binding_behind() {
+        crate::testing::take_turns();
         create(ALICE, "github", "1");
         create(ALICE, "github", "2");
         // Wind the chain head back (as only a superuser could), so the next append for Alice
@@ -647,6 +651,7 @@ mod tests {
 
     #[pg_test]
     fn a_batch_bind_gives_each_row_the_outcome_bind_would() {
+        crate::testing::take_turns();
         use super::{bind_many, BatchOutcome::*};
         use uuid::Uuid;
         create(ALICE, "github", "1");
@@ -696,6 +701,7 @@ mod tests {
 
     #[pg_test]
     fn re_binding_the_same_user_is_idempotent_and_writes_nothing() {
+        crate::testing::take_turns();
         create(ALICE, "wallet", WALLET);
         let lower = WALLET.to_ascii_lowercase();
         assert_eq!(create(ALICE, "wallet", &lower), (WALLET.into(), false));
@@ -705,6 +711,7 @@ mod tests {
 
     #[pg_test]
     fn binding_an_id_owned_by_another_user_is_23505_and_never_names_the_owner() {
+        crate::testing::take_turns();
         create(ALICE, "wallet", WALLET);
         let (sqlstate, message) = error_of(&format!(
             "SELECT identity.create_binding('{BOB}', 'wallet', '{}')",
@@ -724,6 +731,7 @@ mod tests {
 
     #[pg_test]
     fn the_same_number_under_two_providers_is_two_bindings() {
+        crate::testing::take_turns();
         create(ALICE, "github", "42");
         create(BOB, "discord", "42");
         assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 2);
@@ -731,6 +739,7 @@ mod tests {
 
     #[pg_test]
     fn bad_arguments_have_their_sqlstates_and_write_nothing() {
+        crate::testing::take_turns();
         let cases = [
             ("SELECT identity.create_binding(NULL, 'github', '1')".to_string(), "22004"),
             (format!("SELECT identity.create_binding('{ALICE}', NULL, '1')"), "22004"),
@@ -750,6 +759,7 @@ mod tests {
 
     #[pg_test]
     fn evidence_numbers_are_kept_digit_for_digit() {
+        crate::testing::take_turns();
         Spi::run(&format!(
             "SELECT identity.create_binding('{ALICE}', 'discord', '80351110224678912',
                  '{{\"snowflake\": 80351110224678912123456789, \"ratio\": 1.50}}')"
@@ -767,6 +777,7 @@ mod tests {
 
     #[pg_test]
     fn revoke_then_bind_moves_an_id_with_evidence_on_both_sides() {
+        crate::testing::take_turns();
         create(ALICE, "github", "7");
         let revoked: (Option<pgrx::Uuid>, Option<pgrx::Uuid>) = Spi::get_two(
             "SELECT binding_id, user_id FROM identity.revoke_binding('github', '7', '{\"reason\": \"account closed\"}')",
@@ -786,6 +797,7 @@ mod tests {
 
     #[pg_test]
     fn revoking_an_unbound_id_is_p0002() {
+        crate::testing::take_turns();
         assert_eq!(
             sqlstate_of("SELECT identity.revoke_binding('github', '7', '{}')"),
             "P0002"
@@ -798,6 +810,7 @@ mod tests {
 
     #[pg_test]
     fn merge_moves_every_binding_and_records_it_on_both_users() {
+        crate::testing::take_turns();
         create(ALICE, "github", "1");
         create(ALICE, "discord", "2");
         create(BOB, "google", "bob-sub");
@@ -829,6 +842,7 @@ mod tests {
 
     #[pg_test]
     fn resolve_canonicalizes_and_returns_null_when_unbound() {
+        crate::testing::take_turns();
         create(ALICE, "wallet", WALLET);
         let found = Spi::get_one_with_args::<pgrx::Uuid>(
             "SELECT identity.resolve('wallet', $1)",
@@ -850,6 +864,7 @@ mod tests {
 
     #[pg_test]
     fn resolve_many_answers_every_input_in_order() {
+        crate::testing::take_turns();
         create(ALICE, "github", "1");
         create(BOB, "github", "3");
         let rows = Spi::get_one::<String>(
@@ -880,6 +895,7 @@ mod tests {
 
     #[pg_test]
     fn resolve_many_finds_wallets_however_spelled_and_refuses_bad_checksums() {
+        crate::testing::take_turns();
         create(ALICE, "wallet", WALLET);
         let unbound = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"; // valid EIP-55, not bound
         let found = Spi::get_one::<String>(&format!(
@@ -902,6 +918,7 @@ mod tests {
 
     #[pg_test]
     fn a_public_function_shadowing_a_builtin_changes_nothing() {
+        crate::testing::take_turns();
         // An attacker who can create objects in public tries to hijack what the functions call.
         Spi::run(
             "CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'epoch'::timestamptz $$;

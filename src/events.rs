@@ -1117,8 +1117,6 @@ mod tests {
     const USER: &str = "00000000-0000-4000-8000-0000000e7e47";
 
     fn bind_one(external_id: &str) {
-        Spi::run("SELECT pg_advisory_xact_lock(hashtext('identity_bindings events tests'))")
-            .unwrap();
         Spi::run(&format!(
             "SELECT identity.create_binding('{USER}', 'github', '{external_id}', '{{\"method\": \"test\"}}')"
         ))
@@ -1134,6 +1132,7 @@ mod tests {
 
     #[pg_test]
     fn update_delete_and_truncate_of_events_are_refused() {
+        crate::testing::take_turns();
         bind_one("1");
         for statement in [
             "UPDATE identity.identity_events SET payload = '{}'",
@@ -1150,6 +1149,7 @@ mod tests {
 
     #[pg_test]
     fn the_guard_fires_even_in_replica_mode() {
+        crate::testing::take_turns();
         bind_one("1");
         Spi::run("SET LOCAL session_replication_role = replica").unwrap();
         assert_eq!(sqlstate_of("DELETE FROM identity.identity_events"), "42501");
@@ -1157,6 +1157,7 @@ mod tests {
 
     #[pg_test]
     fn appends_chain_in_sequence() {
+        crate::testing::take_turns();
         for id in ["1", "2", "3"] {
             bind_one(id);
         }
@@ -1173,6 +1174,7 @@ mod tests {
 
     #[pg_test]
     fn an_edited_event_is_found_by_verify_event_chain() {
+        crate::testing::take_turns();
         for id in ["1", "2", "3"] {
             bind_one(id);
         }
@@ -1194,6 +1196,7 @@ mod tests {
 
     #[pg_test]
     fn a_deleted_newest_event_is_found_through_the_head() {
+        crate::testing::take_turns();
         for id in ["1", "2"] {
             bind_one(id);
         }
@@ -1211,6 +1214,7 @@ mod tests {
 
     #[pg_test]
     fn reordered_events_are_found() {
+        crate::testing::take_turns();
         for id in ["1", "2", "3"] {
             bind_one(id);
         }
@@ -1231,6 +1235,7 @@ mod tests {
 
     #[pg_test]
     fn a_bulk_append_links_every_chain_as_single_appends_would() {
+        crate::testing::take_turns();
         use super::{append_many, EventType};
         use serde_json::json;
         use uuid::Uuid;
@@ -1261,6 +1266,7 @@ mod tests {
 
     #[pg_test]
     fn a_bulk_append_refuses_a_head_behind_its_events() {
+        crate::testing::take_turns();
         use super::{append_many, EventType};
         use uuid::Uuid;
         bind_one("1");
@@ -1277,6 +1283,7 @@ mod tests {
 
     #[pg_test]
     fn a_user_without_events_verifies_empty() {
+        crate::testing::take_turns();
         let row: (Option<i64>, Option<bool>) = Spi::get_two(
             "SELECT events, ok FROM identity.verify_event_chain('00000000-0000-4000-8000-0000000000ff')",
         )

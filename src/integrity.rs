@@ -144,6 +144,7 @@ mod tests {
 
     #[pg_test]
     fn a_clean_database_passes_every_check() {
+        crate::testing::take_turns();
         Spi::run(&format!(
             "SELECT identity.create_binding('{USER}', 'github', '1')"
         ))
@@ -155,6 +156,7 @@ mod tests {
 
     #[pg_test]
     fn a_binding_written_behind_the_functions_back_is_found() {
+        crate::testing::take_turns();
         Spi::run(&format!(
             "INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
              VALUES (gen_random_uuid(), '{USER}', 'github', '99')"
@@ -168,6 +170,7 @@ mod tests {
 
     #[pg_test]
     fn failed_and_long_overdue_jobs_are_stuck() {
+        crate::testing::take_turns();
         Spi::run(&format!(
             "SELECT identity.create_binding(gen_random_uuid(), 'github', '5');
              SELECT identity.enqueue_binding('{USER}', 'github', '5');
@@ -192,6 +195,7 @@ mod tests {
 
     #[pg_test]
     fn a_tampered_event_fails_the_chain_check() {
+        crate::testing::take_turns();
         Spi::run(&format!(
             "SELECT identity.create_binding('{USER}', 'github', '1')"
         ))

@@ -295,6 +295,7 @@ mod tests {
 
     #[pg_test]
     fn canonical_external_id_checksums_wallets_in_sql() {
+        crate::testing::take_turns();
         assert_eq!(
             canonical("wallet", "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed").as_deref(),
             Some("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
@@ -303,6 +304,7 @@ mod tests {
 
     #[pg_test]
     fn unknown_provider_and_malformed_id_are_22023() {
+        crate::testing::take_turns();
         assert_eq!(
             sqlstate_of("SELECT identity.canonical_external_id('myspace', '1')"),
             "22023"
@@ -324,6 +326,7 @@ mod tests {
 
     #[pg_test]
     fn custom_provider_pattern_must_match_the_whole_id() {
+        crate::testing::take_turns();
         let registered = Spi::get_one::<bool>(
             "SELECT identity.register_provider('gitlab', '[1-9][0-9]*', 'GitLab numeric user id')",
         );
@@ -342,6 +345,7 @@ mod tests {
 
     #[pg_test]
     fn re_registering_is_idempotent_but_a_definition_never_changes() {
+        crate::testing::take_turns();
         let register = |pattern: &str| {
             Spi::get_one_with_args::<bool>(
                 "SELECT identity.register_provider('okta', $1)",
@@ -362,6 +366,7 @@ mod tests {
 
     #[pg_test]
     fn register_provider_refuses_bad_names_bad_patterns_and_nulls() {
+        crate::testing::take_turns();
         assert_eq!(
             sqlstate_of("SELECT identity.register_provider('Git-Lab', '.*')"),
             "22023"

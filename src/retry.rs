@@ -242,6 +242,7 @@ mod tests {
 
     #[pg_test]
     fn the_job_key_is_deterministic_and_a_pending_key_is_enqueued_once() {
+        crate::testing::take_turns();
         assert_eq!(enqueue(ALICE, "42").as_deref(), Some("bind:github:42"));
         assert_eq!(enqueue(BOB, "42").as_deref(), Some("bind:github:42"));
         let jobs: (Option<i64>, Option<pgrx::Uuid>) =
@@ -264,6 +265,7 @@ mod tests {
 
     #[pg_test]
     fn a_due_job_succeeds_and_binds_with_its_evidence() {
+        crate::testing::take_turns();
         enqueue(ALICE, "42");
         let outcome: (Option<String>, Option<i32>) =
             Spi::get_two("SELECT state, attempts FROM identity.run_binding_jobs()").unwrap();
@@ -280,6 +282,7 @@ mod tests {
 
     #[pg_test]
     fn an_id_owned_by_another_user_fails_at_once_and_does_not_stop_the_pass() {
+        crate::testing::take_turns();
         Spi::run(&format!(
             "SELECT identity.create_binding('{BOB}', 'github', '7')"
         ))
@@ -309,6 +312,7 @@ mod tests {
 
     #[pg_test]
     fn bad_requests_are_refused_when_enqueued() {
+        crate::testing::take_turns();
         assert_eq!(
             sqlstate_of(&format!(
                 "SELECT identity.enqueue_binding('{ALICE}', 'github', 'abc')"

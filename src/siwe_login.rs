@@ -338,6 +338,7 @@ mod tests {
 
     #[pg_test]
     fn verify_siwe_returns_every_field() {
+        crate::testing::take_turns();
         let row: (Option<String>, Option<i64>) = Spi::get_two(&format!(
             "SELECT (m).address, (m).chain_id FROM (SELECT identity.verify_siwe($m${MESSAGE}$m$, '{SIGNATURE}',
                  'login.xyz', 'bTyXgcQxn2htgkjJn', '2022-01-27T17:09:38.578Z') AS m) x"
@@ -352,6 +353,7 @@ mod tests {
 
     #[pg_test]
     fn hostile_input_through_sql_gets_clean_errors() {
+        crate::testing::take_turns();
         let verify = |message: &str, signature: &str| {
             format!("SELECT identity.verify_siwe($m${message}$m$, $s${signature}$s$)")
         };
@@ -373,6 +375,7 @@ mod tests {
 
     #[pg_test]
     fn verify_siwe_refusals_have_their_sqlstates() {
+        crate::testing::take_turns();
         let verify = |args: &str| format!("SELECT identity.verify_siwe({args})");
         assert_eq!(sqlstate_of(&verify("'hello', '0x00'")), "22P02");
         let (state, message) = error_of(&verify(&format!(
@@ -408,6 +411,7 @@ mod tests {
 
     #[pg_test]
     fn first_login_binds_the_wallet_with_full_evidence_and_the_second_finds_it() {
+        crate::testing::take_turns();
         issue_example_nonce();
         let (user, status): (Option<pgrx::Uuid>, Option<String>) =
             Spi::get_two(&login_sql("login.xyz")).unwrap();
@@ -442,6 +446,7 @@ mod tests {
 
     #[pg_test]
     fn a_refused_login_does_not_burn_the_nonce() {
+        crate::testing::take_turns();
         issue_example_nonce();
         assert_eq!(sqlstate_of(&login_sql("example.com")), "28000");
         let left = Spi::get_one::<i64>("SELECT count(*) FROM identity.siwe_nonces");
@@ -450,6 +455,7 @@ mod tests {
 
     #[pg_test]
     fn a_nonce_never_issued_is_refused() {
+        crate::testing::take_turns();
         assert_eq!(sqlstate_of(&login_sql("login.xyz")), "28000");
         assert_eq!(
             Spi::get_one::<i64>("SELECT count(*) FROM identity.user_bindings"),
@@ -459,6 +465,7 @@ mod tests {
 
     #[pg_test]
     fn siwe_bind_links_the_wallet_to_a_known_user_and_refuses_another_owner() {
+        crate::testing::take_turns();
         issue_example_nonce();
         let bind = |user: &str| {
             format!("SELECT created FROM identity.siwe_bind('{user}', $m${MESSAGE}$m$, '{SIGNATURE}', 'login.xyz')")
@@ -474,6 +481,7 @@ mod tests {
 
     #[pg_test]
     fn verify_binding_is_false_when_the_stored_evidence_was_tampered_with() {
+        crate::testing::take_turns();
         issue_example_nonce();
         Spi::run(&login_sql("login.xyz")).unwrap();
         Spi::run(
@@ -493,6 +501,7 @@ mod tests {
 
     #[pg_test]
     fn verify_binding_is_null_without_siwe_evidence() {
+        crate::testing::take_turns();
         Spi::run(&format!(
             "SELECT identity.create_binding('00000000-0000-4000-8000-00000000a11c', 'wallet', '{ADDRESS}', '{{\"method\": \"manual\"}}')"
         ))
