@@ -134,8 +134,8 @@ static INSERT_BINDINGS: Statement = Statement::write(
     &[TEXTOID, UUIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID],
 );
 
-// A write statement for its fresh snapshot. (It runs after INSERT_BINDINGS, so this transaction has
-// written and a read would take one too; `write` says so.)
+// A write statement for its fresh snapshot. It runs after INSERT_BINDINGS, when this transaction
+// has written, so a read would take a fresh snapshot as well; `write` makes that explicit.
 static FIND_BINDINGS: Statement = Statement::write(
     "SELECT b.external_id, b.user_id FROM identity.user_bindings b
       WHERE b.provider = $1 AND b.external_id = ANY ($2)",
