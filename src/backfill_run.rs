@@ -817,7 +817,6 @@ mod tests {
 
     #[pg_test]
     fn worker_identity_survives_its_round_trip_through_bgw_extra() {
-        crate::testing::take_turns();
         let identity = WorkerIdentity {
             database: Oid::from(16384),
             login: Oid::from(10),
@@ -834,7 +833,6 @@ mod tests {
 
     #[pg_test]
     fn parts_of_one_run_take_distinct_locks() {
-        crate::testing::take_turns();
         let keys: std::collections::HashSet<i32> =
             (1..=132).map(|part| part_lock_key(7, part)).collect();
         assert_eq!(keys.len(), 132);

@@ -610,9 +610,9 @@ mod tests {
 
     #[pg_test]
     fn a_first_binding_of_an_id_bound_meanwhile_writes_nothing() {
-        crate::testing::take_turns();
         use crate::events::insert_binding_with_event;
         use uuid::Uuid;
+        crate::testing::take_turns();
         create(ALICE, "github", "1");
         let bob = Uuid::parse_str(BOB).unwrap();
         let binding_id = Uuid::now_v7();
@@ -651,9 +651,9 @@ mod tests {
 
     #[pg_test]
     fn a_batch_bind_gives_each_row_the_outcome_bind_would() {
-        crate::testing::take_turns();
         use super::{bind_many, BatchOutcome::*};
         use uuid::Uuid;
+        crate::testing::take_turns();
         create(ALICE, "github", "1");
         let (alice, bob) = (
             Uuid::parse_str(ALICE).unwrap(),

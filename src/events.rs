@@ -1110,10 +1110,8 @@ mod tests {
     use crate::testing::sqlstate_of;
     use pgrx::prelude::*;
 
-    // A user no other module's tests bind. pg_tests run concurrently, each in a transaction it
-    // rolls back, and two of them binding overlapping ids for one user in different orders
-    // deadlock on each other's uncommitted rows, as any two such transactions would. So the tests
-    // here take turns: each holds this module's advisory lock from its first binding on.
+    // A user no other module's tests bind (and the tests that bind take turns: see
+    // testing::take_turns).
     const USER: &str = "00000000-0000-4000-8000-0000000e7e47";
 
     fn bind_one(external_id: &str) {
@@ -1235,8 +1233,8 @@ mod tests {
 
     #[pg_test]
     fn a_bulk_append_links_every_chain_as_single_appends_would() {
-        crate::testing::take_turns();
         use super::{append_many, EventType};
+        crate::testing::take_turns();
         use serde_json::json;
         use uuid::Uuid;
         bind_one("1"); // USER's chain exists; OTHER's does not
@@ -1266,8 +1264,8 @@ mod tests {
 
     #[pg_test]
     fn a_bulk_append_refuses_a_head_behind_its_events() {
-        crate::testing::take_turns();
         use super::{append_many, EventType};
+        crate::testing::take_turns();
         use uuid::Uuid;
         bind_one("1");
         bind_one("2");
@@ -1283,7 +1281,6 @@ mod tests {
 
     #[pg_test]
     fn a_user_without_events_verifies_empty() {
-        crate::testing::take_turns();
         let row: (Option<i64>, Option<bool>) = Spi::get_two(
             "SELECT events, ok FROM identity.verify_event_chain('00000000-0000-4000-8000-0000000000ff')",
         )

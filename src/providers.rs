@@ -295,7 +295,6 @@ mod tests {
 
     #[pg_test]
     fn canonical_external_id_checksums_wallets_in_sql() {
-        crate::testing::take_turns();
         assert_eq!(
             canonical("wallet", "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed").as_deref(),
             Some("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
@@ -304,7 +303,6 @@ mod tests {
 
     #[pg_test]
     fn unknown_provider_and_malformed_id_are_22023() {
-        crate::testing::take_turns();
         assert_eq!(
             sqlstate_of("SELECT identity.canonical_external_id('myspace', '1')"),
             "22023"

@@ -338,7 +338,6 @@ mod tests {
 
     #[pg_test]
     fn verify_siwe_returns_every_field() {
-        crate::testing::take_turns();
         let row: (Option<String>, Option<i64>) = Spi::get_two(&format!(
             "SELECT (m).address, (m).chain_id FROM (SELECT identity.verify_siwe($m${MESSAGE}$m$, '{SIGNATURE}',
                  'login.xyz', 'bTyXgcQxn2htgkjJn', '2022-01-27T17:09:38.578Z') AS m) x"
@@ -353,7 +352,6 @@ mod tests {
 
     #[pg_test]
     fn hostile_input_through_sql_gets_clean_errors() {
-        crate::testing::take_turns();
         let verify = |message: &str, signature: &str| {
             format!("SELECT identity.verify_siwe($m${message}$m$, $s${signature}$s$)")
         };
@@ -375,7 +373,6 @@ mod tests {
 
     #[pg_test]
     fn verify_siwe_refusals_have_their_sqlstates() {
-        crate::testing::take_turns();
         let verify = |args: &str| format!("SELECT identity.verify_siwe({args})");
         assert_eq!(sqlstate_of(&verify("'hello', '0x00'")), "22P02");
         let (state, message) = error_of(&verify(&format!(

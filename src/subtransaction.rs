@@ -113,7 +113,6 @@ mod tests {
 
     #[pg_test]
     fn a_failed_step_is_undone_and_the_transaction_goes_on() {
-        crate::testing::take_turns();
         Spi::run("CREATE TEMP TABLE steps (n int PRIMARY KEY)").unwrap();
         let kept = in_subtransaction(|| {
             Spi::run("INSERT INTO steps VALUES (1)").map_err(IdentityError::from)?;
@@ -136,7 +135,6 @@ mod tests {
 
     #[pg_test]
     fn an_error_returned_by_the_step_also_rolls_it_back() {
-        crate::testing::take_turns();
         Spi::run("CREATE TEMP TABLE steps (n int)").unwrap();
         let failed = in_subtransaction(|| -> Result<(), IdentityError> {
             Spi::run("INSERT INTO steps VALUES (1)").map_err(IdentityError::from)?;
