@@ -12,12 +12,26 @@ set -euo pipefail
 BIN=/usr/lib/postgresql/15/bin
 PORT=5432
 
+# initdb needs the data of the cluster's locale (CLUSTER_LOCALE, C.UTF-8 unless set; e.g.
+# en_US.UTF-8 to measure under a linguistic collation): Debian generates a missing one on demand.
+ensure_locale() {
+    local wanted=$1
+    local compact=${wanted/UTF-8/utf8}
+    if locale -a | grep -qix -e "$wanted" -e "$compact"; then return; fi
+    command -v locale-gen >/dev/null || { apt-get update -qq && apt-get install -y -qq locales >/dev/null; }
+    sed -i "s/^# *\($wanted \)/\1/" /etc/locale.gen
+    grep -q "^$wanted " /etc/locale.gen || { echo "no locale $wanted in /etc/locale.gen" >&2; exit 1; }
+    locale-gen >/dev/null
+}
+
 start() {
     local dir=$1; shift
+    local locale=${CLUSTER_LOCALE:-C.UTF-8}
+    ensure_locale "$locale"
     local settings=(-c "listen_addresses=" -c "unix_socket_directories=$dir" -p "$PORT")
     for setting in "$@"; do settings+=(-c "$setting"); done
     install -d -o postgres -g postgres -m 0700 "$dir"
-    runuser -u postgres -- "$BIN/initdb" -D "$dir/data" -A trust -U postgres --locale=C.UTF-8 \
+    runuser -u postgres -- "$BIN/initdb" -D "$dir/data" -A trust -U postgres --locale="$locale" \
         --no-sync >/dev/null
     printf '%q ' "${settings[@]}" > "$dir/settings"
     launch "$dir"

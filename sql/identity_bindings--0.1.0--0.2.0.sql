@@ -11,7 +11,8 @@
 --     functions its procedure calls, and the procedure's new body;
 --   - the single-column CHECK constraints of user_bindings, identity_events and
 --     event_chain_heads become domains (identity.external_id, event_type, chain_seq, chain_hash),
---     which PostgreSQL does not re-parse for every statement that writes the tables.
+--     which PostgreSQL does not re-parse for every statement that writes the tables;
+--   - identifier columns (provider names, external ids, job keys, nonces) become COLLATE "C".
 -- The upgrade test (pgrx-tests/tests/upgrade.rs) checks that a 0.1.0 install updated with this
 -- script has exactly the objects of a fresh 0.2.0 install.
 \echo Use "ALTER EXTENSION identity_bindings UPDATE TO '0.2.0'" to load this file. \quit
@@ -133,12 +134,24 @@ BEGIN
 END
 $$;
 
+-- Identifiers compare byte for byte (COLLATE "C"; see schema.sql for why). A collation change is
+-- binary compatible, so no table is rewritten; only the unique indexes on these columns are
+-- rebuilt, and the foreign keys to identity.providers are checked again.
+ALTER TABLE identity.providers ALTER COLUMN name TYPE text COLLATE "C";
+ALTER TABLE identity.user_bindings ALTER COLUMN provider TYPE text COLLATE "C";
+ALTER TABLE identity.binding_jobs
+    ALTER COLUMN job_key TYPE text COLLATE "C",
+    ALTER COLUMN provider TYPE text COLLATE "C",
+    ALTER COLUMN external_id TYPE text COLLATE "C";
+ALTER TABLE identity.siwe_nonces ALTER COLUMN nonce TYPE text COLLATE "C";
+
 -- The column rules as domains (see schema.sql for why). Done without rewriting the tables: the
 -- columns first change to the domains while these have no check (binary compatible, so neither
 -- the tables nor their indexes are rebuilt), with the old CHECK constraints dropped in the same
 -- statement; then each domain gets its check, which scans the tables once to validate the rows
 -- the old constraints already guarded. The tables stay locked until the update commits.
-CREATE DOMAIN identity.external_id AS text;
+-- external_id's domain is COLLATE "C" (see the next step), so its unique index is rebuilt.
+CREATE DOMAIN identity.external_id AS text COLLATE "C";
 CREATE DOMAIN identity.event_type AS text;
 CREATE DOMAIN identity.chain_seq AS bigint;
 CREATE DOMAIN identity.chain_hash AS bytea;

@@ -3,10 +3,10 @@
 -- A job's key is deterministic, bind:{provider}:{canonical external id}, so the same binding is
 -- queued once however often its failure is reported.
 CREATE TABLE identity.binding_jobs (
-    job_key         text PRIMARY KEY,
+    job_key         text COLLATE "C" PRIMARY KEY,
     user_id         uuid NOT NULL,
-    provider        text NOT NULL REFERENCES identity.providers (name),
-    external_id     text NOT NULL,
+    provider        text COLLATE "C" NOT NULL REFERENCES identity.providers (name),
+    external_id     text COLLATE "C" NOT NULL,
     evidence        jsonb NOT NULL,
     state           text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'succeeded', 'failed')),
     attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),

@@ -4,10 +4,16 @@
 -- snowflake, a GitHub id are bindings attached to a user; the proof of each binding lives only in
 -- the append-only event log. The functions of the extension are the only writers.
 
+-- Identifiers (provider names, external ids, job keys, nonces) are COLLATE "C": they compare byte
+-- for byte, which is what equality of identifiers means anyway. Their unique indexes then do not
+-- depend on the operating system's locale data, which can change order in an upgrade of the C
+-- library and so corrupt a unique index built under the old order; and a look-up compares with
+-- memcmp instead of strcoll (BENCHMARKS.md: 8% of a repeat bind under en_US.UTF-8).
+
 -- Who can be bound: built-in providers are canonicalized natively; custom ones by a pattern that
 -- must match the whole external id.
 CREATE TABLE identity.providers (
-    name        text PRIMARY KEY
+    name        text COLLATE "C" PRIMARY KEY
                 CONSTRAINT provider_name_is_identifier CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
     builtin     boolean NOT NULL DEFAULT false,
     pattern     text,
@@ -28,7 +34,7 @@ INSERT INTO identity.providers (name, builtin, description) VALUES
 -- plans a table's CHECK expressions again for every statement that writes the table, but a
 -- domain's checks once per backend. On create_binding's path, three tables written per new
 -- binding, that re-parsing was about a quarter of the call (BENCHMARKS.md).
-CREATE DOMAIN identity.external_id AS text CHECK (octet_length(VALUE) BETWEEN 1 AND 512);
+CREATE DOMAIN identity.external_id AS text COLLATE "C" CHECK (octet_length(VALUE) BETWEEN 1 AND 512);
 CREATE DOMAIN identity.event_type AS text CHECK (VALUE IN ('bind', 'revoke', 'merge'));
 -- A link's number in its user's chain, from 1.
 CREATE DOMAIN identity.chain_seq AS bigint CHECK (VALUE >= 1);
@@ -40,7 +46,7 @@ CREATE DOMAIN identity.chain_hash AS bytea CHECK (octet_length(VALUE) = 32);
 CREATE TABLE identity.user_bindings (
     id          uuid PRIMARY KEY,
     user_id     uuid NOT NULL,
-    provider    text NOT NULL REFERENCES identity.providers (name),
+    provider    text COLLATE "C" NOT NULL REFERENCES identity.providers (name),
     external_id identity.external_id NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT user_bindings_provider_external_id_key UNIQUE (provider, external_id)

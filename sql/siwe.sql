@@ -21,7 +21,7 @@ CREATE TYPE identity.siwe_message AS (
 -- Nonces issued by identity.issue_nonce. A row exists while the nonce may still be used: a
 -- login deletes it (single use, even under concurrent replays), expiry makes it unusable.
 CREATE TABLE identity.siwe_nonces (
-    nonce      text PRIMARY KEY CHECK (nonce ~ '^[A-Za-z0-9]{16,64}$'),
+    nonce      text COLLATE "C" PRIMARY KEY CHECK (nonce ~ '^[A-Za-z0-9]{16,64}$'),
     issued_at  timestamptz NOT NULL DEFAULT now(),
     expires_at timestamptz NOT NULL,
     CHECK (expires_at > issued_at)

@@ -28,8 +28,9 @@ SELECT format('function %s: %s acl=%s comment=%s', p.oid::regprocedure, pg_get_f
               p.proacl, obj_description(p.oid, 'pg_proc'))
   FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
 UNION ALL
-SELECT format('column %s.%s #%s %s not_null=%s default=%s', a.attrelid::regclass, a.attname, a.attnum,
-              format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+SELECT format('column %s.%s #%s %s collation=%s not_null=%s default=%s', a.attrelid::regclass,
+              a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), a.attcollation::regcollation,
+              a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
   FROM pg_attribute a JOIN relations r ON r.oid = a.attrelid
   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
  WHERE a.attnum > 0 AND NOT a.attisdropped
@@ -37,8 +38,9 @@ UNION ALL
 SELECT format('constraint %s %s: %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid))
   FROM pg_constraint c JOIN relations r ON r.oid = c.conrelid
 UNION ALL
-SELECT format('domain %s over %s not_null=%s default=%s check %s: %s', t.oid::regtype,
-              format_type(t.typbasetype, t.typtypmod), t.typnotnull, t.typdefault, c.conname,
+SELECT format('domain %s over %s collation=%s not_null=%s default=%s check %s: %s', t.oid::regtype,
+              format_type(t.typbasetype, t.typtypmod), t.typcollation::regcollation, t.typnotnull,
+              t.typdefault, c.conname,
               pg_get_constraintdef(c.oid))
   FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
   LEFT JOIN pg_constraint c ON c.contypid = t.oid

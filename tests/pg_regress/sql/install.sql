@@ -23,6 +23,16 @@ SELECT t.typname AS domain, format_type(t.typbasetype, t.typtypmod) AS over,
  WHERE t.typnamespace = 'identity'::regnamespace AND t.typtype = 'd'
  ORDER BY t.typname;
 
+-- Every text key compares byte for byte (COLLATE "C"), whatever the database's locale: a unique
+-- index on it does not depend on the C library's collation data, which an operating system
+-- upgrade can reorder.
+SELECT i.indexrelid::regclass AS unique_index, a.attname AS "column", a.attcollation::regcollation AS collation
+  FROM pg_index i
+  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+ WHERE i.indisunique AND a.attcollation <> 0
+   AND i.indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'identity'::regnamespace)
+ ORDER BY i.indexrelid::regclass::text, a.attname;
+
 -- The built-in providers and the canonical form of their ids.
 SELECT name, description FROM identity.providers ORDER BY name;
 
