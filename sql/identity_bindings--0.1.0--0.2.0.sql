@@ -12,7 +12,9 @@
 --   - the single-column CHECK constraints of user_bindings, identity_events and
 --     event_chain_heads become domains (identity.external_id, event_type, chain_seq, chain_hash),
 --     which PostgreSQL does not re-parse for every statement that writes the tables;
---   - identifier columns (provider names, external ids, job keys, nonces) become COLLATE "C".
+--   - identifier columns (provider names, external ids, job keys, nonces) become COLLATE "C";
+--   - providers become permanent (a trigger refuses UPDATE, DELETE and TRUNCATE), and bindings
+--     and jobs name them without a foreign key, whose row lock every new binding took.
 -- The upgrade test (pgrx-tests/tests/upgrade.rs) checks that a 0.1.0 install updated with this
 -- script has exactly the objects of a fresh 0.2.0 install.
 \echo Use "ALTER EXTENSION identity_bindings UPDATE TO '0.2.0'" to load this file. \quit
@@ -134,9 +136,24 @@ BEGIN
 END
 $$;
 
+-- A registered provider is permanent, so bindings and jobs need no foreign key to it (see
+-- schema.sql for why there is none). Dropped first: the collation change below then has no
+-- foreign key to check again.
+CREATE FUNCTION identity."refuse_provider_change"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'refuse_provider_change_wrapper';
+REVOKE ALL ON FUNCTION identity.refuse_provider_change() FROM PUBLIC;
+CREATE TRIGGER providers_are_permanent
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON identity.providers
+    FOR EACH STATEMENT EXECUTE FUNCTION identity.refuse_provider_change();
+ALTER TABLE identity.providers ENABLE ALWAYS TRIGGER providers_are_permanent;
+ALTER TABLE identity.user_bindings DROP CONSTRAINT user_bindings_provider_fkey;
+ALTER TABLE identity.binding_jobs DROP CONSTRAINT binding_jobs_provider_fkey;
+
 -- Identifiers compare byte for byte (COLLATE "C"; see schema.sql for why). A collation change is
 -- binary compatible, so no table is rewritten; only the unique indexes on these columns are
--- rebuilt, and the foreign keys to identity.providers are checked again.
+-- rebuilt.
 ALTER TABLE identity.providers ALTER COLUMN name TYPE text COLLATE "C";
 ALTER TABLE identity.user_bindings ALTER COLUMN provider TYPE text COLLATE "C";
 ALTER TABLE identity.binding_jobs

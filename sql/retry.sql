@@ -5,7 +5,7 @@
 CREATE TABLE identity.binding_jobs (
     job_key         text COLLATE "C" PRIMARY KEY,
     user_id         uuid NOT NULL,
-    provider        text COLLATE "C" NOT NULL REFERENCES identity.providers (name),
+    provider        text COLLATE "C" NOT NULL,  -- a registered provider (see identity.providers)
     external_id     text COLLATE "C" NOT NULL,
     evidence        jsonb NOT NULL,
     state           text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'succeeded', 'failed')),

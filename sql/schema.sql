@@ -11,7 +11,12 @@
 -- memcmp instead of strcoll (BENCHMARKS.md: 8% of a repeat bind under en_US.UTF-8).
 
 -- Who can be bound: built-in providers are canonicalized natively; custom ones by a pattern that
--- must match the whole external id.
+-- must match the whole external id. A provider is permanent (append_only.sql refuses UPDATE,
+-- DELETE and TRUNCATE for every role), so the provider a binding or a job names, checked when it
+-- was written, stays registered. That is why user_bindings and binding_jobs have no foreign key
+-- to this table: a foreign key locks the referenced row FOR KEY SHARE in every inserting
+-- transaction, so every new binding of a provider would lock the same row, and concurrent ones
+-- would turn that lock into a MultiXact each (thousands a second under load; BENCHMARKS.md).
 CREATE TABLE identity.providers (
     name        text COLLATE "C" PRIMARY KEY
                 CONSTRAINT provider_name_is_identifier CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
@@ -46,7 +51,7 @@ CREATE DOMAIN identity.chain_hash AS bytea CHECK (octet_length(VALUE) = 32);
 CREATE TABLE identity.user_bindings (
     id          uuid PRIMARY KEY,
     user_id     uuid NOT NULL,
-    provider    text COLLATE "C" NOT NULL REFERENCES identity.providers (name),
+    provider    text COLLATE "C" NOT NULL,  -- a registered provider (see identity.providers)
     external_id identity.external_id NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT user_bindings_provider_external_id_key UNIQUE (provider, external_id)

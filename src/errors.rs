@@ -66,6 +66,8 @@ pub enum IdentityError {
     ChainAppendConflict,
     /// 42501: identity.identity_events refuses UPDATE, DELETE and TRUNCATE.
     AppendOnly { operation: &'static str },
+    /// 42501: identity.providers refuses UPDATE, DELETE and TRUNCATE: a provider is permanent.
+    ProviderIsPermanent { operation: &'static str },
     /// XX000: a bug or an unexpected SPI condition; never caused by input.
     Internal(String),
 }
@@ -92,9 +94,10 @@ impl IdentityError {
             NotBound { .. } => ERRCODE_NO_DATA_FOUND,
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
             ChainAppendConflict => ERRCODE_T_R_SERIALIZATION_FAILURE,
-            AppendOnly { .. } | NoSourcePrivilege { .. } | NotYourBackfillRun { .. } => {
-                ERRCODE_INSUFFICIENT_PRIVILEGE
-            }
+            AppendOnly { .. }
+            | ProviderIsPermanent { .. }
+            | NoSourcePrivilege { .. }
+            | NotYourBackfillRun { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             NoUsersTable => ERRCODE_UNDEFINED_TABLE,
             TooManyOutstandingNonces { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
@@ -147,6 +150,9 @@ impl IdentityError {
             ChainAppendConflict => "Retry the transaction.".into(),
             AppendOnly { .. } => {
                 "Events are never changed or removed: record a correction as a new event (identity.revoke_binding, identity.merge_users).".into()
+            }
+            ProviderIsPermanent { .. } => {
+                "Bindings name their provider for good: register a provider with a new definition under a new name (identity.register_provider).".into()
             }
             Internal(_) => return None,
         })
@@ -237,6 +243,10 @@ impl fmt::Display for IdentityError {
             AppendOnly { operation } => write!(
                 f,
                 "identity.identity_events is append-only: {operation} is refused for every role"
+            ),
+            ProviderIsPermanent { operation } => write!(
+                f,
+                "a registered provider is permanent: {operation} of identity.providers is refused for every role"
             ),
             Internal(what) => write!(f, "identity_bindings internal error: {what}"),
         }

@@ -757,26 +757,37 @@ fn corrupt_head(user_id: Uuid) -> IdentityError {
     ))
 }
 
+/// The statement a refusing trigger (events, providers) was fired for.
+pub fn refused_operation(trigger: &PgTrigger<'_>) -> &'static str {
+    match trigger.op() {
+        Ok(PgTriggerOperation::Update) => "UPDATE",
+        Ok(PgTriggerOperation::Delete) => "DELETE",
+        Ok(PgTriggerOperation::Truncate) => "TRUNCATE",
+        _ => "a change",
+    }
+}
+
 /// Refuses UPDATE, DELETE and TRUNCATE on identity.identity_events, for every role.
 #[pg_trigger]
 fn refuse_event_mutation<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, IdentityError> {
-    let operation = match trigger.op() {
-        Ok(PgTriggerOperation::Update) => "UPDATE",
-        Ok(PgTriggerOperation::Delete) => "DELETE",
-        Ok(PgTriggerOperation::Truncate) => "TRUNCATE",
-        _ => "changing events",
-    };
     // Raised here rather than returned: pgrx reports a trigger's Err as XX000, and the
     // SQLSTATE of this refusal is part of the contract.
-    IdentityError::AppendOnly { operation }.raise()
+    IdentityError::AppendOnly {
+        operation: refused_operation(trigger),
+    }
+    .raise()
 }
 
 extension_sql_file!(
     "../sql/append_only.sql",
     name = "append_only",
-    requires = ["schema", refuse_event_mutation]
+    requires = [
+        "schema",
+        refuse_event_mutation,
+        providers::refuse_provider_change
+    ]
 );
 
 /// Every user's events (or one user's), in chain order, with the recorded head on each row.

@@ -74,6 +74,37 @@ fn event_chains_verify(client: &mut SpiClient<'_>) -> Result<Check, IdentityErro
     })
 }
 
+/// Every live binding and queued job names a registered provider. The functions check the provider
+/// before they write and a provider is permanent (there is no foreign key: schema.sql says why), so
+/// only a row written behind the functions' back can fail this.
+fn providers_are_registered(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
+    let row = client
+        .select(
+            "SELECT count(*), count(*) FILTER (WHERE p.name IS NULL),
+                    (array_agg(DISTINCT r.provider) FILTER (WHERE p.name IS NULL))[1:3]::text
+               FROM (SELECT provider FROM identity.user_bindings
+                     UNION ALL SELECT provider FROM identity.binding_jobs) r
+               LEFT JOIN identity.providers p ON p.name = r.provider",
+            None,
+            &[],
+        )?
+        .first();
+    let rows = row.get::<i64>(1)?.unwrap_or(0);
+    let unregistered = row.get::<i64>(2)?.unwrap_or(0);
+    Ok(Check {
+        name: "providers_are_registered",
+        ok: unregistered == 0,
+        detail: if unregistered == 0 {
+            format!("all {rows} live bindings and queued jobs name a registered provider")
+        } else {
+            format!(
+                "{unregistered} of {rows} live bindings and queued jobs name an unregistered provider, e.g. {}",
+                row.get::<String>(3)?.unwrap_or_default()
+            )
+        },
+    })
+}
+
 /// No queued binding is stuck: none failed for good (each needs a person to look at it), and none
 /// is pending more than an hour past its due time (no runner is scheduled).
 fn binding_jobs_not_stuck(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
@@ -117,6 +148,7 @@ fn check_integrity() -> Result<
         Ok(vec![
             bindings_have_bind_events(client)?,
             event_chains_verify(client)?,
+            providers_are_registered(client)?,
             binding_jobs_not_stuck(client)?,
         ])
     })?;
@@ -151,7 +183,7 @@ mod tests {
         .unwrap();
         assert_eq!(failing_checks().as_deref(), Some(""));
         let checks = Spi::get_one::<i64>("SELECT count(*) FROM identity.check_integrity()");
-        assert_eq!(checks, Ok(Some(3)));
+        assert_eq!(checks, Ok(Some(4)));
     }
 
     #[pg_test]
@@ -165,6 +197,40 @@ mod tests {
         assert_eq!(
             failing_checks().as_deref(),
             Some("bindings_have_bind_events")
+        );
+    }
+
+    #[pg_test]
+    fn a_binding_or_job_of_an_unregistered_provider_is_found() {
+        crate::testing::take_turns();
+        Spi::run(&format!(
+            "SELECT identity.create_binding('{USER}', 'github', '1');
+             UPDATE identity.user_bindings SET provider = 'myspace'"
+        ))
+        .unwrap();
+        assert_eq!(
+            failing_checks().as_deref(),
+            Some("providers_are_registered")
+        );
+        Spi::run(&format!(
+            "UPDATE identity.user_bindings SET provider = 'github';
+             SELECT identity.enqueue_binding('{USER}', 'github', '2');
+             UPDATE identity.binding_jobs SET provider = 'orkut', job_key = 'bind:orkut:2'"
+        ))
+        .unwrap();
+        assert_eq!(
+            failing_checks().as_deref(),
+            Some("providers_are_registered")
+        );
+        let detail = Spi::get_one::<String>(
+            "SELECT detail FROM identity.check_integrity() WHERE check_name = 'providers_are_registered'",
+        );
+        assert_eq!(
+            detail,
+            Ok(Some(
+                "1 of 2 live bindings and queued jobs name an unregistered provider, e.g. {orkut}"
+                    .into()
+            ))
         );
     }
 

@@ -206,6 +206,21 @@ fn register_provider(
     .map_err(ErrorReport::from)
 }
 
+/// Refuses UPDATE, DELETE and TRUNCATE on identity.providers, for every role. A provider is
+/// permanent: the provider a binding names was checked when the binding was written and stays
+/// registered, which is what a foreign key would otherwise guarantee (schema.sql says why there
+/// is none).
+#[pg_trigger]
+fn refuse_provider_change<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, IdentityError> {
+    // Raised, not returned: pgrx reports a trigger's Err as XX000.
+    IdentityError::ProviderIsPermanent {
+        operation: crate::events::refused_operation(trigger),
+    }
+    .raise()
+}
+
 #[cfg(test)]
 mod unit_tests {
     use super::*;

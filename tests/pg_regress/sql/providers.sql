@@ -45,3 +45,18 @@ SELECT identity.register_provider('okta', '(unclosed');
 \echo :LAST_ERROR_SQLSTATE
 
 SELECT name, builtin, pattern FROM identity.providers ORDER BY builtin DESC, name;
+
+-- A registered provider is permanent, for every role, superusers included, and even in replica
+-- mode: UPDATE, DELETE and TRUNCATE are refused. The provider a binding names was checked when
+-- it was written, and so stays registered.
+UPDATE identity.providers SET pattern = '.*' WHERE name = 'gitlab';
+\echo :LAST_ERROR_SQLSTATE
+DELETE FROM identity.providers WHERE name = 'gitlab';
+\echo :LAST_ERROR_SQLSTATE
+TRUNCATE identity.providers;
+\echo :LAST_ERROR_SQLSTATE
+SET session_replication_role = replica;
+DELETE FROM identity.providers WHERE name = 'gitlab';
+\echo :LAST_ERROR_SQLSTATE
+RESET session_replication_role;
+SELECT count(*) AS providers FROM identity.providers;
