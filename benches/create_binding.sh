@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
 # identity.create_binding against what an application or a DBA would do instead, side by side in
-# one run on one cluster, with pgbench over the Unix socket (-M prepared, as drivers do):
-#   ext    SELECT identity.create_binding(...)                       one round trip
-#   app    BEGIN; INSERT … ON CONFLICT DO NOTHING RETURNING; INSERT the event; COMMIT
-#          (a repeat: the INSERT returns nothing, so the app looks up the owner instead)
-#   plpgsql the same two inserts (or the owner lookup) in a PL/pgSQL function, one round trip
-#   floor  one bare INSERT … ON CONFLICT DO NOTHING into a table shaped like user_bindings
+# one run on one cluster, with pgbench over the Unix socket (-M prepared, as drivers do); the
+# contestants (ext, app, plpgsql, floor) are described in create_binding_contestants.sh.
 # Two workloads: new bindings (a new user's first binding, random ids) and idempotent repeats
 # (ids bound before the run, bound again to the same user). 1 and 4 clients. Commits wait for
 # fsync, whose latency drifts on a shared machine, so the contestants take turns: ROUNDS rounds
@@ -24,29 +20,8 @@ psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgre
 
 "${psql[@]}" -v repeat_pool="$repeat_pool" -f benches/alternatives.sql
 
-# New ids are random far above the repeat pool: a collision in a run is a 1-in-10^4 event.
-new_id='\set n random(1000000000, 90000000000000000)'
-repeat_id="\\set n random(1, $repeat_pool)"
-script() {  # script <name> <id line> <body>
-    printf '%s\n%s\n' "$2" "$3" > "$work/$1.sql"
-}
-for kind in new repeat; do
-    if [ "$kind" = new ]; then id_line=$new_id; else id_line=$repeat_id; fi
-    script "ext_$kind" "$id_line" \
-"SELECT created FROM identity.create_binding(md5(:n::text)::uuid, 'github', :n::text, '{\"method\": \"bench\"}');"
-    script "plpgsql_$kind" "$id_line" \
-"SELECT created FROM app_bind(md5(:n::text)::uuid, 'github', :n::text, '{\"method\": \"bench\"}');"
-    script "floor_$kind" "$id_line" \
-"INSERT INTO floor_bindings (id, user_id, provider, external_id) VALUES (gen_random_uuid(), md5(:n::text)::uuid, 'github', :n::text) ON CONFLICT (provider, external_id) DO NOTHING;"
-done
-script app_new "$new_id" "BEGIN;
-INSERT INTO app_bindings (id, user_id, provider, external_id) VALUES (gen_random_uuid(), md5(:n::text)::uuid, 'github', :n::text) ON CONFLICT (provider, external_id) DO NOTHING RETURNING id AS binding_id \\gset
-INSERT INTO app_events (id, user_id, event_type, payload) VALUES (gen_random_uuid(), md5(:n::text)::uuid, 'bind', jsonb_build_object('binding_id', :binding_id::uuid, 'provider', 'github', 'external_id', :n::text, 'evidence', '{\"method\": \"bench\"}'::jsonb));
-COMMIT;"
-script app_repeat "$repeat_id" "BEGIN;
-INSERT INTO app_bindings (id, user_id, provider, external_id) VALUES (gen_random_uuid(), md5(:n::text)::uuid, 'github', :n::text) ON CONFLICT (provider, external_id) DO NOTHING RETURNING id;
-SELECT id, user_id FROM app_bindings WHERE provider = 'github' AND external_id = :n::text;
-COMMIT;"
+. benches/create_binding_contestants.sh
+contestant_scripts "$work"
 
 tps() {  # tps <script> <clients>: transactions per second; any client error fails the run
     local out

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The CPU side of benches/create_binding.sh, counted: instructions per call of identity.create_binding
-# and of the same alternatives ((a) the app's statements, (b) PL/pgSQL, (c) one bare INSERT), for
-# new bindings and idempotent repeats, by callgrind on a single-user backend. Wall time on this
-# shared machine moves by ±40% from run to run; instruction counts do not. What they leave out is
-# the commit's WAL flush and the client round trips, which the pgbench figures include.
-# Every statement is PREPAREd first, as pgbench -M prepared does. Per call = (count for LARGE calls
-# − count for SMALL calls) ÷ (LARGE − SMALL), each from a fresh copy of the same database, so
-# start-up, preparation and the first calls' catalog loading cancel out.
+# The CPU side of benches/create_binding.sh, counted: instructions per transaction that the
+# server backend spends on identity.create_binding and on each alternative (create_binding_
+# contestants.sh), for new bindings and idempotent repeats. Wall time on this shared machine moves
+# by ±40% from run to run; instruction counts do not. The backend runs under callgrind and is
+# driven by pgbench -M prepared over the Unix socket, exactly as in create_binding.sh: the counts
+# are the extended-protocol path a driver takes (Bind, Execute, Sync per statement), commit
+# included (WAL records and all; synchronous_commit is off, and the flush's wait is not CPU).
+# The client's own CPU and the round trips' latency are not counted.
+# Per transaction = (count for LARGE transactions − count for SMALL) ÷ (LARGE − SMALL), each run a
+# fresh backend on a fresh copy of the same database, so connection start-up, preparation and the
+# first calls' catalog loading cancel out. pgbench's random ids are seeded, so runs repeat.
+# Set CLUSTER_LOCALE (e.g. en_US.UTF-8) to count under another database locale.
 # Run after `make install`; prints a Markdown table for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,67 +22,52 @@ repeat_pool=100000
 
 . scripts/throwaway.sh
 . benches/lib.sh
+. benches/create_binding_contestants.sh
 throwaway_cluster identity_create_instructions "shared_buffers=512MB"
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
 "${psql[@]}" -v repeat_pool="$repeat_pool" -f benches/alternatives.sql >/dev/null
 "${psql[@]}" -c CHECKPOINT
+locale=$("${psql[@]}" -At -c "SHOW lc_collate")
 # Stopped cleanly, kept: each count starts from a copy of its data directory.
 runuser -u postgres -- "$bin/pg_ctl" -D "$cluster/data" -m fast -w stop >/dev/null
+contestant_scripts "$work"
 
-prepared='PREPARE ext (uuid, text, text, jsonb) AS SELECT created FROM identity.create_binding($1, $2, $3, $4);
-PREPARE plpgsql (uuid, text, text, jsonb) AS SELECT created FROM app_bind($1, $2, $3, $4);
-PREPARE floor (uuid, text) AS INSERT INTO floor_bindings (id, user_id, provider, external_id) VALUES (gen_random_uuid(), $1, '"'github'"', $2) ON CONFLICT (provider, external_id) DO NOTHING;
-PREPARE app_binding (uuid, uuid, text) AS INSERT INTO app_bindings (id, user_id, provider, external_id) VALUES ($1, $2, '"'github'"', $3) ON CONFLICT (provider, external_id) DO NOTHING RETURNING id;
-PREPARE app_event (uuid, uuid, text) AS INSERT INTO app_events (id, user_id, event_type, payload) VALUES (gen_random_uuid(), $2, '"'bind'"', jsonb_build_object('"'binding_id'"', $1, '"'provider'"', '"'github'"', '"'external_id'"', $3, '"'evidence'"', '"'{\"method\": \"bench\"}'"'::jsonb));
-PREPARE app_owner (text) AS SELECT id, user_id FROM app_bindings WHERE provider = '"'github'"' AND external_id = $1;'
-
-calls() {  # calls <contestant> <kind> <count>: the statements, one per line
-    local n id user
-    for n in $(seq 1 "$3"); do
-        if [ "$2" = new ]; then id=$((1000000000 + n)); else id=$(((n * 7919) % repeat_pool + 1)); fi
-        user="md5('$id')::uuid"
-        case $1 in
-            ext | plpgsql) echo "EXECUTE $1($user, 'github', '$id', '{\"method\": \"bench\"}');" ;;
-            floor) echo "EXECUTE floor($user, '$id');" ;;
-            app)
-                echo "BEGIN;"
-                echo "EXECUTE app_binding(gen_random_uuid(), $user, '$id');"
-                if [ "$2" = new ]; then
-                    echo "EXECUTE app_event(gen_random_uuid(), $user, '$id');"
-                else
-                    echo "EXECUTE app_owner('$id');"
-                fi
-                echo "COMMIT;"
-                ;;
-        esac
-    done
-}
-
-count() {  # count <contestant> <kind> <calls>: instructions of a single-user backend running them
-    rm -rf "$work/run"
-    cp -a "$cluster/data" "$work/run"
-    { echo "$prepared"; calls "$@"; } > "$work/calls.sql"
-    chmod 0644 "$work/calls.sql"
-    install -d -o postgres "$work/counts"
-    runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$work/counts/callgrind.out" \
-        "$bin/postgres" --single -D "$work/run" -c synchronous_commit=off postgres \
-        < "$work/calls.sql" > "$work/output" 2> "$work/valgrind.log"
-    if grep -q ERROR "$work/output" "$work/valgrind.log"; then
-        echo "$1 $2 raised an error:" >&2; grep -h ERROR "$work/output" "$work/valgrind.log" | head -3 >&2
-        exit 1
+count() {  # count <script> <transactions>: instructions of the backend that served pgbench
+    local run=$work/run counts=$work/counts pid
+    rm -rf "$run" "$counts"
+    cp -a "$cluster/data" "$run"
+    install -d -o postgres "$counts"
+    # Backends are forked, not executed, so callgrind follows each into a file of its own.
+    runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$counts/callgrind.%p" \
+        "$bin/postgres" -D "$run" -c listen_addresses= -c unix_socket_directories="$counts" \
+        -c autovacuum=off -c synchronous_commit=off -c log_connections=on \
+        -c log_line_prefix='%p ' > "$counts/server.log" 2>&1 &
+    local postmaster=$!
+    until "$bin/pg_isready" -q -h "$counts" -U postgres; do sleep 1; done
+    if ! "$bin/pgbench" -n -M prepared -h "$counts" -U postgres --random-seed=1 -f "$work/$1.sql" \
+        -t "$2" postgres > "$counts/pgbench.log" 2>&1; then
+        echo "pgbench $1 failed:" >&2; cat "$counts/pgbench.log" >&2; exit 1
     fi
-    awk '/^summary:/ {print $2}' "$work/counts/callgrind.out"
+    runuser -u postgres -- "$bin/pg_ctl" -D "$run" -m fast -w stop >/dev/null
+    wait "$postmaster" || true
+    # pgbench connects twice: a first look at the server, then the run's connection.
+    pid=$(awk '/connection authorized:.*application_name=pgbench/ {pid = $1} END {print pid}' \
+        "$counts/server.log")
+    [ -n "$pid" ] && [ -f "$counts/callgrind.$pid" ] || {
+        echo "no callgrind count for pgbench's backend ($1):" >&2; cat "$counts/server.log" >&2; exit 1
+    }
+    awk '/^summary:/ {print $2}' "$counts/callgrind.$pid"
 }
 
 declare -A per_call=()
 for kind in new repeat; do
     for contestant in ext app plpgsql floor; do
-        many=$(count $contestant $kind "$large")
-        few=$(count $contestant $kind "$small")
+        many=$(count "${contestant}_$kind" "$large")
+        few=$(count "${contestant}_$kind" "$small")
         per_call[$contestant$kind]=$(((many - few) / (large - small)))
     done
 done
-echo "| instructions per call (callgrind) | new bindings | ext ÷ this | idempotent repeats | ext ÷ this |"
+echo "| instructions per transaction (callgrind; lc_collate $locale) | new bindings | ext ÷ this | idempotent repeats | ext ÷ this |"
 echo "|---|---:|---:|---:|---:|"
 label() {
     case $1 in
