@@ -1,61 +1,88 @@
 #!/usr/bin/env bash
 # Scaling of identity.create_binding (new bindings, pgbench over the Unix socket):
 #   - throughput at 1, 2 and 4 clients;
-#   - cost per call at 10k, 1M and 10M existing bindings (SIZES to change them).
-# Existing bindings are filler rows (benches/filler.sql): they give the tables and indexes their
-# size, they are not valid chains. Run after `make install`; prints Markdown tables.
+#   - cost per call at 10k, 1M and 10M existing bindings (SIZES to change them), side by side
+#     with the PL/pgSQL alternative (create_binding_contestants.sh) at the same sizes: random keys
+#     cost more in any B-tree once its pages stop being cached, and the alternative shows how
+#     much of the growth is that rather than the extension's design.
+# Existing bindings are filler rows (benches/filler.sql; the alternative's tables get the same
+# ids): they give the tables and indexes their size, they are not valid chains. The two take
+# turns for ROUNDS rounds (default 3) of SECONDS_PER_RUN seconds (default 10) per size, and each
+# cell is the median. Run after `make install`; prints Markdown tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${SECONDS_PER_RUN:-15}
+seconds=${SECONDS_PER_RUN:-10}
+rounds=${ROUNDS:-3}
 sizes=(${SIZES:-10000 1000000 10000000})
 
 . scripts/throwaway.sh
 . benches/lib.sh
 throwaway_cluster identity_scaling_bench "shared_buffers=2GB" "max_wal_size=16GB" "checkpoint_timeout=30min"
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
-"${psql[@]}" -c "CREATE EXTENSION identity_bindings"
+"${psql[@]}" -v repeat_pool=0 -f benches/alternatives.sql
 
-fill_to() {  # fill_to <n>: filler users up to n in total
-    "${psql[@]}" -v from=$(( filled + 1 )) -v to="$1" -f benches/filler.sql
+fill_to() {  # fill_to <n>: filler users up to n in total, in the extension's and the alternative's tables
+    local from=$(( filled + 1 ))
+    "${psql[@]}" -v from="$from" -v to="$1" -f benches/filler.sql
+    "${psql[@]}" -v from="$from" -v to="$1" <<'SQL'
+INSERT INTO app_bindings (id, user_id, provider, external_id)
+SELECT gen_random_uuid(), md5(i::text)::uuid, 'github', i::text FROM generate_series(:from, :to) i;
+INSERT INTO app_events (id, user_id, event_type, payload)
+SELECT gen_random_uuid(), md5(i::text)::uuid, 'bind',
+       jsonb_build_object('binding_id', gen_random_uuid(), 'provider', 'github', 'external_id', i::text,
+                          'evidence', jsonb_build_object('method', 'filler'))
+  FROM generate_series(:from, :to) i;
+VACUUM ANALYZE app_bindings, app_events;
+CHECKPOINT;
+SQL
     filled=$1
 }
 
 # New ids are random far above the filler ids.
-cat > "$work/new.sql" <<'SQL'
-\set n random(100000000000, 90000000000000000)
-SELECT created FROM identity.create_binding(md5(:n::text)::uuid, 'github', :n::text, '{"method": "bench"}');
-SQL
-tps() {  # tps <clients>
+for contestant in ext plpgsql; do
+    if [ $contestant = ext ]; then call=identity.create_binding; else call=app_bind; fi
+    printf '%s\n%s\n' '\set n random(100000000000, 90000000000000000)' \
+        "SELECT created FROM $call(md5(:n::text)::uuid, 'github', :n::text, '{\"method\": \"bench\"}');" \
+        > "$work/$contestant.sql"
+done
+tps() {  # tps <contestant> <clients>
     "${psql[@]}" -c CHECKPOINT
     /usr/lib/postgresql/15/bin/pgbench -n -M prepared -h "$cluster" -p 5432 -U postgres \
-        -f "$work/new.sql" -c "$1" -j "$1" -T "$seconds" postgres 2>/dev/null \
+        -f "$work/$1.sql" -c "$2" -j "$2" -T "$seconds" postgres 2>/dev/null \
         | awk '/^tps = / {printf "%.0f", $3}'
 }
 
 filled=0
-declare -A at_size=()
+declare -A runs=() at_size=()
 for size in "${sizes[@]}"; do
     fill_to "$size"
-    at_size[$size]=$(tps 1)
-    if [ "$size" = "${sizes[0]}" ]; then
-        clients1=${at_size[$size]}
-        clients2=$(tps 2)
-        clients4=$(tps 4)
-    fi
+    for round in $(seq "$rounds"); do
+        for contestant in ext plpgsql; do
+            runs[$contestant$size]+=" $(tps $contestant 1)"
+        done
+        if [ "$size" = "${sizes[0]}" ]; then
+            for clients in 2 4; do runs[clients$clients]+=" $(tps ext "$clients")"; done
+        fi
+    done
 done
+for cell in "${!runs[@]}"; do at_size[$cell]=$(median 0 ${runs[$cell]}); done
 
 us() { python3 -c "print(f'{1e6 / $1:.0f}')"; }
+smallest=${sizes[0]}
 cat <<EOF2
-| create_binding, new bindings, ${sizes[0]} existing (${seconds} s each) | tps | vs 1 client |
+| create_binding, new bindings, $smallest existing (median of $rounds × ${seconds} s) | tps | vs 1 client |
 |---|---:|---:|
-| 1 client | $clients1 | 1.00× |
-| 2 clients | $clients2 | $(ratio "$clients2" "$clients1") |
-| 4 clients | $clients4 | $(ratio "$clients4" "$clients1") |
+| 1 client | ${at_size[ext$smallest]} | 1.00× |
+| 2 clients | ${at_size[clients2]} | $(ratio "${at_size[clients2]}" "${at_size[ext$smallest]}") |
+| 4 clients | ${at_size[clients4]} | $(ratio "${at_size[clients4]}" "${at_size[ext$smallest]}") |
 
-| existing bindings | tps, 1 client | µs per call | vs the smallest |
-|---:|---:|---:|---:|
+| existing bindings (1 client, median of $rounds × ${seconds} s) | ext µs per call | vs the smallest | PL/pgSQL µs per call | vs the smallest |
+|---:|---:|---:|---:|---:|
 EOF2
 for size in "${sizes[@]}"; do
-    printf '| %s | %s | %s | %s |\n' "$size" "${at_size[$size]}" "$(us "${at_size[$size]}")" \
-        "$(ratio "${at_size[${sizes[0]}]}" "${at_size[$size]}")"
+    printf '| %s | %s | %s | %s | %s |\n' "$size" \
+        "$(us "${at_size[ext$size]}")" "$(ratio "${at_size[ext$smallest]}" "${at_size[ext$size]}")" \
+        "$(us "${at_size[plpgsql$size]}")" "$(ratio "${at_size[plpgsql$smallest]}" "${at_size[plpgsql$size]}")"
 done
+echo
+echo "Per round (tps): $(for cell in $(printf '%s\n' "${!runs[@]}" | sort); do printf '%s:%s; ' "$cell" "${runs[$cell]# }"; done)"
