@@ -26,7 +26,6 @@ rewrite="
 ALTER TABLE identity.user_bindings DROP CONSTRAINT user_bindings_provider_fkey;
 ALTER TABLE identity.binding_jobs DROP CONSTRAINT binding_jobs_provider_fkey;
 ALTER TABLE identity.providers ALTER COLUMN name TYPE text COLLATE \"C\";
-ALTER TABLE identity.user_bindings ALTER COLUMN provider TYPE text COLLATE \"C\";
 ALTER TABLE identity.binding_jobs ALTER COLUMN job_key TYPE text COLLATE \"C\",
     ALTER COLUMN provider TYPE text COLLATE \"C\", ALTER COLUMN external_id TYPE text COLLATE \"C\";
 ALTER TABLE identity.siwe_nonces ALTER COLUMN nonce TYPE text COLLATE \"C\";
@@ -35,7 +34,7 @@ CREATE DOMAIN identity.event_type AS text CHECK (VALUE IN ('bind', 'revoke', 'me
 CREATE DOMAIN identity.chain_seq AS bigint CHECK (VALUE >= 1);
 CREATE DOMAIN identity.chain_hash AS bytea CHECK (octet_length(VALUE) = 32);
 ALTER TABLE identity.user_bindings
-    DROP CONSTRAINT user_bindings_external_id_check,
+    DROP CONSTRAINT user_bindings_external_id_check, ALTER COLUMN provider TYPE text COLLATE \"C\",
     ALTER COLUMN external_id TYPE identity.external_id;
 ALTER TABLE identity.identity_events
     DROP CONSTRAINT identity_events_seq_check, DROP CONSTRAINT identity_events_event_type_check,

@@ -152,10 +152,10 @@ ALTER TABLE identity.user_bindings DROP CONSTRAINT user_bindings_provider_fkey;
 ALTER TABLE identity.binding_jobs DROP CONSTRAINT binding_jobs_provider_fkey;
 
 -- Identifiers compare byte for byte (COLLATE "C"; see schema.sql for why). A collation change is
--- binary compatible, so no table is rewritten; only the unique indexes on these columns are
--- rebuilt.
+-- binary compatible, so no table is rewritten; the unique indexes on these columns are rebuilt.
+-- user_bindings' provider changes in the next step, together with external_id, so that their
+-- unique index, the one large index to rebuild, is built once.
 ALTER TABLE identity.providers ALTER COLUMN name TYPE text COLLATE "C";
-ALTER TABLE identity.user_bindings ALTER COLUMN provider TYPE text COLLATE "C";
 ALTER TABLE identity.binding_jobs
     ALTER COLUMN job_key TYPE text COLLATE "C",
     ALTER COLUMN provider TYPE text COLLATE "C",
@@ -163,11 +163,11 @@ ALTER TABLE identity.binding_jobs
 ALTER TABLE identity.siwe_nonces ALTER COLUMN nonce TYPE text COLLATE "C";
 
 -- The column rules as domains (see schema.sql for why). Done without rewriting the tables: the
--- columns first change to the domains while these have no check (binary compatible, so neither
--- the tables nor their indexes are rebuilt), with the old CHECK constraints dropped in the same
--- statement; then each domain gets its check, which scans the tables once to validate the rows
--- the old constraints already guarded. The tables stay locked until the update commits.
--- external_id's domain is COLLATE "C" (see the next step), so its unique index is rebuilt.
+-- columns first change to the domains while these have no check (binary compatible, so no
+-- table is rewritten), with the old CHECK constraints dropped in the same statement; then each
+-- domain gets its check, which scans the tables once to validate the rows the old constraints
+-- already guarded. The tables stay locked until the update commits. external_id's domain is
+-- COLLATE "C", so the unique index on (provider, external_id) is rebuilt here.
 CREATE DOMAIN identity.external_id AS text COLLATE "C";
 CREATE DOMAIN identity.event_type AS text;
 CREATE DOMAIN identity.chain_seq AS bigint;
@@ -175,6 +175,7 @@ CREATE DOMAIN identity.chain_hash AS bytea;
 
 ALTER TABLE identity.user_bindings
     DROP CONSTRAINT user_bindings_external_id_check,
+    ALTER COLUMN provider TYPE text COLLATE "C",
     ALTER COLUMN external_id TYPE identity.external_id;
 ALTER TABLE identity.identity_events
     DROP CONSTRAINT identity_events_seq_check,
