@@ -14,12 +14,13 @@ cd "$(dirname "$0")/.."
 seconds=${SECONDS_PER_RUN:-10}
 rounds=${ROUNDS:-3}
 sizes=(${SIZES:-10000 1000000 10000000})
+repeat_pool=0  # only new bindings here
 
 . scripts/throwaway.sh
 . benches/lib.sh
 throwaway_cluster identity_scaling_bench "shared_buffers=2GB" "max_wal_size=16GB" "checkpoint_timeout=30min"
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
-"${psql[@]}" -v repeat_pool=0 -f benches/alternatives.sql
+"${psql[@]}" -v repeat_pool="$repeat_pool" -f benches/alternatives.sql
 
 fill_to() {  # fill_to <n>: filler users up to n in total, in the extension's and the alternative's tables
     local from=$(( filled + 1 ))
@@ -38,17 +39,13 @@ SQL
     filled=$1
 }
 
-# New ids are random far above the filler ids.
-for contestant in ext plpgsql; do
-    if [ $contestant = ext ]; then call=identity.create_binding; else call=app_bind; fi
-    printf '%s\n%s\n' '\set n random(100000000000, 90000000000000000)' \
-        "SELECT created FROM $call(md5(:n::text)::uuid, 'github', :n::text, '{\"method\": \"bench\"}');" \
-        > "$work/$contestant.sql"
-done
+# The contestants' new-binding scripts: their random ids (from 10^9) lie far above the filler ids.
+. benches/create_binding_contestants.sh
+contestant_scripts "$work"
 tps() {  # tps <contestant> <clients>
     "${psql[@]}" -c CHECKPOINT
     /usr/lib/postgresql/15/bin/pgbench -n -M prepared -h "$cluster" -p 5432 -U postgres \
-        -f "$work/$1.sql" -c "$2" -j "$2" -T "$seconds" postgres 2>/dev/null \
+        -f "$work/$1_new.sql" -c "$2" -j "$2" -T "$seconds" postgres 2>/dev/null \
         | awk '/^tps = / {printf "%.0f", $3}'
 }
 
