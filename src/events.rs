@@ -1245,9 +1245,9 @@ mod tests {
     #[pg_test]
     fn a_bulk_append_links_every_chain_as_single_appends_would() {
         use super::{append_many, EventType};
-        crate::testing::take_turns();
         use serde_json::json;
         use uuid::Uuid;
+        crate::testing::take_turns();
         bind_one("1"); // USER's chain exists; OTHER's does not
         let user = Uuid::parse_str(USER).unwrap();
         let other = Uuid::parse_str("00000000-0000-4000-8000-000000000002").unwrap();
@@ -1276,8 +1276,8 @@ mod tests {
     #[pg_test]
     fn a_bulk_append_refuses_a_head_behind_its_events() {
         use super::{append_many, EventType};
-        crate::testing::take_turns();
         use uuid::Uuid;
+        crate::testing::take_turns();
         bind_one("1");
         bind_one("2");
         Spi::run("UPDATE identity.event_chain_heads SET last_seq = 1").unwrap();

@@ -18,9 +18,10 @@ END $$";
 
 /// Called first by every `#[pg_test]` that calls a function writing the extension's tables. pgrx
 /// runs the tests side by side, each in a transaction of its own, and many bind the same ids for
-/// the same users (ALICE, WALLET_A). Two such transactions binding overlapping ids in different orders deadlock on each
-/// other's uncommitted rows, as any two application transactions would. Taking turns on one
-/// advisory lock (released when the test's transaction ends) keeps the suite free of that flake.
+/// the same users (ALICE, WALLET_A). Two such transactions binding overlapping ids in different
+/// orders deadlock on each other's uncommitted rows, as any two application transactions would.
+/// Taking turns on one advisory lock (released when the test's transaction ends) keeps the suite
+/// free of that flake.
 pub fn take_turns() {
     Spi::run("SELECT pg_advisory_xact_lock(hashtext('identity_bindings pg_tests'))")
         .expect("the pg_tests' advisory lock is taken");

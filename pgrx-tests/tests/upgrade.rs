@@ -40,8 +40,7 @@ SELECT format('constraint %s %s: %s', c.conrelid::regclass, c.conname, pg_get_co
 UNION ALL
 SELECT format('domain %s over %s collation=%s not_null=%s default=%s check %s: %s', t.oid::regtype,
               format_type(t.typbasetype, t.typtypmod), t.typcollation::regcollation, t.typnotnull,
-              t.typdefault, c.conname,
-              pg_get_constraintdef(c.oid))
+              t.typdefault, c.conname, pg_get_constraintdef(c.oid))
   FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
   LEFT JOIN pg_constraint c ON c.contypid = t.oid
  WHERE t.typtype = 'd'
