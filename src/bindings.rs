@@ -650,6 +650,29 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_missing_chain_head_fails_the_bind_and_writes_nothing() {
+        crate::testing::take_turns();
+        create(ALICE, "github", "1");
+        // Remove Alice's chain head (as only a superuser could): her next bind would start a
+        // chain that exists already.
+        Spi::run(&format!(
+            "DELETE FROM identity.event_chain_heads WHERE user_id = '{ALICE}'"
+        ))
+        .unwrap();
+        let (sqlstate, message) = error_of(&format!(
+            "SELECT identity.create_binding('{ALICE}', 'github', '2')"
+        ));
+        assert_eq!(sqlstate, "XX000", "{message}");
+        assert!(
+            message.contains(&format!("identity.verify_event_chain('{ALICE}')")),
+            "{message}"
+        );
+        assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 1);
+        assert_eq!(count("SELECT count(*) FROM identity.event_chain_heads"), 0);
+        assert_eq!(count("SELECT count(*) FROM identity.identity_events"), 1);
+    }
+
+    #[pg_test]
     fn a_batch_bind_gives_each_row_the_outcome_bind_would() {
         use super::{bind_many, BatchOutcome::*};
         use uuid::Uuid;

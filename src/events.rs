@@ -10,16 +10,18 @@
 use crate::errors::IdentityError;
 use crate::statements::Statement;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
-use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::pg_sys::{
     self, BYTEAARRAYOID, BYTEAOID, INT8ARRAYOID, INT8OID, JSONBARRAYOID, JSONBOID, TEXTOID,
     TIMESTAMPTZOID, UUIDARRAYOID, UUIDOID,
 };
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiTupleTable};
+use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use sha3::{Digest, Keccak256};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
+use std::panic::{AssertUnwindSafe, RefUnwindSafe};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,8 +193,9 @@ static LOCK_HEAD: Statement = Statement::write(
     &[UUIDOID],
 );
 
-/// `WITH head AS (<head change>), event AS (...) SELECT (head written, event written)`: the event
-/// ($1..$8 as EVENT_PARAMETERS) is inserted only if the head change returned its user.
+/// `WITH head AS (<head change>), event AS (...) SELECT FROM head`: the event ($1..$8 as
+/// EVENT_PARAMETERS) is inserted only if the head change returned its user; one row when it did.
+/// The event is inserted without ON CONFLICT (see `run_linking`).
 macro_rules! with_head_insert_event {
     ($head_change:literal) => {
         concat!(
@@ -202,9 +205,8 @@ macro_rules! with_head_insert_event {
              event AS (
                  INSERT INTO identity.identity_events
                         (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
-                 SELECT $1, head.user_id, $3, $4, $5, $6, $7, $8 FROM head
-                 ON CONFLICT (user_id, seq) DO NOTHING RETURNING true)
-             SELECT EXISTS (SELECT FROM head), EXISTS (SELECT FROM event)"
+                 SELECT $1, head.user_id, $3, $4, $5, $6, $7, $8 FROM head)
+             SELECT FROM head"
         )
     };
 }
@@ -229,8 +231,9 @@ static ADVANCE_CHAIN_WITH_EVENT: Statement = Statement::write(
 );
 
 // A new binding, the head of its user's new chain and the chain's first event (a bind), in one
-// statement: the first link's hash needs nothing from the database. Reports what it wrote; the
-// head and event are written only after the binding, the event only after the head.
+// statement: the first link's hash needs nothing from the database. The head is written only
+// after the binding, the event only after the head (and without ON CONFLICT, see `run_linking`).
+// No row: the binding was not written. One row: whether the head (and so the event) was.
 static BIND_STARTING_CHAIN: Statement = Statement::write(
     "WITH binding AS (
          INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
@@ -243,9 +246,8 @@ static BIND_STARTING_CHAIN: Statement = Statement::write(
      event AS (
          INSERT INTO identity.identity_events
                 (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
-         SELECT $5, head.user_id, 1, 'bind', $6, $7, NULL, $8 FROM head
-         ON CONFLICT (user_id, seq) DO NOTHING RETURNING true)
-     SELECT EXISTS (SELECT FROM binding), EXISTS (SELECT FROM head), EXISTS (SELECT FROM event)",
+         SELECT $5, head.user_id, 1, 'bind', $6, $7, NULL, $8 FROM head)
+     SELECT head.user_id IS NOT NULL FROM binding LEFT JOIN head ON true",
     &[
         UUIDOID,
         UUIDOID,
@@ -284,7 +286,8 @@ pub fn insert_binding_with_event(
     );
     // SAFETY: the payload datum is a jsonb datum built in this memory context.
     let payload_arg = unsafe { DatumWithOid::new(link.payload.0, JSONBOID) };
-    let written = BIND_STARTING_CHAIN.run(
+    let written = run_linking(
+        &BIND_STARTING_CHAIN,
         client,
         &[
             pg_uuid(binding_id).into(),
@@ -296,25 +299,56 @@ pub fn insert_binding_with_event(
             timestamptz(created_at)?.into(),
             link.hash.as_slice().into(),
         ],
+        || head_behind_its_events(user_id),
     )?;
-    let written = written.first();
-    let wrote = |column| {
-        written
-            .get::<bool>(column)
-            .map(|flag| flag.unwrap_or(false))
-    };
-    let (binding_written, head_written, event_written) = (wrote(1)?, wrote(2)?, wrote(3)?);
-    match (binding_written, head_written, event_written) {
-        (true, true, true) => Ok(true),
-        (false, _, _) => Ok(false),
-        (true, false, _) => {
-            append_parsed(client, user_id, EventType::Bind, link.payload)?;
-            Ok(true)
-        }
-        (true, true, false) => Err(IdentityError::Internal(format!(
-            "user {user_id} had no event chain head but has events: run identity.verify_event_chain('{user_id}')"
-        ))),
+    if written.is_empty() {
+        return Ok(false);
     }
+    let chain_started = written.first().get::<bool>(1)?.unwrap_or(false);
+    if !chain_started {
+        append_parsed(client, user_id, EventType::Bind, link.payload)?;
+    }
+    Ok(true)
+}
+
+/// Runs `statement`, which inserts events. It inserts them without ON CONFLICT: a speculative
+/// insertion would cost a new binding 5% (BENCHMARKS.md), and it can never be needed. Every event
+/// is inserted under its chain's head, locked or just created, so its (user_id, seq) is free
+/// unless the head lags behind the log, which only a hand-edited head can make it do. That unique
+/// violation is raised as the internal error `behind` says, never as the 23505 that callers of
+/// create_binding read as "bound to another user".
+fn run_linking<'conn>(
+    statement: &'static Statement,
+    client: &mut SpiClient<'conn>,
+    args: &[DatumWithOid<'_>],
+    behind: impl Fn() -> IdentityError + RefUnwindSafe,
+) -> Result<SpiTupleTable<'conn>, IdentityError> {
+    PgTryBuilder::new(AssertUnwindSafe(|| statement.run(client, args)))
+        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |caught| {
+            if violates(&caught, "identity_events_user_seq_key") {
+                behind().raise()
+            }
+            caught.rethrow()
+        })
+        .execute()
+        .map_err(IdentityError::from)
+}
+
+/// Whether `caught` names `constraint` (in any language of lc_messages: the name is quoted as is).
+fn violates(caught: &CaughtError, constraint: &str) -> bool {
+    match caught {
+        CaughtError::PostgresError(report)
+        | CaughtError::ErrorReport(report)
+        | CaughtError::RustPanic {
+            ereport: report, ..
+        } => report.message().contains(constraint),
+    }
+}
+
+fn head_behind_its_events(user_id: Uuid) -> IdentityError {
+    IdentityError::Internal(format!(
+        "the event chain head of user {user_id} is behind its events: run identity.verify_event_chain('{user_id}')"
+    ))
 }
 
 /// id, user_id, seq, event_type, payload, created_at, prev_hash, hash.
@@ -458,11 +492,13 @@ fn write_link(
     };
     // SAFETY: the payload datum is a jsonb datum built in this memory context.
     let payload_arg = unsafe { DatumWithOid::new(link.payload.0, JSONBOID) };
-    let written = statement.run(
+    let user_id = link.user_id;
+    let written = run_linking(
+        statement,
         client,
         &[
             pg_uuid(link.event_id).into(),
-            pg_uuid(link.user_id).into(),
+            pg_uuid(user_id).into(),
             link.seq.into(),
             event_type.as_str().into(),
             payload_arg,
@@ -470,20 +506,13 @@ fn write_link(
             link.prev_hash.as_deref().into(),
             link.hash.as_slice().into(),
         ],
+        || head_behind_its_events(user_id),
     )?;
-    let written = written.first();
-    let head_written = written.get::<bool>(1)?.unwrap_or(false);
-    let event_written = written.get::<bool>(2)?.unwrap_or(false);
-    let user_id = link.user_id;
-    match (head_written, event_written) {
-        (true, true) => Ok(true),
-        (false, _) if starts_chain => Ok(false),
-        (false, _) => Err(IdentityError::Internal(format!(
+    match (!written.is_empty(), starts_chain) {
+        (true, _) => Ok(true),
+        (false, true) => Ok(false),
+        (false, false) => Err(IdentityError::Internal(format!(
             "event chain head of user {user_id} vanished while locked"
-        ))),
-        // Holding the head lock, (user_id, seq) can only be taken if the head lags the log.
-        (true, false) => Err(IdentityError::Internal(format!(
-            "event chain head of user {user_id} is behind its events: run identity.verify_event_chain('{user_id}')"
         ))),
     }
 }
@@ -526,8 +555,7 @@ static INSERT_EVENTS: Statement = Statement::write(
             (id, user_id, seq, event_type, payload, created_at, prev_hash, hash)
      SELECT n.id, n.user_id, n.seq, $1, n.payload, $2, n.prev_hash, n.hash
        FROM unnest($3::uuid[], $4::uuid[], $5::int8[], $6::jsonb[], $7::bytea[], $8::bytea[])
-            AS n (id, user_id, seq, payload, prev_hash, hash)
-     ON CONFLICT (user_id, seq) DO NOTHING RETURNING true",
+            AS n (id, user_id, seq, payload, prev_hash, hash)",
     &[
         TEXTOID,
         TIMESTAMPTZOID,
@@ -729,7 +757,8 @@ fn insert_events(
     let payloads = jsonb_array(links.iter().map(|l| l.payload.0).collect());
     let prev_hashes: Vec<Option<Vec<u8>>> = links.iter().map(|l| l.prev_hash.clone()).collect();
     let hashes: Vec<Vec<u8>> = links.iter().map(|l| l.hash.to_vec()).collect();
-    let inserted = INSERT_EVENTS.run(
+    run_linking(
+        &INSERT_EVENTS,
         client,
         &[
             event_type.as_str().into(),
@@ -741,13 +770,12 @@ fn insert_events(
             prev_hashes.into(),
             hashes.into(),
         ],
+        || {
+            IdentityError::Internal(
+                "an event chain head is behind its events: run identity.check_integrity()".into(),
+            )
+        },
     )?;
-    if inserted.len() != links.len() {
-        // Holding the head locks, (user_id, seq) can only be taken if a head lags its log.
-        return Err(IdentityError::Internal(
-            "an event chain head is behind its events: run identity.check_integrity()".into(),
-        ));
-    }
     Ok(())
 }
 
@@ -1283,11 +1311,15 @@ mod tests {
         Spi::run("UPDATE identity.event_chain_heads SET last_seq = 1").unwrap();
         let user = Uuid::parse_str(USER).unwrap();
         let events = [(user, serde_json::json!({}))];
-        let outcome = Spi::connect_mut(|client| append_many(client, EventType::Bind, &events));
-        assert!(
-            matches!(&outcome, Err(crate::errors::IdentityError::Internal(m)) if m.contains("check_integrity")),
-            "{outcome:?}"
-        );
+        let failure = crate::subtransaction::in_subtransaction(|| {
+            Spi::connect_mut(|client| append_many(client, EventType::Bind, &events))
+        })
+        .unwrap_err();
+        // Not the 23505 of the (user_id, seq) key: a lagging head is an internal error.
+        assert_eq!(failure.sqlstate, "XX000", "{failure}");
+        assert!(failure.message.contains("check_integrity"), "{failure}");
+        let events = Spi::get_one::<i64>("SELECT count(*) FROM identity.identity_events");
+        assert_eq!(events, Ok(Some(2)));
     }
 
     #[pg_test]
