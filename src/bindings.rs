@@ -10,12 +10,13 @@ use crate::events::{
 };
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::set_returning::{return_rows, V1_API};
-use crate::statements::Statement;
+use crate::statements::{text_uuid_rows, Statement};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, TEXTARRAYOID, TEXTOID, UUIDARRAYOID, UUIDOID};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
@@ -440,13 +441,14 @@ fn resolve(provider: &str, external_id: &str) -> Result<Option<pgrx::Uuid>, Erro
     .map_err(ErrorReport::from)
 }
 
-// One row per element of $2, in its order: the owner, or NULL (unbound, or a NULL element).
+// The bound ids among $2 and their owners; `owners_in_order` puts them in input order. With
+// `= ANY`, the index scan sorts the ids and probes the (provider, external_id) index in key order,
+// as the plain query does. A join of unnest($2) to the table left the planner free to hash every
+// binding of the provider instead (at 100,000 bindings it read them all for 10,000 ids), and
+// probing in input order jumps about the index: both took 1.4 times the plain query.
 static RESOLVE_MANY: Statement = Statement::read(
-    "SELECT b.user_id
-       FROM unnest($2::text[]) WITH ORDINALITY AS wanted (external_id, position)
-       LEFT JOIN identity.user_bindings b
-              ON b.provider = $1 AND b.external_id = wanted.external_id
-      ORDER BY wanted.position",
+    "SELECT b.external_id::text, b.user_id FROM identity.user_bindings b
+      WHERE b.provider = $1 AND b.external_id = ANY ($2)",
     &[TEXTOID, TEXTARRAYOID],
 );
 
@@ -456,7 +458,7 @@ fn owners_in_order(
     inputs: &[Option<String>],
 ) -> Result<Vec<Option<pgrx::Uuid>>, IdentityError> {
     Spi::connect_mut(|client| {
-        let mut canonical = Vec::with_capacity(inputs.len());
+        let mut canonical: Vec<Option<Cow<str>>> = Vec::with_capacity(inputs.len());
         // Checksummed-looking wallets are looked up as given and checked only if not found: a
         // stored id is canonical, so one found as given is valid (no EIP-55 hash needed).
         let mut checked_later = Vec::new();
@@ -464,22 +466,19 @@ fn owners_in_order(
             canonical.push(match input {
                 Some(id) if canonical_if_valid(provider, id) => {
                     checked_later.push(position);
-                    Some(id.clone())
+                    Some(Cow::Borrowed(id.as_str()))
                 }
-                Some(id) => Some(canonical_external_id(client, provider, id)?),
+                Some(id) => Some(Cow::Owned(canonical_external_id(client, provider, id)?)),
                 None => None,
             });
         }
-        let rows = RESOLVE_MANY.run(client, &[provider.into(), canonical.into()])?;
-        let mut owners = Vec::with_capacity(inputs.len());
-        for row in rows {
-            owners.push(row.get::<pgrx::Uuid>(1)?);
-        }
-        if owners.len() != inputs.len() {
-            return Err(IdentityError::Internal(
-                "resolve_many lost track of its inputs".into(),
-            ));
-        }
+        let wanted: Vec<&str> = canonical.iter().flatten().map(|id| id.as_ref()).collect();
+        let rows = RESOLVE_MANY.run(client, &[provider.into(), wanted.into()])?;
+        let found: HashMap<&[u8], pgrx::Uuid> = text_uuid_rows(&rows)?.into_iter().collect();
+        let owners: Vec<Option<pgrx::Uuid>> = canonical
+            .iter()
+            .map(|id| id.as_ref().and_then(|id| found.get(id.as_bytes()).copied()))
+            .collect();
         // Not found: unbound if valid (it is then its own canonical form), an error if not.
         for position in checked_later {
             if let (None, Some(id)) = (owners[position], &inputs[position]) {

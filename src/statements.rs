@@ -5,6 +5,7 @@
 //! Every statement names its tables schema-qualified, and the functions that run them pin
 //! `search_path = pg_catalog, pg_temp`: nothing a caller creates can change what they mean.
 
+use crate::errors::IdentityError;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult, SpiTupleTable};
@@ -89,5 +90,50 @@ pub fn free_last_result() {
             pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
             pg_sys::SPI_tuptable = std::ptr::null_mut();
         }
+    }
+}
+
+/// The rows of `rows`, which must be the last SPI result of two columns, text and uuid, as pairs
+/// of the text's bytes and the uuid; rows with a NULL are left out. It reads the result directly:
+/// pgrx's per-value access checks the type and copies each value, which for the 10,000 rows of a
+/// resolve_many call cost a tenth of the call. The bytes live as long as the SPI connection.
+pub fn text_uuid_rows<'conn>(
+    rows: &SpiTupleTable<'conn>,
+) -> Result<Vec<(&'conn [u8], pgrx::Uuid)>, IdentityError> {
+    // SAFETY: SPI_tuptable is the last result of the SPI connection `rows` borrows, so it lives
+    // as long as that connection; every row index is below its row count; the two columns are
+    // checked to be text and uuid, and a non-NULL text datum is a varlena (detoasted here if the
+    // heap stored it compressed or out of line), a uuid datum a pointer to 16 bytes.
+    unsafe {
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() || (*table).numvals as usize != rows.len() {
+            return Err(IdentityError::Internal("not the last SPI result".into()));
+        }
+        let desc = (*table).tupdesc;
+        if pg_sys::SPI_gettypeid(desc, 1) != pg_sys::TEXTOID
+            || pg_sys::SPI_gettypeid(desc, 2) != pg_sys::UUIDOID
+        {
+            return Err(IdentityError::Internal("expected (text, uuid) rows".into()));
+        }
+        let tuples = std::slice::from_raw_parts((*table).vals, rows.len());
+        let mut pairs = Vec::with_capacity(tuples.len());
+        for &tuple in tuples {
+            let (mut text_is_null, mut uuid_is_null) = (false, false);
+            let text = pg_sys::heap_getattr(tuple, 1, desc, &mut text_is_null);
+            let uuid = pg_sys::heap_getattr(tuple, 2, desc, &mut uuid_is_null);
+            if text_is_null || uuid_is_null {
+                continue;
+            }
+            let text = pg_sys::pg_detoast_datum_packed(text.cast_mut_ptr());
+            let bytes = std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(text).cast::<u8>(),
+                pgrx::varlena::varsize_any_exhdr(text),
+            );
+            pairs.push((
+                bytes,
+                pgrx::Uuid::from_bytes(*uuid.cast_mut_ptr::<[u8; 16]>()),
+            ));
+        }
+        Ok(pairs)
     }
 }
