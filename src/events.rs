@@ -9,6 +9,7 @@
 
 use crate::errors::IdentityError;
 use crate::statements::Statement;
+use crate::subtransaction::report_of;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::pg_sys::{
@@ -336,13 +337,7 @@ fn run_linking<'conn>(
 
 /// Whether `caught` names `constraint` (in any language of lc_messages: the name is quoted as is).
 fn violates(caught: &CaughtError, constraint: &str) -> bool {
-    match caught {
-        CaughtError::PostgresError(report)
-        | CaughtError::ErrorReport(report)
-        | CaughtError::RustPanic {
-            ereport: report, ..
-        } => report.message().contains(constraint),
-    }
+    report_of(caught).message().contains(constraint)
 }
 
 fn head_behind_its_events(user_id: Uuid) -> IdentityError {

@@ -4,7 +4,7 @@
 
 use crate::errors::IdentityError;
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
 use pgrx::{PgSqlErrorCode, PgTryBuilder};
 use std::ffi::CStr;
 use std::fmt;
@@ -96,12 +96,18 @@ pub fn in_subtransaction<T>(
 
 /// The SQLSTATE and message of an error caught by `PgTryBuilder`, whichever way it was raised.
 pub(crate) fn failure_of(caught: CaughtError) -> StepFailure {
+    let report = report_of(&caught);
+    StepFailure::new(report.sql_error_code(), report.message().to_owned())
+}
+
+/// The report of an error caught by `PgTryBuilder`, whichever way it was raised.
+pub(crate) fn report_of(caught: &CaughtError) -> &ErrorReportWithLevel {
     match caught {
         CaughtError::PostgresError(report)
         | CaughtError::ErrorReport(report)
         | CaughtError::RustPanic {
             ereport: report, ..
-        } => StepFailure::new(report.sql_error_code(), report.message().to_owned()),
+        } => report,
     }
 }
 
