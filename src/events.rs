@@ -313,7 +313,7 @@ pub fn insert_binding_with_event(
 }
 
 /// Runs `statement`, which inserts events. It inserts them without ON CONFLICT: a speculative
-/// insertion would cost a new binding 5% (BENCHMARKS.md), and it can never be needed. Every event
+/// insertion would cost a new binding 6% (BENCHMARKS.md), and it can never be needed. Every event
 /// is inserted under its chain's head, locked or just created, so its (user_id, seq) is free
 /// unless the head lags behind the log, which only a hand-edited head can make it do. That unique
 /// violation is raised as the internal error `behind` says, never as the 23505 that callers of
