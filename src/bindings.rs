@@ -11,6 +11,7 @@ use crate::events::{
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::set_returning::{return_rows, V1_API};
 use crate::statements::{text_uuid_rows, Statement};
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, TEXTARRAYOID, TEXTOID, UUIDARRAYOID, UUIDOID};
 use pgrx::prelude::*;
@@ -452,36 +453,115 @@ static RESOLVE_MANY: Statement = Statement::read(
     &[TEXTOID, TEXTARRAYOID],
 );
 
-/// The owner of each of `inputs` (canonicalized for `provider`), in input order.
+/// The elements of a text[] argument, read in place: each element's datum (a pointer into the
+/// array, returned to the caller unchanged) and its text, or None for a NULL element.
+struct TextArray<'a> {
+    /// The whole array, detoasted: passed on to the look-up when every id is already canonical.
+    datum: pg_sys::Datum,
+    elements: Vec<Option<(pg_sys::Datum, &'a str)>>,
+}
+
+impl TextArray<'_> {
+    /// # Safety
+    /// `datum` is a non-NULL text[] that lives as long as the result.
+    unsafe fn read(datum: pg_sys::Datum) -> Self {
+        // SAFETY: as the caller promises. deconstruct_array points each varlena element into the
+        // detoasted array (elements are never compressed or stored out of line), and `&str`'s
+        // FromDatum reads it there, checking the encoding as every pgrx text argument is checked.
+        unsafe {
+            let array = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()).cast::<pg_sys::ArrayType>();
+            let (mut datums, mut nulls, mut count) =
+                (std::ptr::null_mut(), std::ptr::null_mut(), 0);
+            pg_sys::deconstruct_array_builtin(array, TEXTOID, &mut datums, &mut nulls, &mut count);
+            let count = usize::try_from(count).unwrap_or(0);
+            let (datums, nulls) = if count == 0 {
+                (&[][..], &[][..])
+            } else {
+                (
+                    std::slice::from_raw_parts(datums, count),
+                    std::slice::from_raw_parts(nulls, count),
+                )
+            };
+            let elements = datums
+                .iter()
+                .zip(nulls)
+                .map(|(&element, &is_null)| {
+                    <&str>::from_datum(element, is_null).map(|text| (element, text))
+                })
+                .collect();
+            TextArray {
+                datum: pg_sys::Datum::from(array),
+                elements,
+            }
+        }
+    }
+}
+
+/// Rows fetched per batch: enough that fetching costs little per row, few enough that a batch's
+/// memory is reused from the allocator's free lists (well under glibc's 128 kB mmap threshold).
+const RESOLVE_BATCH_ROWS: i64 = 1000;
+
+/// The owner of each of `ids`' elements (canonicalized for `provider`), in element order.
 fn owners_in_order(
     provider: &str,
-    inputs: &[Option<String>],
+    ids: &TextArray<'_>,
 ) -> Result<Vec<Option<pgrx::Uuid>>, IdentityError> {
+    let inputs: Vec<Option<&str>> = ids
+        .elements
+        .iter()
+        .map(|e| e.map(|(_, text)| text))
+        .collect();
     Spi::connect_mut(|client| {
         let mut canonical: Vec<Option<Cow<str>>> = Vec::with_capacity(inputs.len());
         // Checksummed-looking wallets are looked up as given and checked only if not found: a
         // stored id is canonical, so one found as given is valid (no EIP-55 hash needed).
         let mut checked_later = Vec::new();
         for (position, input) in inputs.iter().enumerate() {
-            canonical.push(match input {
+            canonical.push(match *input {
                 Some(id) if canonical_if_valid(provider, id) => {
                     checked_later.push(position);
-                    Some(Cow::Borrowed(id.as_str()))
+                    Some(Cow::Borrowed(id))
                 }
                 Some(id) => Some(Cow::Owned(canonical_external_id(client, provider, id)?)),
                 None => None,
             });
         }
-        let wanted: Vec<&str> = canonical.iter().flatten().map(|id| id.as_ref()).collect();
-        let rows = RESOLVE_MANY.run(client, &[provider.into(), wanted.into()])?;
-        let found: HashMap<&[u8], pgrx::Uuid> = text_uuid_rows(&rows)?.into_iter().collect();
+        // Ids usually arrive canonical: the caller's array is then the look-up's, as it stands.
+        let as_given = canonical
+            .iter()
+            .zip(&inputs)
+            .all(|(id, input)| id.as_deref() == *input);
+        let wanted = if as_given {
+            // SAFETY: a text[] datum that lives until this function returns.
+            unsafe { DatumWithOid::new(ids.datum, TEXTARRAYOID) }
+        } else {
+            canonical
+                .iter()
+                .flatten()
+                .map(|id| id.as_ref())
+                .collect::<Vec<&str>>()
+                .into()
+        };
+        // Each distinct id, and its owner once a row names it.
+        let mut owner_of: foldhash::HashMap<&[u8], Option<pgrx::Uuid>> =
+            HashMap::with_capacity_and_hasher(canonical.len(), Default::default());
+        owner_of.extend(canonical.iter().flatten().map(|id| (id.as_bytes(), None)));
+        let args = [provider.into(), wanted];
+        RESOLVE_MANY.read_in_batches(client, &args, RESOLVE_BATCH_ROWS, |rows| {
+            for (id, owner) in text_uuid_rows(rows)? {
+                if let Some(slot) = owner_of.get_mut(id) {
+                    *slot = Some(owner);
+                }
+            }
+            Ok(())
+        })?;
         let owners: Vec<Option<pgrx::Uuid>> = canonical
             .iter()
-            .map(|id| id.as_ref().and_then(|id| found.get(id.as_bytes()).copied()))
+            .map(|id| id.as_ref().and_then(|id| owner_of[id.as_bytes()]))
             .collect();
         // Not found: unbound if valid (it is then its own canonical form), an error if not.
         for position in checked_later {
-            if let (None, Some(id)) = (owners[position], &inputs[position]) {
+            if let (None, Some(id)) = (owners[position], inputs[position]) {
                 canonical_external_id(client, provider, id)?;
             }
         }
@@ -508,23 +588,26 @@ pub extern "C" fn pg_finfo_resolve_many_wrapper() -> &'static pg_sys::Pg_finfo_r
 pub unsafe extern "C-unwind" fn resolve_many_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    // SAFETY: argument 0 is text and argument 1 is text[], as the SQL definition declares.
-    let (provider, inputs) = unsafe {
+    // SAFETY: argument 0 is text and argument 1 is text[], as the SQL definition declares; both
+    // live until the function returns.
+    let (provider, ids) = unsafe {
         (
             pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 0),
-            pgrx::fcinfo::pg_getarg::<Vec<Option<String>>>(fcinfo, 1),
+            pgrx::fcinfo::pg_getarg_datum(fcinfo, 1).map(|array| TextArray::read(array)),
         )
     };
     let resolved = required(provider, "provider").and_then(|provider| {
-        let inputs = required(inputs, "external_ids")?;
-        let owners = owners_in_order(provider, &inputs)?;
-        Ok((inputs, owners))
+        let ids = required(ids, "external_ids")?;
+        let owners = owners_in_order(provider, &ids)?;
+        Ok((ids, owners))
     });
-    let (inputs, owners) = resolved.unwrap_or_else(|error| error.raise());
-    let rows = inputs
-        .into_iter()
+    let (ids, owners) = resolved.unwrap_or_else(|error| error.raise());
+    // Each id is returned as the caller gave it: its own datum, which the tuplestore copies.
+    let rows = ids
+        .elements
+        .iter()
         .zip(owners)
-        .map(|(input, owner)| [input.into_datum(), owner.into_datum()]);
+        .map(|(id, owner)| [id.map(|(datum, _)| datum), owner.into_datum()]);
     // SAFETY: rows of the two declared columns (text, uuid), built in this memory context.
     unsafe { return_rows(fcinfo, rows) }
 }
@@ -913,6 +996,19 @@ mod tests {
             "SELECT string_agg((r).user_id::text, ',') FROM (SELECT identity.resolve_many('github', ARRAY['1', '1']) AS r) s",
         );
         assert_eq!(in_select_list, Ok(Some(format!("{ALICE},{ALICE}"))));
+        // No ids, no rows; a two-dimensional array is read in storage order, like unnest.
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM identity.resolve_many('github', '{}'::text[])"
+            ),
+            Ok(Some(0))
+        );
+        let grid = Spi::get_one::<String>(
+            "SELECT string_agg(coalesce(external_id, '∅') || '=' || coalesce(user_id::text, '∅'), ',' ORDER BY n)
+               FROM (SELECT r.*, row_number() OVER () AS n
+                       FROM identity.resolve_many('github', ARRAY[['1', '2'], [NULL, '3']]) r) x",
+        );
+        assert_eq!(grid, Ok(Some(format!("1={ALICE},2=∅,∅=∅,3={BOB}"))));
     }
 
     #[pg_test]
@@ -920,13 +1016,19 @@ mod tests {
         crate::testing::take_turns();
         create(ALICE, "wallet", WALLET);
         let unbound = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359"; // valid EIP-55, not bound
+        let lowercase = WALLET.to_ascii_lowercase();
         let found = Spi::get_one::<String>(&format!(
-            "SELECT string_agg(coalesce(user_id::text, '∅'), ',' ORDER BY n)
+            "SELECT string_agg(external_id || '=' || coalesce(user_id::text, '∅'), ',' ORDER BY n)
                FROM (SELECT r.*, row_number() OVER () AS n
-                       FROM identity.resolve_many('wallet', ARRAY['{WALLET}', '{}', '{unbound}']) r) x",
-            WALLET.to_ascii_lowercase()
+                       FROM identity.resolve_many('wallet', ARRAY['{WALLET}', '{lowercase}', '{unbound}']) r) x",
         ));
-        assert_eq!(found, Ok(Some(format!("{ALICE},{ALICE},∅"))));
+        // Each id comes back as given, not in its canonical form.
+        assert_eq!(
+            found,
+            Ok(Some(format!(
+                "{WALLET}={ALICE},{lowercase}={ALICE},{unbound}=∅"
+            )))
+        );
         // One letter's case flipped: spelled like a checksummed address, but the checksum fails.
         let bad_checksum = WALLET.replacen("aA", "Aa", 1);
         assert_ne!(bad_checksum, WALLET);

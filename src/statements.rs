@@ -79,6 +79,35 @@ impl Statement {
     }
 }
 
+impl Statement {
+    /// Runs the statement (a read) with `args` and hands its rows to `each_batch`, up to `batch`
+    /// rows at a time, freeing each batch before fetching the next. A large result is never held
+    /// whole: its memory is reused from batch to batch instead of being taken from the operating
+    /// system (page faults and all) and given back on every call.
+    pub fn read_in_batches(
+        &'static self,
+        client: &mut SpiClient<'_>,
+        args: &[DatumWithOid<'_>],
+        batch: i64,
+        mut each_batch: impl FnMut(&SpiTupleTable<'_>) -> Result<(), IdentityError>,
+    ) -> Result<(), IdentityError> {
+        debug_assert!(!self.writes, "a write is never read in batches");
+        let prepared = self.prepared(client)?;
+        let mut cursor = client.try_open_cursor(&*prepared, args)?;
+        loop {
+            let fetched = {
+                let rows = cursor.fetch(batch)?;
+                each_batch(&rows)?;
+                rows.len()
+            };
+            free_last_result();
+            if fetched < batch as usize {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Frees the result of the last SPI statement. pgrx keeps every result until its connection ends,
 /// so a loop that runs statements or fetches batches on one connection frees each result once it
 /// has copied what it needs: memory then stays flat however many rows go through.
@@ -96,12 +125,12 @@ pub fn free_last_result() {
 /// The rows of `rows`, which must be the last SPI result of two columns, text and uuid, as pairs
 /// of the text's bytes and the uuid; rows with a NULL are left out. It reads the result directly:
 /// pgrx's per-value access checks the type and copies each value, which for the 10,000 rows of a
-/// resolve_many call cost a tenth of the call. The bytes live as long as the SPI connection.
+/// resolve_many call cost a tenth of the call. The bytes live as long as `rows`.
 pub fn text_uuid_rows<'conn>(
     rows: &SpiTupleTable<'conn>,
 ) -> Result<Vec<(&'conn [u8], pgrx::Uuid)>, IdentityError> {
-    // SAFETY: SPI_tuptable is the last result of the SPI connection `rows` borrows, so it lives
-    // as long as that connection; every row index is below its row count; the two columns are
+    // SAFETY: SPI_tuptable is `rows`' result, which lives until its connection ends or, for a
+    // batch of `read_in_batches`, until the batch has been handled; every row index is below its row count; the two columns are
     // checked to be text and uuid, and a non-NULL text datum is a varlena (detoasted here if the
     // heap stored it compressed or out of line), a uuid datum a pointer to 16 bytes.
     unsafe {
