@@ -1009,6 +1009,15 @@ mod tests {
                        FROM identity.resolve_many('github', ARRAY[['1', '2'], [NULL, '3']]) r) x",
         );
         assert_eq!(grid, Ok(Some(format!("1={ALICE},2=∅,∅=∅,3={BOB}"))));
+        // An array computed in the same query (array_append's result here) arrives expanded,
+        // not as one flat value, and is read all the same.
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(r.user_id) FROM generate_series(1, 1) g,
+                        identity.resolve_many('github', array_append(ARRAY[g::text, '2'], '3')) r"
+            ),
+            Ok(Some(2))
+        );
     }
 
     #[pg_test]
