@@ -66,6 +66,7 @@ bench: install
 	benches/create_binding_instructions.sh
 	benches/resolve_many.sh
 	benches/scaling.sh
+	USER_IDS=time-ordered benches/scaling.sh
 	benches/backfill.sh
 	benches/upgrade.sh
 	$(MAKE) bench-siwe

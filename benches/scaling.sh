@@ -8,7 +8,9 @@
 # Existing bindings are filler rows (benches/filler.sql; the alternative's tables get the same
 # ids): they give the tables and indexes their size, they are not valid chains. The two take
 # turns for ROUNDS rounds (default 3) of SECONDS_PER_RUN seconds (default 10) per size, and each
-# cell is the median. Run after `make install`; prints Markdown tables.
+# cell is the median. New users' ids are random (md5), as many applications' are; with
+# USER_IDS=time-ordered they begin with the microsecond they were made, as UUIDv7 ids do, so
+# the keys by user land next to each other. Run after `make install`; prints Markdown tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${SECONDS_PER_RUN:-10}
@@ -42,6 +44,10 @@ SQL
 # The contestants' new-binding scripts: their random ids (from 10^9) lie far above the filler ids.
 . benches/create_binding_contestants.sh
 contestant_scripts "$work"
+if [ "${USER_IDS:-random}" = time-ordered ]; then
+    time_ordered="(lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1e6)::bigint), 16, '0') || left(md5(:n::text), 16))::uuid"
+    sed -i "s/md5(:n::text)::uuid/$time_ordered/" "$work/ext_new.sql" "$work/plpgsql_new.sql"
+fi
 tps() {  # tps <contestant> <clients>
     "${psql[@]}" -c CHECKPOINT
     /usr/lib/postgresql/15/bin/pgbench -n -M prepared -h "$cluster" -p 5432 -U postgres \
