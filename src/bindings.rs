@@ -453,21 +453,24 @@ static RESOLVE_MANY: Statement = Statement::read(
     &[TEXTOID, TEXTARRAYOID],
 );
 
-/// The elements of a text[] argument, read in place: each element's datum (a pointer into the
-/// array, returned to the caller unchanged) and its text, or None for a NULL element.
+/// The elements of a text[] argument, read in place.
 struct TextArray<'a> {
     /// The whole array, detoasted: passed on to the look-up when every id is already canonical.
     datum: pg_sys::Datum,
-    elements: Vec<Option<(pg_sys::Datum, &'a str)>>,
+    /// Each element's datum, a pointer into the array, returned to the caller unchanged.
+    datums: &'a [pg_sys::Datum],
+    /// Each element's text, or None for a NULL element.
+    texts: Vec<Option<&'a str>>,
 }
 
 impl TextArray<'_> {
     /// # Safety
     /// `datum` is a non-NULL text[] that lives as long as the result.
     unsafe fn read(datum: pg_sys::Datum) -> Self {
-        // SAFETY: as the caller promises. deconstruct_array points each varlena element into the
-        // detoasted array (elements are never compressed or stored out of line), and `&str`'s
-        // FromDatum reads it there, checking the encoding as every pgrx text argument is checked.
+        // SAFETY: as the caller promises. deconstruct_array pallocs the datums and NULL flags in
+        // this call's memory context and points each varlena element into the detoasted array
+        // (elements are never compressed or stored out of line), and `&str`'s FromDatum reads
+        // it there, checking the encoding as every pgrx text argument is checked.
         unsafe {
             let array = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()).cast::<pg_sys::ArrayType>();
             let (mut datums, mut nulls, mut count) =
@@ -482,16 +485,15 @@ impl TextArray<'_> {
                     std::slice::from_raw_parts(nulls, count),
                 )
             };
-            let elements = datums
+            let texts = datums
                 .iter()
                 .zip(nulls)
-                .map(|(&element, &is_null)| {
-                    <&str>::from_datum(element, is_null).map(|text| (element, text))
-                })
+                .map(|(&element, &is_null)| <&str>::from_datum(element, is_null))
                 .collect();
             TextArray {
                 datum: pg_sys::Datum::from(array),
-                elements,
+                datums,
+                texts,
             }
         }
     }
@@ -506,11 +508,7 @@ fn owners_in_order(
     provider: &str,
     ids: &TextArray<'_>,
 ) -> Result<Vec<Option<pgrx::Uuid>>, IdentityError> {
-    let inputs: Vec<Option<&str>> = ids
-        .elements
-        .iter()
-        .map(|e| e.map(|(_, text)| text))
-        .collect();
+    let inputs = &ids.texts;
     Spi::connect_mut(|client| {
         let mut canonical: Vec<Option<Cow<str>>> = Vec::with_capacity(inputs.len());
         // Checksummed-looking wallets are looked up as given and checked only if not found: a
@@ -529,7 +527,7 @@ fn owners_in_order(
         // Ids usually arrive canonical: the caller's array is then the look-up's, as it stands.
         let as_given = canonical
             .iter()
-            .zip(&inputs)
+            .zip(inputs)
             .all(|(id, input)| id.as_deref() == *input);
         let wanted = if as_given {
             // SAFETY: a text[] datum that lives until this function returns.
@@ -604,10 +602,11 @@ pub unsafe extern "C-unwind" fn resolve_many_wrapper(
     let (ids, owners) = resolved.unwrap_or_else(|error| error.raise());
     // Each id is returned as the caller gave it: its own datum, which the tuplestore copies.
     let rows = ids
-        .elements
+        .datums
         .iter()
+        .zip(&ids.texts)
         .zip(owners)
-        .map(|(id, owner)| [id.map(|(datum, _)| datum), owner.into_datum()]);
+        .map(|((&datum, text), owner)| [text.map(|_| datum), owner.into_datum()]);
     // SAFETY: rows of the two declared columns (text, uuid), built in this memory context.
     unsafe { return_rows(fcinfo, rows) }
 }
