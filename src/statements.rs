@@ -77,9 +77,7 @@ impl Statement {
             client.select(&*prepared, None, args)
         }
     }
-}
 
-impl Statement {
     /// Runs the statement (a read) with `args` and hands its rows to `each_batch`, up to `batch`
     /// rows at a time, freeing each batch before fetching the next. A large result is never held
     /// whole: its memory is reused from batch to batch instead of being taken from the operating
@@ -130,9 +128,10 @@ pub fn text_uuid_rows<'conn>(
     rows: &SpiTupleTable<'conn>,
 ) -> Result<Vec<(&'conn [u8], pgrx::Uuid)>, IdentityError> {
     // SAFETY: SPI_tuptable is `rows`' result, which lives until its connection ends or, for a
-    // batch of `read_in_batches`, until the batch has been handled; every row index is below its row count; the two columns are
-    // checked to be text and uuid, and a non-NULL text datum is a varlena (detoasted here if the
-    // heap stored it compressed or out of line), a uuid datum a pointer to 16 bytes.
+    // batch of `read_in_batches`, until the batch has been handled; every row index is below its
+    // row count; the two columns are checked to be text and uuid, and a non-NULL text datum is a
+    // varlena (detoasted here if the heap stored it compressed or out of line), a uuid datum a
+    // pointer to 16 bytes.
     unsafe {
         let table = pg_sys::SPI_tuptable;
         if table.is_null() || (*table).numvals as usize != rows.len() {
