@@ -36,7 +36,8 @@ const PLAN_LOCK_CLASS: i32 = 0x1DB1_BAC1;
 /// Tries of a batch that conflicts with another part's batch: a deadlock or a serialization
 /// failure (never a cancel: that must stop the run).
 const BATCH_TRIES: u32 = 3;
-const CONFLICTS: [&str; 2] = ["40P01", "40001"];
+const CONFLICTS: [&str; 2] = ["40P01", SERIALIZATION_FAILURE];
+const SERIALIZATION_FAILURE: &str = "40001";
 
 thread_local! {
     /// The part this session holds the advisory lock of: (run, part).
@@ -241,12 +242,18 @@ struct Part {
 }
 
 impl Part {
+    /// The part's row as its last holder committed it, locked by this transaction. Read before
+    /// this session held the part's advisory lock, the row could be older than the lock: the
+    /// step's statement may have taken its snapshot before the last holder committed the part's
+    /// last batch and let go of it. So it is read with FOR UPDATE, as a write: under READ
+    /// COMMITTED that reads the newest committed row; under REPEATABLE READ, where the snapshot
+    /// cannot move, a newer row is a serialization failure (40001) instead of a stale resume point.
     fn load(client: &mut SpiClient<'_>, run: i64, number: i32) -> Result<Part, IdentityError> {
         let row = client
-            .select(
+            .update(
                 "SELECT source, id_column::text, wallet_column::text, batch_size, run_as::text,
                         after_id, upto_id, scanned, created, existing, conflicts, invalid, done
-                   FROM identity.backfill_parts WHERE run_id = $1 AND part = $2",
+                   FROM identity.backfill_parts WHERE run_id = $1 AND part = $2 FOR UPDATE",
                 None,
                 &[run.into(), number.into()],
             )?
@@ -426,7 +433,18 @@ fn backfill_step(run_id: i64) -> Result<&'static str, ErrorReport> {
         let Some(number) = part_to_work_on(client, run_id)? else {
             return finished_or_waiting(client, run_id);
         };
-        let mut part = Part::load(client, run_id, number)?;
+        let mut part = match in_subtransaction(|| {
+            Spi::connect_mut(|client| Part::load(client, run_id, number))
+        }) {
+            Ok(part) => part,
+            Err(failure) if failure.sqlstate == SERIALIZATION_FAILURE => {
+                // This transaction's snapshot predates the part's newest batch: a later step,
+                // in a new transaction, sees it.
+                release_held_part(client)?;
+                return Ok(StepOutcome::Waiting);
+            }
+            Err(failure) => return Err(failure.into()),
+        };
         let caller = caller_name();
         if part.key.run_as != caller {
             release_held_part(client)?;

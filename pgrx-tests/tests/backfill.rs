@@ -402,3 +402,129 @@ fn two_calls_started_together_share_one_run() {
     );
     assert!(integrity_is_clean(&mut client));
 }
+
+/// A run of 2,500 users in one part of batches of 1,000 (no workers), planned and committed.
+fn one_part_run(client: &mut Client) -> i64 {
+    client
+        .batch_execute(
+            "CREATE TABLE public.users (id uuid PRIMARY KEY, wallet_address text);
+             INSERT INTO public.users
+             SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, '0x' || lpad(to_hex(i), 40, '0')
+               FROM generate_series(1, 2500) i;
+             SET identity.max_parallel_backfill_workers = 0",
+        )
+        .unwrap();
+    client
+        .query_one(
+            "SELECT identity.backfill_plan('users', 'id', 'wallet_address', 1000, NULL)",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Steps `run` in this session, one transaction per step, until it is done.
+fn step_until_done(client: &mut Client, run: i64) {
+    let mut steps = 0;
+    loop {
+        let outcome: String = client
+            .query_one("SELECT identity.backfill_step($1)", &[&run])
+            .unwrap()
+            .get(0);
+        steps += 1;
+        assert!(steps < 10, "the run never finished");
+        if outcome == "done" {
+            return;
+        }
+    }
+}
+
+/// The totals of `run`: scanned, created, existing (conflicts and invalid are none here).
+fn scanned_created_existing(client: &mut Client, run: i64) -> Vec<i64> {
+    run_totals(client, run).0[..3].to_vec()
+}
+
+#[test]
+fn a_step_whose_snapshot_predates_a_finished_part_does_not_bind_it_again() {
+    let database = TestDatabase::create("backfill_stale_step");
+    let mut client = database.connect();
+    let run = one_part_run(&mut client);
+
+    // The late step's statement takes its snapshot, then waits at a gate (an advisory lock held
+    // here) while this session binds the whole part and, with its last step, lets go of it.
+    let mut gate = database.connect();
+    gate.execute("SELECT pg_advisory_lock(4242)", &[]).unwrap();
+    let mut late = database.connect();
+    let late_step = std::thread::spawn(move || {
+        late.query_one(
+            "SELECT identity.backfill_step($1)
+               FROM (SELECT pg_advisory_lock(4242) OFFSET 0) AS waits_at_the_gate",
+            &[&run],
+        )
+        .map(|row| row.get::<_, String>(0))
+    });
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        }),
+        "the late step never reached the gate"
+    );
+    step_until_done(&mut client, run);
+    assert_eq!(
+        scanned_created_existing(&mut client, run),
+        vec![2500, 2500, 0]
+    );
+
+    gate.execute("SELECT pg_advisory_unlock(4242)", &[])
+        .unwrap();
+    let outcome = late_step.join().unwrap().unwrap();
+    assert_eq!(
+        outcome, "more",
+        "the late step found the part done, and looks again"
+    );
+    assert_eq!(
+        scanned_created_existing(&mut client, run),
+        vec![2500, 2500, 0],
+        "no batch was bound or counted twice"
+    );
+    assert!(integrity_is_clean(&mut client));
+}
+
+#[test]
+fn a_repeatable_read_step_that_started_before_a_part_finished_waits_and_binds_nothing() {
+    let database = TestDatabase::create("backfill_stale_rr_step");
+    let mut client = database.connect();
+    let run = one_part_run(&mut client);
+
+    let mut late = database.connect();
+    late.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    step_until_done(&mut client, run);
+
+    let outcome: String = late
+        .query_one("SELECT identity.backfill_step($1)", &[&run])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        outcome, "waiting",
+        "its snapshot cannot see the part's last batch: it leaves the part to a later step"
+    );
+    late.batch_execute("COMMIT").unwrap();
+    let outcome: String = late
+        .query_one("SELECT identity.backfill_step($1)", &[&run])
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "done");
+    assert_eq!(
+        scanned_created_existing(&mut client, run),
+        vec![2500, 2500, 0]
+    );
+    assert!(integrity_is_clean(&mut client));
+}
