@@ -454,7 +454,7 @@ fn backstop(
                 let evidence = json!({ "method": "backstop", "source": { "table": source.table } });
                 // Each row in an SPI connection of its own, so its results are freed with it.
                 let newly_queued = Spi::connect_mut(|row_client| -> Result<bool, IdentityError> {
-                    if crate::bindings::owner_of(row_client, "wallet", &address)?.is_some() {
+                    if crate::bindings::owner_of("wallet", &address)?.is_some() {
                         return Ok(false);
                     }
                     Ok(enqueue(row_client, user, "wallet", &address, evidence)?.1)

@@ -4,6 +4,7 @@
 //! exist or neither does. An external id bound to one user is never re-pointed here except by an
 //! explicit, evidenced merge, or by a revoke followed by a new bind (NO_AUTO_MERGE).
 
+use crate::binding_index::{live_binding, LiveBinding};
 use crate::errors::{required, IdentityError};
 use crate::events::{
     append, append_many, insert_binding_with_event, pg_uuid, rust_uuid, EventType,
@@ -30,17 +31,6 @@ pub struct BindOutcome {
     pub created: bool,
 }
 
-// A read, so that a repeat (the common case: every login re-binds its wallet) writes nothing and
-// takes no transaction id: no commit record, no XID consumed. The first look-up runs on the
-// caller's snapshot. After an insert has lost a race (ON CONFLICT waited for the other inserter
-// to commit), this transaction has written, so the look-up takes a fresh snapshot and sees the
-// row the winner committed.
-static FIND_BINDING: Statement = Statement::read(
-    "SELECT b.id, b.user_id FROM identity.user_bindings b
-      WHERE b.provider = $1 AND b.external_id = $2",
-    &[TEXTOID, TEXTOID],
-);
-
 /// Binds `external_id` of `provider` to `user_id` with `evidence`, or finds it already bound to
 /// that user. Bound to another user: `BoundToAnotherUser`, nothing written.
 pub fn bind(
@@ -55,7 +45,12 @@ pub fn bind(
     // them. An insert that loses a race to a concurrent one finds the winner on the next round; a
     // concurrent revoke of a conflicting row lets the next round insert.
     for _ in 0..3 {
-        if let Some((binding_id, owner)) = find_binding(client, provider, &canonical_id)? {
+        // A repeat writes nothing and takes no transaction id: no commit record, no XID consumed.
+        if let Some(LiveBinding {
+            binding_id,
+            user_id: owner,
+        }) = live_binding(provider, &canonical_id)?
+        {
             if owner != user_id {
                 return Err(IdentityError::BoundToAnotherUser {
                     provider: provider.to_owned(),
@@ -87,23 +82,6 @@ pub fn bind(
         }
     }
     Err(IdentityError::ChainAppendConflict)
-}
-
-/// The live binding of a canonical id: (binding id, user).
-fn find_binding(
-    client: &mut SpiClient<'_>,
-    provider: &str,
-    canonical_id: &str,
-) -> Result<Option<(Uuid, Uuid)>, IdentityError> {
-    let found = FIND_BINDING.run(client, &[provider.into(), canonical_id.into()])?;
-    if found.is_empty() {
-        return Ok(None);
-    }
-    let found = found.first();
-    match (found.get::<pgrx::Uuid>(1)?, found.get::<pgrx::Uuid>(2)?) {
-        (Some(binding_id), Some(owner)) => Ok(Some((rust_uuid(binding_id), rust_uuid(owner)))),
-        _ => Err(IdentityError::Internal("binding with NULL ids".into())),
-    }
 }
 
 /// The payload of a bind or revoke event: which binding, and the evidence for the change.
@@ -413,22 +391,9 @@ fn merge_users(
         .map_err(|_| IdentityError::Internal("more than 2^31 bindings moved".into()).into())
 }
 
-static RESOLVE: Statement = Statement::read(
-    "SELECT b.user_id FROM identity.user_bindings b WHERE b.provider = $1 AND b.external_id = $2",
-    &[TEXTOID, TEXTOID],
-);
-
 /// The user a canonical external id is bound to, if any.
-pub fn owner_of(
-    client: &mut SpiClient<'_>,
-    provider: &str,
-    canonical_id: &str,
-) -> Result<Option<Uuid>, IdentityError> {
-    let rows = RESOLVE.run(client, &[provider.into(), canonical_id.into()])?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    Ok(rows.first().get_one::<pgrx::Uuid>()?.map(rust_uuid))
+pub fn owner_of(provider: &str, canonical_id: &str) -> Result<Option<Uuid>, IdentityError> {
+    Ok(live_binding(provider, canonical_id)?.map(|binding| binding.user_id))
 }
 
 /// `identity.resolve(provider, external_id)`: the user the id is bound to, NULL when unbound.
@@ -437,7 +402,7 @@ pub fn owner_of(
 fn resolve(provider: &str, external_id: &str) -> Result<Option<pgrx::Uuid>, ErrorReport> {
     Spi::connect_mut(|client| -> Result<Option<pgrx::Uuid>, IdentityError> {
         let canonical_id = canonical_external_id(client, provider, external_id)?;
-        Ok(owner_of(client, provider, &canonical_id)?.map(pg_uuid))
+        Ok(owner_of(provider, &canonical_id)?.map(pg_uuid))
     })
     .map_err(ErrorReport::from)
 }

@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 
 mod backfill;
 mod backfill_run;
+mod binding_index;
 mod bindings;
 pub mod eip55;
 mod errors;

@@ -184,7 +184,7 @@ fn siwe_login(
         let login = accept_login(client, message, signature, domain)?;
         let address = login.message.address.to_checksummed();
         let chain_id = login.message.chain_id;
-        if let Some(owner) = owner_of(client, "wallet", &address)? {
+        if let Some(owner) = owner_of("wallet", &address)? {
             return Ok((owner, address, chain_id, "existing"));
         }
         let user_id = new_user_id.map(rust_uuid).unwrap_or_else(Uuid::new_v4);
@@ -197,8 +197,8 @@ fn siwe_login(
             // same user. (The nonce was consumed by a write, so this look-up takes a fresh
             // snapshot and sees that login's committed binding.)
             Err(failure) if failure.sqlstate == "23505" => {
-                let owner = owner_of(client, "wallet", &address)?
-                    .ok_or_else(|| IdentityError::from(failure))?;
+                let owner =
+                    owner_of("wallet", &address)?.ok_or_else(|| IdentityError::from(failure))?;
                 Ok((owner, address, chain_id, "existing"))
             }
             // A lock timeout, serialization failure or deadlock: queue the binding, never lose it.

@@ -1,0 +1,278 @@
+//! The live binding of one `(provider, external_id)`, read straight from the unique index of
+//! `identity.user_bindings`.
+//!
+//! Every login re-binds its wallet, so this look-up is most of an idempotent create_binding and
+//! the first step of every new one. Through SPI, a kept plan for the same one-row index scan also
+//! pays for executor start-up and shutdown, a portal, its parameters and a copy of the result:
+//! 17,000 of the 117,700 instructions a repeat cost that way (BENCHMARKS.md). The scan opened here
+//! reads the same row under the same snapshot SPI would have used.
+
+use crate::errors::IdentityError;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::IntoDatum;
+use std::ffi::CStr;
+use uuid::Uuid;
+
+/// A live binding: its id and the user it binds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveBinding {
+    pub binding_id: Uuid,
+    pub user_id: Uuid,
+}
+
+const SCHEMA: &CStr = c"identity";
+const TABLE: &CStr = c"user_bindings";
+const UNIQUE_INDEX: &CStr = c"user_bindings_provider_external_id_key";
+
+/// The live binding of canonical `external_id` of `provider`, if there is one.
+///
+/// It reads as an SPI read of the extension does (`Statement::read`): while this transaction has
+/// written nothing, on the caller's snapshot, so a STABLE caller sees one consistent state and no
+/// transaction id is taken; once it has written, on a fresh snapshot that also sees this
+/// transaction's own writes, so a binding that won an insert race (ON CONFLICT waited for it to
+/// commit) is found on the next look.
+pub fn live_binding(
+    provider: &str,
+    external_id: &str,
+) -> Result<Option<LiveBinding>, IdentityError> {
+    let provider = provider.into_datum().expect("text is never NULL");
+    let external_id = external_id.into_datum().expect("text is never NULL");
+    // SAFETY: the relations are opened and locked (AccessShareLock, kept until the transaction
+    // ends, as the executor keeps it) before the scan and closed after it; the snapshot stays
+    // active for the whole scan; the scan keys are two text datums for the index's two text
+    // columns; a uuid datum points at 16 bytes, copied before the slot is dropped. An ERROR in
+    // any call aborts the (sub)transaction, whose resource owner releases what is left open.
+    unsafe {
+        let (table, index) = open_table_and_index()?;
+        let columns = match BindingColumns::of(table, index) {
+            Ok(columns) => columns,
+            Err(error) => {
+                close(table, index);
+                return Err(error);
+            }
+        };
+        let pushed_snapshot = take_read_snapshot();
+        let found = probe(table, index, &columns, provider, external_id);
+        if pushed_snapshot {
+            pg_sys::PopActiveSnapshot();
+        }
+        close(table, index);
+        Ok(found)
+    }
+}
+
+/// Makes the snapshot the read runs on the active one; true when it pushed one, to be popped.
+unsafe fn take_read_snapshot() -> bool {
+    if pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId {
+        // What SPI does before a statement of a transaction that has written: its own writes
+        // become visible, and (under READ COMMITTED) what others committed since.
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        true
+    } else if !pg_sys::ActiveSnapshotSet() {
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        true
+    } else {
+        false
+    }
+}
+
+unsafe fn open_table_and_index() -> Result<(pg_sys::Relation, pg_sys::Relation), IdentityError> {
+    let missing = || {
+        IdentityError::Internal(
+            "identity.user_bindings or its unique index is missing: reinstall the extension".into(),
+        )
+    };
+    let schema = pg_sys::get_namespace_oid(SCHEMA.as_ptr(), true);
+    if schema == Oid::INVALID {
+        return Err(missing());
+    }
+    let table_oid = pg_sys::get_relname_relid(TABLE.as_ptr(), schema);
+    let index_oid = pg_sys::get_relname_relid(UNIQUE_INDEX.as_ptr(), schema);
+    if table_oid == Oid::INVALID || index_oid == Oid::INVALID {
+        return Err(missing());
+    }
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let table = pg_sys::table_open(table_oid, lock);
+    let index = pg_sys::index_open(index_oid, lock);
+    Ok((table, index))
+}
+
+unsafe fn close(table: pg_sys::Relation, index: pg_sys::Relation) {
+    pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+    pg_sys::table_close(table, pg_sys::NoLock as pg_sys::LOCKMODE);
+}
+
+/// Where the look-up finds what it needs: the table's id and user_id columns, checked against
+/// the index it probes, which must be the one on (provider, external_id) of that table.
+struct BindingColumns {
+    id: i32,
+    user_id: i32,
+}
+
+impl BindingColumns {
+    unsafe fn of(
+        table: pg_sys::Relation,
+        index: pg_sys::Relation,
+    ) -> Result<BindingColumns, IdentityError> {
+        let column = |name: &str| column_number(table, name);
+        let (id, user_id) = (column("id"), column("user_id"));
+        let (provider, external_id) = (column("provider"), column("external_id"));
+        let key = &*(*index).rd_index;
+        let keys = key.indkey.values.as_slice(key.indnkeyatts as usize);
+        let shaped = key.indrelid == (*table).rd_id
+            && key.indisunique
+            && key.indnkeyatts == 2
+            && i32::from(keys[0]) == provider
+            && i32::from(keys[1]) == external_id
+            && id > 0
+            && user_id > 0;
+        if !shaped {
+            return Err(IdentityError::Internal(format!(
+                "{} is not the unique index on identity.user_bindings (provider, external_id): reinstall the extension",
+                UNIQUE_INDEX.to_string_lossy()
+            )));
+        }
+        Ok(BindingColumns { id, user_id })
+    }
+}
+
+/// The attribute number of the live column `name`, 0 when there is none.
+unsafe fn column_number(table: pg_sys::Relation, name: &str) -> i32 {
+    let descriptor = &*(*table).rd_att;
+    let attributes = descriptor.attrs.as_slice(descriptor.natts as usize);
+    attributes
+        .iter()
+        .position(|a| {
+            !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+        })
+        .map_or(0, |i| i as i32 + 1)
+}
+
+/// One pass over the index for the key, on the active snapshot: the visible row, if any.
+unsafe fn probe(
+    table: pg_sys::Relation,
+    index: pg_sys::Relation,
+    columns: &BindingColumns,
+    provider: pg_sys::Datum,
+    external_id: pg_sys::Datum,
+) -> Option<LiveBinding> {
+    let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+    for (key, (column, value)) in keys.iter_mut().zip([(1, provider), (2, external_id)]) {
+        pg_sys::ScanKeyInit(
+            key,
+            column,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::RegProcedure::from(pg_sys::F_TEXTEQ),
+            value,
+        );
+    }
+    let scan = pg_sys::index_beginscan(table, index, pg_sys::GetActiveSnapshot(), 2, 0);
+    pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+    let slot = pg_sys::table_slot_create(table, std::ptr::null_mut());
+    let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+        .then(|| LiveBinding {
+            binding_id: uuid_at(slot, columns.id),
+            user_id: uuid_at(slot, columns.user_id),
+        });
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::index_endscan(scan);
+    found
+}
+
+/// The uuid in column `column` of the row in `slot` (both id columns are NOT NULL).
+unsafe fn uuid_at(slot: *mut pg_sys::TupleTableSlot, column: i32) -> Uuid {
+    let mut is_null = false;
+    let datum = pg_sys::slot_getattr(slot, column, &mut is_null);
+    assert!(!is_null, "user_bindings' id columns are NOT NULL");
+    Uuid::from_bytes(*datum.cast_mut_ptr::<[u8; 16]>())
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::{live_binding, LiveBinding};
+    use crate::testing::{error_of, take_turns};
+    use pgrx::prelude::*;
+    use uuid::Uuid;
+
+    const ALICE: &str = "00000000-0000-4000-8000-00000000a11c";
+
+    fn bind(user: &str, provider: &str, external_id: &str) -> Uuid {
+        let id = Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT binding_id FROM identity.create_binding('{user}', '{provider}', '{external_id}')"
+        ))
+        .unwrap()
+        .unwrap();
+        Uuid::from_bytes(*id.as_bytes())
+    }
+
+    #[pg_test]
+    fn a_binding_written_earlier_in_the_transaction_is_found_with_its_ids() {
+        take_turns();
+        let binding_id = bind(ALICE, "github", "583231");
+        assert_eq!(
+            live_binding("github", "583231").unwrap(),
+            Some(LiveBinding {
+                binding_id,
+                user_id: ALICE.parse().unwrap(),
+            })
+        );
+    }
+
+    #[pg_test]
+    fn an_unbound_id_or_another_provider_finds_nothing() {
+        take_turns();
+        bind(ALICE, "github", "583231");
+        assert_eq!(live_binding("github", "583232").unwrap(), None);
+        assert_eq!(live_binding("discord", "583231").unwrap(), None);
+        assert_eq!(
+            live_binding("github", "58323").unwrap(),
+            None,
+            "no prefix match"
+        );
+    }
+
+    #[pg_test]
+    fn a_revoked_binding_is_not_found() {
+        take_turns();
+        bind(ALICE, "github", "583231");
+        Spi::run(
+            r#"SELECT * FROM identity.revoke_binding('github', '583231', '{"reason": "test"}')"#,
+        )
+        .unwrap();
+        assert_eq!(live_binding("github", "583231").unwrap(), None);
+    }
+
+    #[pg_test]
+    fn an_index_of_another_shape_under_the_unique_index_name_is_an_internal_error() {
+        take_turns();
+        Spi::run(
+            "ALTER TABLE identity.user_bindings DROP CONSTRAINT user_bindings_provider_external_id_key;
+             CREATE UNIQUE INDEX user_bindings_provider_external_id_key
+                 ON identity.user_bindings (external_id, provider)",
+        )
+        .unwrap();
+        let (sqlstate, message) = error_of("SELECT identity.resolve('github', '583231')");
+        assert_eq!(sqlstate, "XX000");
+        assert!(
+            message.contains(
+                "is not the unique index on identity.user_bindings (provider, external_id)"
+            ),
+            "{message}"
+        );
+    }
+
+    #[pg_test]
+    fn a_missing_unique_index_is_an_internal_error_that_says_to_reinstall() {
+        take_turns();
+        Spi::run(
+            "ALTER TABLE identity.user_bindings DROP CONSTRAINT user_bindings_provider_external_id_key",
+        )
+        .unwrap();
+        let (sqlstate, message) = error_of("SELECT identity.resolve('github', '583231')");
+        assert_eq!(sqlstate, "XX000");
+        assert!(message.contains("reinstall the extension"), "{message}");
+    }
+}
