@@ -27,6 +27,7 @@ install: setup
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets --no-default-features --features "pg15 pg_test" -- -D warnings
+	cargo clippy --locked --lib --no-default-features --features pg15 -- -D warnings
 	cargo clippy --locked --all-targets -p identity_bindings_client_tests -- -D warnings
 
 # Plain Rust #[test]s and the #[pg_test]s, on pgrx's own test cluster run as the postgres user.

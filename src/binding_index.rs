@@ -9,7 +9,6 @@
 
 use crate::errors::IdentityError;
 use pgrx::pg_sys::{self, Oid};
-use pgrx::prelude::*;
 use pgrx::IntoDatum;
 use std::ffi::CStr;
 use uuid::Uuid;
@@ -190,7 +189,7 @@ unsafe fn uuid_at(slot: *mut pg_sys::TupleTableSlot, column: i32) -> Uuid {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
     use super::{live_binding, LiveBinding};
     use crate::testing::{error_of, take_turns};
