@@ -63,18 +63,17 @@ pub fn live_binding(
 
 /// Makes the snapshot the read runs on the active one; true when it pushed one, to be popped.
 unsafe fn take_read_snapshot() -> bool {
-    if pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId {
+    let has_written = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
+    if has_written {
         // What SPI does before a statement of a transaction that has written: its own writes
         // become visible, and (under READ COMMITTED) what others committed since.
         pg_sys::CommandCounterIncrement();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        true
-    } else if !pg_sys::ActiveSnapshotSet() {
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        true
-    } else {
-        false
     }
+    let fresh = has_written || !pg_sys::ActiveSnapshotSet();
+    if fresh {
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    fresh
 }
 
 unsafe fn open_table_and_index() -> Result<(pg_sys::Relation, pg_sys::Relation), IdentityError> {
