@@ -21,7 +21,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgRelation;
 use std::cell::Cell;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 
 /// Parts per process (the calling session and each worker): more parts than processes, so a
 /// process that is slower or starts later leaves its share to the others instead of ending last.
@@ -97,11 +97,19 @@ fn backfill_plan(
             run_as: caller_name(),
         };
         key.lock_until_commit(client)?;
+        let planned_meanwhile = key.run_planned_since_snapshot(client)?;
         if resume_after_id.is_none() {
             if let Some(run) = key.unfinished_run(client, size)? {
                 notice!("backfill: resuming run {run} where its last committed batches ended");
                 return Ok(run);
             }
+            if let Some(run) = planned_meanwhile {
+                notice!("backfill: joining run {run}, planned by another session just now");
+                return Ok(run);
+            }
+        } else if let Some(run_id) = planned_meanwhile {
+            // A new run replaces the unfinished ones, and this transaction cannot see that one.
+            return Err(IdentityError::BackfillPlannedMeanwhile { run_id });
         }
         let upper_bounds = split_points(client, &source, resume_after_id, size)?;
         key.new_run(client, size, resume_after_id, upper_bounds)
@@ -139,6 +147,71 @@ impl RunKey {
             &[a, b, c, d, PLAN_LOCK_CLASS.into()],
         )?;
         Ok(())
+    }
+
+    /// An unfinished run of this backfill that another session planned and committed after this
+    /// transaction took its snapshot: the newest, if any. Only under REPEATABLE READ or
+    /// SERIALIZABLE can there be one: there the snapshot is taken before the planning lock is
+    /// granted and never moves, so a run planned by a CALL that held the lock first is invisible.
+    /// Under READ COMMITTED each statement after the lock sees it.
+    fn run_planned_since_snapshot(
+        &self,
+        client: &mut SpiClient<'_>,
+    ) -> Result<Option<i64>, IdentityError> {
+        // SAFETY: reads a backend global.
+        if unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32 {
+            return Ok(None);
+        }
+        let newest = format!(
+            "SELECT max(run_id) FROM identity.backfill_parts WHERE {} AND NOT done",
+            Self::MATCHES
+        );
+        let visible = client
+            .select(&newest, None, &self.args())?
+            .first()
+            .get_one::<i64>()?;
+        let committed = self.newest_unfinished_committed(&newest)?;
+        Ok(committed.filter(|&run| visible.is_none_or(|seen| run > seen)))
+    }
+
+    /// The value of `newest`, a query of one bigint (or NULL) on this backfill's key, read from
+    /// the latest committed state instead of this transaction's snapshot.
+    fn newest_unfinished_committed(&self, newest: &str) -> Result<Option<i64>, IdentityError> {
+        let sql = CString::new(newest).expect("the statement has no NUL");
+        let mut types = [pg_sys::TEXTOID; 4];
+        let mut values = [
+            self.source.as_str(),
+            self.id_column.as_str(),
+            self.wallet_column.as_str(),
+            self.run_as.as_str(),
+        ]
+        .map(|text| text.into_datum().expect("text is never NULL"));
+        // SAFETY: inside the caller's SPI connection. A read-only execution runs on the active
+        // snapshot, here the latest one, pushed for it and popped after (on an error the
+        // transaction's abort pops it). The result, if any, is one bigint column.
+        unsafe {
+            pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+            let status = pg_sys::SPI_execute_with_args(
+                sql.as_ptr(),
+                4,
+                types.as_mut_ptr(),
+                values.as_mut_ptr(),
+                std::ptr::null(),
+                true,
+                1,
+            );
+            pg_sys::PopActiveSnapshot();
+            let table = pg_sys::SPI_tuptable;
+            if status != pg_sys::SPI_OK_SELECT as i32 || table.is_null() || (*table).numvals != 1 {
+                return Err(IdentityError::Internal(format!(
+                    "reading the newest backfill run failed (SPI status {status})"
+                )));
+            }
+            let mut is_null = false;
+            let run = pg_sys::SPI_getbinval(*(*table).vals, (*table).tupdesc, 1, &mut is_null);
+            free_last_result();
+            Ok((!is_null).then(|| run.value() as i64))
+        }
     }
 
     /// The newest unfinished run of this backfill, now to go on with batches of `size`.

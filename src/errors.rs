@@ -64,6 +64,8 @@ pub enum IdentityError {
     },
     /// 40001: another transaction appended to the same user's chain after this snapshot.
     ChainAppendConflict,
+    /// 40001: a new backfill run would replace one planned after this transaction's snapshot.
+    BackfillPlannedMeanwhile { run_id: i64 },
     /// 42501: identity.identity_events refuses UPDATE, DELETE and TRUNCATE.
     AppendOnly { operation: &'static str },
     /// 42501: identity.providers refuses UPDATE, DELETE and TRUNCATE: a provider is permanent.
@@ -93,7 +95,9 @@ impl IdentityError {
             BoundToAnotherUser { .. } => ERRCODE_UNIQUE_VIOLATION,
             NotBound { .. } => ERRCODE_NO_DATA_FOUND,
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
-            ChainAppendConflict => ERRCODE_T_R_SERIALIZATION_FAILURE,
+            ChainAppendConflict | BackfillPlannedMeanwhile { .. } => {
+                ERRCODE_T_R_SERIALIZATION_FAILURE
+            }
             AppendOnly { .. }
             | ProviderIsPermanent { .. }
             | NoSourcePrivilege { .. }
@@ -148,6 +152,9 @@ impl IdentityError {
             }
             InvalidParameter { .. } | StepFailed { .. } => return None,
             ChainAppendConflict => "Retry the transaction.".into(),
+            BackfillPlannedMeanwhile { .. } => {
+                "CALL it again: the new run then replaces that one, as under READ COMMITTED.".into()
+            }
             AppendOnly { .. } => {
                 "Events are never changed or removed: record a correction as a new event (identity.revoke_binding, identity.merge_users).".into()
             }
@@ -239,6 +246,10 @@ impl fmt::Display for IdentityError {
             ChainAppendConflict => write!(
                 f,
                 "could not append to the user's event chain: another transaction appended first"
+            ),
+            BackfillPlannedMeanwhile { run_id } => write!(
+                f,
+                "backfill run {run_id} of this source was planned after this transaction began, and this transaction cannot replace a run it cannot see"
             ),
             AppendOnly { operation } => write!(
                 f,

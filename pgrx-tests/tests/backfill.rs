@@ -2,7 +2,9 @@
 //! binding give exact counts; a second run changes nothing; the procedure commits per batch,
 //! shares the work with background workers, and resumes an interrupted run exactly.
 
-use identity_bindings_client_tests::{eventually, integrity_is_clean, TestDatabase};
+use identity_bindings_client_tests::{
+    eventually, integrity_is_clean, server_message, sqlstate, TestDatabase,
+};
 use postgres::Client;
 
 const USERS: i64 = 100_000;
@@ -403,8 +405,8 @@ fn two_calls_started_together_share_one_run() {
     assert!(integrity_is_clean(&mut client));
 }
 
-/// A run of 2,500 users in one part of batches of 1,000 (no workers), planned and committed.
-fn one_part_run(client: &mut Client) -> i64 {
+/// 2,500 users, to be bound in one part of batches of 1,000 (no workers in this session).
+fn one_part_users(client: &mut Client) {
     client
         .batch_execute(
             "CREATE TABLE public.users (id uuid PRIMARY KEY, wallet_address text);
@@ -414,13 +416,22 @@ fn one_part_run(client: &mut Client) -> i64 {
              SET identity.max_parallel_backfill_workers = 0",
         )
         .unwrap();
+}
+
+/// The run a CALL on `public.users` would work on (batches of 1,000), after `resume_after_id`.
+fn plan(client: &mut Client, resume_after_id: Option<&str>) -> Result<i64, postgres::Error> {
     client
         .query_one(
-            "SELECT identity.backfill_plan('users', 'id', 'wallet_address', 1000, NULL)",
-            &[],
+            "SELECT identity.backfill_plan('users', 'id', 'wallet_address', 1000, $1)",
+            &[&resume_after_id],
         )
-        .unwrap()
-        .get(0)
+        .map(|row| row.get(0))
+}
+
+/// A run of 2,500 users in one part of batches of 1,000 (no workers), planned and committed.
+fn one_part_run(client: &mut Client) -> i64 {
+    one_part_users(client);
+    plan(client, None).unwrap()
 }
 
 /// Steps `run` in this session, one transaction per step, until it is done.
@@ -524,6 +535,143 @@ fn a_repeatable_read_step_that_started_before_a_part_finished_waits_and_binds_no
     assert_eq!(outcome, "done");
     assert_eq!(
         scanned_created_existing(&mut client, run),
+        vec![2500, 2500, 0]
+    );
+    assert!(integrity_is_clean(&mut client));
+}
+
+/// The ids of the runs recorded, in order.
+fn runs(client: &mut Client) -> Vec<i64> {
+    client
+        .query(
+            "SELECT DISTINCT run_id FROM identity.backfill_parts ORDER BY run_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// A REPEATABLE READ session whose snapshot is taken now, with no workers.
+fn repeatable_read_session(database: &TestDatabase) -> Client {
+    let mut session = database.connect();
+    session
+        .batch_execute(
+            "SET identity.max_parallel_backfill_workers = 0;
+             BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1",
+        )
+        .unwrap();
+    session
+}
+
+#[test]
+fn a_repeatable_read_plan_joins_a_run_planned_after_its_snapshot() {
+    let database = TestDatabase::create("backfill_rr_plan_joins");
+    let mut client = database.connect();
+    one_part_users(&mut client);
+    let mut late = repeatable_read_session(&database);
+    let run = plan(&mut client, None).unwrap();
+
+    let joined = plan(&mut late, None).unwrap();
+    assert_eq!(
+        joined, run,
+        "its snapshot cannot see the run, and it joins it instead of planning a second"
+    );
+    late.batch_execute("COMMIT").unwrap();
+    assert_eq!(runs(&mut client), vec![run]);
+    step_until_done(&mut late, run);
+    assert_eq!(
+        scanned_created_existing(&mut client, run),
+        vec![2500, 2500, 0]
+    );
+    assert!(integrity_is_clean(&mut client));
+}
+
+#[test]
+fn a_repeatable_read_plan_cannot_replace_a_run_planned_after_its_snapshot() {
+    let database = TestDatabase::create("backfill_rr_plan_replaces");
+    let mut client = database.connect();
+    one_part_users(&mut client);
+    let resume_after = Some("00000000-0000-4000-8000-000000000100");
+    let mut late = repeatable_read_session(&database);
+    let run = plan(&mut client, None).unwrap();
+
+    let refused = plan(&mut late, resume_after).unwrap_err();
+    assert_eq!(sqlstate(&refused), "40001", "{refused:?}");
+    assert!(
+        server_message(&refused).contains(&format!("backfill run {run}")),
+        "{refused:?}"
+    );
+    late.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(runs(&mut client), vec![run], "nothing was planned");
+
+    let replacing = plan(&mut late, resume_after).unwrap();
+    assert_eq!(
+        runs(&mut client),
+        vec![replacing],
+        "called again, the new run replaces the unfinished one, as under READ COMMITTED"
+    );
+    step_until_done(&mut client, replacing);
+    assert_eq!(
+        scanned_created_existing(&mut client, replacing),
+        vec![2244, 2244, 0]
+    );
+}
+
+#[test]
+fn two_repeatable_read_calls_started_together_share_one_run() {
+    let database = TestDatabase::create("backfill_rr_two_calls");
+    let mut client = database.connect();
+    one_part_users(&mut client);
+    // A gate on the table of runs: the first CALL takes the planning lock and waits here; the
+    // second, its snapshot already taken, waits for the planning lock. Opened, the first plans
+    // and commits its run, which the second's snapshot cannot see.
+    let mut gate = database.connect();
+    gate.batch_execute("BEGIN; LOCK TABLE identity.backfill_parts IN EXCLUSIVE MODE")
+        .unwrap();
+    let call = |database: &TestDatabase| {
+        let mut session = database.connect();
+        session
+            .batch_execute(
+                "SET default_transaction_isolation = 'repeatable read';
+                 SET identity.max_parallel_backfill_workers = 0",
+            )
+            .unwrap();
+        std::thread::spawn(move || {
+            // Sent alone: in a string of several statements, the procedure could not COMMIT.
+            session.batch_execute(
+                "CALL identity.backfill_wallet_bindings_in_batches(batch_size => 1000)",
+            )
+        })
+    };
+    let waiting = |client: &mut Client, count: i64| {
+        eventually(std::time::Duration::from_secs(10), || {
+            client
+                .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
+                .unwrap()
+                .get::<_, i64>(0)
+                == count
+        })
+    };
+    let first = call(&database);
+    assert!(
+        waiting(&mut client, 1),
+        "the first CALL never reached the gate"
+    );
+    let second = call(&database);
+    assert!(
+        waiting(&mut client, 2),
+        "the second CALL never waited to plan"
+    );
+    gate.batch_execute("COMMIT").unwrap();
+    first.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
+
+    let runs = runs(&mut client);
+    assert_eq!(runs.len(), 1, "the second CALL joined the first one's run");
+    assert_eq!(
+        scanned_created_existing(&mut client, runs[0]),
         vec![2500, 2500, 0]
     );
     assert!(integrity_is_clean(&mut client));
