@@ -553,39 +553,45 @@ fn runs(client: &mut Client) -> Vec<i64> {
         .collect()
 }
 
-/// A REPEATABLE READ session whose snapshot is taken now, with no workers.
-fn repeatable_read_session(database: &TestDatabase) -> Client {
+/// A session in a transaction of `isolation` whose snapshot is taken now, with no workers.
+fn session_with_snapshot(database: &TestDatabase, isolation: &str) -> Client {
     let mut session = database.connect();
     session
-        .batch_execute(
+        .batch_execute(&format!(
             "SET identity.max_parallel_backfill_workers = 0;
-             BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1",
-        )
+             BEGIN ISOLATION LEVEL {isolation}; SELECT 1"
+        ))
         .unwrap();
     session
 }
 
 #[test]
-fn a_repeatable_read_plan_joins_a_run_planned_after_its_snapshot() {
-    let database = TestDatabase::create("backfill_rr_plan_joins");
-    let mut client = database.connect();
-    one_part_users(&mut client);
-    let mut late = repeatable_read_session(&database);
-    let run = plan(&mut client, None).unwrap();
+fn a_repeatable_read_or_serializable_plan_joins_a_run_planned_after_its_snapshot() {
+    for (isolation, name) in [
+        ("REPEATABLE READ", "backfill_rr_plan_joins"),
+        ("SERIALIZABLE", "backfill_serializable_plan_joins"),
+    ] {
+        let database = TestDatabase::create(name);
+        let mut client = database.connect();
+        one_part_users(&mut client);
+        let mut late = session_with_snapshot(&database, isolation);
+        let run = plan(&mut client, None).unwrap();
 
-    let joined = plan(&mut late, None).unwrap();
-    assert_eq!(
-        joined, run,
-        "its snapshot cannot see the run, and it joins it instead of planning a second"
-    );
-    late.batch_execute("COMMIT").unwrap();
-    assert_eq!(runs(&mut client), vec![run]);
-    step_until_done(&mut late, run);
-    assert_eq!(
-        scanned_created_existing(&mut client, run),
-        vec![2500, 2500, 0]
-    );
-    assert!(integrity_is_clean(&mut client));
+        let joined = plan(&mut late, None).unwrap();
+        assert_eq!(
+            joined, run,
+            "{isolation}: its snapshot cannot see the run, and it joins it instead of planning a second"
+        );
+        late.batch_execute("COMMIT").unwrap();
+        assert_eq!(runs(&mut client), vec![run], "{isolation}");
+        step_until_done(&mut late, run);
+        assert_eq!(
+            scanned_created_existing(&mut client, run),
+            vec![2500, 2500, 0],
+            "{isolation}"
+        );
+        assert!(integrity_is_clean(&mut client));
+    }
 }
 
 #[test]
@@ -594,7 +600,7 @@ fn a_repeatable_read_plan_cannot_replace_a_run_planned_after_its_snapshot() {
     let mut client = database.connect();
     one_part_users(&mut client);
     let resume_after = Some("00000000-0000-4000-8000-000000000100");
-    let mut late = repeatable_read_session(&database);
+    let mut late = session_with_snapshot(&database, "REPEATABLE READ");
     let run = plan(&mut client, None).unwrap();
 
     let refused = plan(&mut late, resume_after).unwrap_err();
