@@ -201,3 +201,37 @@ fn under_repeatable_read_a_stale_chain_append_is_a_serialization_failure() {
     }
     assert!(integrity_is_clean(&mut late));
 }
+
+#[test]
+fn under_repeatable_read_an_id_bound_after_the_snapshot_is_a_serialization_failure() {
+    let database = TestDatabase::create("bind_rr");
+    let (owner, other_user) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut late = database.connect();
+    let mut early = database.connect();
+
+    // The same id, by its owner and then by another user: neither stale transaction can tell,
+    // on its snapshot, whether the binding it cannot see is its own, so both are asked to retry.
+    for (external_id, binder) in [("10", owner), ("11", other_user)] {
+        let mut stale = late
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .unwrap();
+        stale.query_one("SELECT 1", &[]).unwrap(); // takes the snapshot
+        assert!(bind(&mut early, owner, external_id).unwrap());
+        let error = bind(&mut stale, binder, external_id)
+            .expect_err("the snapshot predates the other binding");
+        assert_eq!(sqlstate(&error), "40001", "{error:?}");
+        stale.rollback().unwrap();
+    }
+    // Retried, as 40001 asks: the owner's repeat is idempotent, the other user is refused.
+    assert!(!bind(&mut late, owner, "10").unwrap());
+    let refused = bind(&mut late, other_user, "11").unwrap_err();
+    assert_eq!(sqlstate(&refused), "23505", "{refused:?}");
+    let bindings: i64 = late
+        .query_one("SELECT count(*) FROM identity.user_bindings", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(bindings, 2, "each id bound once, to its owner");
+    assert!(integrity_is_clean(&mut late));
+}
