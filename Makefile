@@ -65,7 +65,8 @@ bench-siwe: install
 bench: install
 	benches/create_binding.sh
 	benches/create_binding_instructions.sh
-	benches/resolve_many.sh
+	ROUNDS=9 benches/resolve_many.sh
+	benches/resolve_many_instructions.sh
 	benches/scaling.sh
 	USER_IDS=time-ordered benches/scaling.sh
 	benches/backfill.sh

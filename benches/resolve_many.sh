@@ -14,35 +14,11 @@ bindings=${BINDINGS:-100000}
 
 . scripts/throwaway.sh
 . benches/lib.sh
+. benches/resolve_many_contestants.sh
 throwaway_cluster identity_resolve_bench "shared_buffers=512MB"
 psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgres)
 
-"${psql[@]}" <<SQL
-SET client_min_messages = warning;
-CREATE EXTENSION identity_bindings;
-CREATE TABLE public.users (id uuid PRIMARY KEY, wallet_address text);
-INSERT INTO public.users
-SELECT gen_random_uuid(), '0x' || left(encode(sha256(int8send(i)), 'hex'), 40)
-  FROM generate_series(1, $bindings) i;
-SELECT * FROM identity.backfill_wallet_bindings();
-CREATE TABLE wanted AS
-    SELECT array_agg(external_id) AS ids
-      FROM (SELECT external_id FROM identity.user_bindings ORDER BY random() LIMIT 10000) s;
-VACUUM ANALYZE;
-SQL
-
-cat > "$work/ext.sql" <<'SQL'
-SELECT count(r.user_id) FROM wanted w, identity.resolve_many('wallet', w.ids) r;
-SQL
-cat > "$work/plain.sql" <<'SQL'
-SELECT count(b.user_id) FROM wanted w, identity.user_bindings b
- WHERE b.provider = 'wallet' AND b.external_id = ANY (w.ids);
-SQL
-# Both must find all 10,000.
-for script in ext plain; do
-    found=$("${psql[@]}" -At -f "$work/$script.sql")
-    [ "$found" = 10000 ] || { echo "$script found $found of 10000" >&2; exit 1; }
-done
+resolve_many_contestants
 
 tps() {  # tps <script>
     /usr/lib/postgresql/15/bin/pgbench -n -M prepared -h "$cluster" -p 5432 -U postgres \
