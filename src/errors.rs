@@ -66,6 +66,8 @@ pub enum IdentityError {
     ChainAppendConflict,
     /// 40001: a new backfill run would replace one planned after this transaction's snapshot.
     BackfillPlannedMeanwhile { run_id: i64 },
+    /// 40001: a first login's binding met a change committed after this transaction's snapshot.
+    LoginConflict { address: String },
     /// 42501: identity.identity_events refuses UPDATE, DELETE and TRUNCATE.
     AppendOnly { operation: &'static str },
     /// 42501: identity.providers refuses UPDATE, DELETE and TRUNCATE: a provider is permanent.
@@ -95,7 +97,7 @@ impl IdentityError {
             BoundToAnotherUser { .. } => ERRCODE_UNIQUE_VIOLATION,
             NotBound { .. } => ERRCODE_NO_DATA_FOUND,
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
-            ChainAppendConflict | BackfillPlannedMeanwhile { .. } => {
+            ChainAppendConflict | BackfillPlannedMeanwhile { .. } | LoginConflict { .. } => {
                 ERRCODE_T_R_SERIALIZATION_FAILURE
             }
             AppendOnly { .. }
@@ -154,6 +156,9 @@ impl IdentityError {
             ChainAppendConflict => "Retry the transaction.".into(),
             BackfillPlannedMeanwhile { .. } => {
                 "CALL it again: the new run then replaces that one, as under READ COMMITTED.".into()
+            }
+            LoginConflict { .. } => {
+                "Retry the transaction: its nonce is spent only when it commits, so the same signed message logs in.".into()
             }
             AppendOnly { .. } => {
                 "Events are never changed or removed: record a correction as a new event (identity.revoke_binding, identity.merge_users).".into()
@@ -246,6 +251,10 @@ impl fmt::Display for IdentityError {
             ChainAppendConflict => write!(
                 f,
                 "could not append to the user's event chain: another transaction appended first"
+            ),
+            LoginConflict { address } => write!(
+                f,
+                "could not log in wallet {address}: its binding met a change committed after this transaction began, possibly another first login of the same wallet"
             ),
             BackfillPlannedMeanwhile { run_id } => write!(
                 f,

@@ -9,6 +9,8 @@ use crate::retry::enqueue;
 use crate::siwe::{self, Expectations, Message, VerifyError, VERIFIER_VERSION};
 use crate::statements::Statement;
 use crate::subtransaction::in_subtransaction;
+
+const SERIALIZATION_FAILURE: &str = "40001";
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, UUIDOID};
 use pgrx::prelude::*;
@@ -201,7 +203,15 @@ fn siwe_login(
                     owner_of("wallet", &address)?.ok_or_else(|| IdentityError::from(failure))?;
                 Ok((owner, address, chain_id, "existing"))
             }
-            // A lock timeout, serialization failure or deadlock: queue the binding, never lose it.
+            // This transaction's snapshot is older than what the binding ran into (under
+            // REPEATABLE READ or SERIALIZABLE; most likely a first login of the same wallet that
+            // committed meanwhile). Queued, the wallet would wait for a new user while it may
+            // have an owner already; only a retry, with a new snapshot, can tell. The nonce is
+            // spent only if this transaction commits, so the retry logs in with the same message.
+            Err(failure) if failure.sqlstate == SERIALIZATION_FAILURE => {
+                Err(IdentityError::LoginConflict { address })
+            }
+            // A lock timeout or deadlock: queue the binding, never lose it.
             Err(failure) if failure.is_transient() => {
                 enqueue(client, user_id, "wallet", &address, evidence)?;
                 Ok((user_id, address, chain_id, "queued"))

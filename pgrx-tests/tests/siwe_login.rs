@@ -117,3 +117,49 @@ fn a_message_signed_by_another_key_is_refused_and_keeps_its_nonce() {
         login(&mut client, &message, &genuine).expect("the nonce survived the forgery");
     assert_eq!(status, "created");
 }
+
+#[test]
+fn a_repeatable_read_first_login_that_loses_a_race_is_retried_not_given_a_new_user() {
+    let database = TestDatabase::create("siwe_rr_race");
+    let mut client = database.connect();
+    let wallet = TestWallet::from_seed(5);
+    let (first_message, first_signature) = signed_login(&mut client, &wallet);
+    let (late_message, late_signature) = signed_login(&mut client, &wallet);
+
+    // The late login's snapshot predates the first login, which binds the wallet to its user.
+    let mut late = database.connect();
+    let mut stale = late
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    stale.query_one("SELECT 1", &[]).unwrap();
+    let (owner, status) = login(&mut client, &first_message, &first_signature).unwrap();
+    assert_eq!(status, "created");
+
+    let error = stale
+        .query_one(
+            "SELECT user_id, status FROM identity.siwe_login($1, $2, $3)",
+            &[&late_message, &late_signature, &DOMAIN],
+        )
+        .expect_err("its snapshot cannot see whose wallet it is: only a retry can");
+    assert_eq!(sqlstate(&error), "40001", "{error:?}");
+    assert!(
+        server_message(&error).contains("could not log in wallet"),
+        "{error:?}"
+    );
+    stale.rollback().unwrap();
+
+    let (user, status) = login(&mut late, &late_message, &late_signature)
+        .expect("retried, the same signed message logs in: its nonce was not spent");
+    assert_eq!((user, status.as_str()), (owner, "existing"));
+    let queued: i64 = client
+        .query_one("SELECT count(*) FROM identity.binding_jobs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        queued, 0,
+        "no binding of the wallet to another user was queued"
+    );
+    assert!(integrity_is_clean(&mut client));
+}
