@@ -10,7 +10,7 @@ use crate::backfill::{backfill_batch, checked_batch_size, Source, StatisticsKeep
 use crate::errors::IdentityError;
 use crate::gucs::MAX_PARALLEL_BACKFILL_WORKERS;
 use crate::statements::free_last_result;
-use crate::subtransaction::in_subtransaction;
+use crate::subtransaction::{in_subtransaction, SERIALIZATION_FAILURE};
 use crate::worker::in_transaction;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -37,7 +37,6 @@ const PLAN_LOCK_CLASS: i32 = 0x1DB1_BAC1;
 /// failure (never a cancel: that must stop the run).
 const BATCH_TRIES: u32 = 3;
 const CONFLICTS: [&str; 2] = ["40P01", SERIALIZATION_FAILURE];
-const SERIALIZATION_FAILURE: &str = "40001";
 
 thread_local! {
     /// The part this session holds the advisory lock of: (run, part).
@@ -510,7 +509,7 @@ fn backfill_step(run_id: i64) -> Result<&'static str, ErrorReport> {
             Spi::connect_mut(|client| Part::load(client, run_id, number))
         }) {
             Ok(part) => part,
-            Err(failure) if failure.sqlstate == SERIALIZATION_FAILURE => {
+            Err(failure) if failure.is_serialization_failure() => {
                 // This transaction's snapshot predates the part's newest batch: a later step,
                 // in a new transaction, sees it.
                 release_held_part(client)?;

@@ -9,8 +9,6 @@ use crate::retry::enqueue;
 use crate::siwe::{self, Expectations, Message, VerifyError, VERIFIER_VERSION};
 use crate::statements::Statement;
 use crate::subtransaction::in_subtransaction;
-
-const SERIALIZATION_FAILURE: &str = "40001";
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, UUIDOID};
 use pgrx::prelude::*;
@@ -208,7 +206,7 @@ fn siwe_login(
             // committed meanwhile). Queued, the wallet would wait for a new user while it may
             // have an owner already; only a retry, with a new snapshot, can tell. The nonce is
             // spent only if this transaction commits, so the retry logs in with the same message.
-            Err(failure) if failure.sqlstate == SERIALIZATION_FAILURE => {
+            Err(failure) if failure.is_serialization_failure() => {
                 Err(IdentityError::LoginConflict { address })
             }
             // A lock timeout or deadlock: queue the binding, never lose it.

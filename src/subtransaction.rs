@@ -10,6 +10,9 @@ use std::ffi::CStr;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 
+/// SQLSTATE serialization_failure.
+pub const SERIALIZATION_FAILURE: &str = "40001";
+
 /// Why a step failed: its error code (and the SQLSTATE text of it) and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepFailure {
@@ -35,13 +38,19 @@ impl From<StepFailure> for IdentityError {
 }
 
 impl StepFailure {
+    /// A serialization failure: this transaction's snapshot is older than a change it met, so
+    /// only a new transaction can see what is there.
+    pub fn is_serialization_failure(&self) -> bool {
+        self.sqlstate == SERIALIZATION_FAILURE
+    }
+
     /// Failures that are worth retrying later: lock and serialization conflicts, deadlocks,
     /// timeouts, exhausted resources, lost connections. Everything else (another user owns the
     /// id, invalid input, a broken invariant) fails the same way every time.
     pub fn is_transient(&self) -> bool {
         matches!(
             self.sqlstate.as_str(),
-            "40001" | "40P01" | "55P03" | "57014" | "57P01"
+            SERIALIZATION_FAILURE | "40P01" | "55P03" | "57014" | "57P01"
         ) || self.sqlstate.starts_with("53")
             || self.sqlstate.starts_with("08")
     }
