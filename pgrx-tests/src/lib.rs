@@ -89,6 +89,18 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A REPEATABLE READ transaction whose snapshot is taken now: what it reads and writes next
+/// cannot see what other sessions commit from here on.
+pub fn repeatable_read_snapshot(client: &mut Client) -> postgres::Transaction<'_> {
+    let mut transaction = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    transaction.query_one("SELECT 1", &[]).unwrap();
+    transaction
+}
+
 /// The SQLSTATE of a failed statement ("" for errors that are not from the server).
 pub fn sqlstate(error: &postgres::Error) -> &str {
     error.code().map(|code| code.code()).unwrap_or("")

@@ -1,6 +1,8 @@
 //! Concurrency: racing sessions, per-user chain serialization, isolation levels.
 
-use identity_bindings_client_tests::{integrity_is_clean, sqlstate, TestDatabase};
+use identity_bindings_client_tests::{
+    integrity_is_clean, repeatable_read_snapshot, sqlstate, TestDatabase,
+};
 use postgres::GenericClient;
 use std::sync::Barrier;
 use std::thread;
@@ -185,12 +187,7 @@ fn under_repeatable_read_a_stale_chain_append_is_a_serialization_failure() {
     bind(&mut early, existing_user, "1").unwrap();
 
     for (user, first_id, second_id) in [(existing_user, "2", "3"), (new_user, "4", "5")] {
-        let mut stale = late
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .unwrap();
-        stale.query_one("SELECT 1", &[]).unwrap(); // takes the snapshot
+        let mut stale = repeatable_read_snapshot(&mut late);
         bind(&mut early, user, first_id).unwrap();
         let error =
             bind(&mut stale, user, second_id).expect_err("the snapshot predates the other append");
@@ -212,12 +209,7 @@ fn under_repeatable_read_an_id_bound_after_the_snapshot_is_a_serialization_failu
     // The same id, by its owner and then by another user: neither stale transaction can tell,
     // on its snapshot, whether the binding it cannot see is its own, so both are asked to retry.
     for (external_id, binder) in [("10", owner), ("11", other_user)] {
-        let mut stale = late
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .unwrap();
-        stale.query_one("SELECT 1", &[]).unwrap(); // takes the snapshot
+        let mut stale = repeatable_read_snapshot(&mut late);
         assert!(bind(&mut early, owner, external_id).unwrap());
         let error = bind(&mut stale, binder, external_id)
             .expect_err("the snapshot predates the other binding");

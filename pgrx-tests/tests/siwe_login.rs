@@ -1,7 +1,9 @@
 //! Sign-In with Ethereum over real connections: replays, and logins that must commit.
 
 use identity_bindings_client_tests::wallet::TestWallet;
-use identity_bindings_client_tests::{integrity_is_clean, server_message, sqlstate, TestDatabase};
+use identity_bindings_client_tests::{
+    integrity_is_clean, repeatable_read_snapshot, server_message, sqlstate, TestDatabase,
+};
 use std::sync::Barrier;
 use std::thread;
 use uuid::Uuid;
@@ -128,12 +130,7 @@ fn a_repeatable_read_first_login_that_loses_a_race_is_retried_not_given_a_new_us
 
     // The late login's snapshot predates the first login, which binds the wallet to its user.
     let mut late = database.connect();
-    let mut stale = late
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .start()
-        .unwrap();
-    stale.query_one("SELECT 1", &[]).unwrap();
+    let mut stale = repeatable_read_snapshot(&mut late);
     let (owner, status) = login(&mut client, &first_message, &first_signature).unwrap();
     assert_eq!(status, "created");
 
