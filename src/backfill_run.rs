@@ -96,17 +96,16 @@ fn backfill_plan(
             run_as: caller_name(),
         };
         key.lock_until_commit(client)?;
-        let planned_meanwhile = key.run_planned_since_snapshot(client)?;
         if resume_after_id.is_none() {
             if let Some(run) = key.unfinished_run(client, size)? {
                 notice!("backfill: resuming run {run} where its last committed batches ended");
                 return Ok(run);
             }
-            if let Some(run) = planned_meanwhile {
+            if let Some(run) = key.run_planned_since_snapshot(client)? {
                 notice!("backfill: joining run {run}, planned by another session just now");
                 return Ok(run);
             }
-        } else if let Some(run_id) = planned_meanwhile {
+        } else if let Some(run_id) = key.run_planned_since_snapshot(client)? {
             // A new run replaces the unfinished ones, and this transaction cannot see that one.
             return Err(IdentityError::BackfillPlannedMeanwhile { run_id });
         }
