@@ -89,12 +89,15 @@ impl Drop for TestDatabase {
     }
 }
 
-/// A REPEATABLE READ transaction whose snapshot is taken now: what it reads and writes next
-/// cannot see what other sessions commit from here on.
-pub fn repeatable_read_snapshot(client: &mut Client) -> postgres::Transaction<'_> {
+/// A transaction of `isolation` (REPEATABLE READ or SERIALIZABLE) whose snapshot is taken now:
+/// what it reads and writes next cannot see what other sessions commit from here on.
+pub fn transaction_with_snapshot(
+    client: &mut Client,
+    isolation: postgres::IsolationLevel,
+) -> postgres::Transaction<'_> {
     let mut transaction = client
         .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .isolation_level(isolation)
         .start()
         .unwrap();
     transaction.query_one("SELECT 1", &[]).unwrap();

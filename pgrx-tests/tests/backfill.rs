@@ -3,9 +3,10 @@
 //! shares the work with background workers, and resumes an interrupted run exactly.
 
 use identity_bindings_client_tests::{
-    eventually, integrity_is_clean, server_message, sqlstate, TestDatabase,
+    eventually, integrity_is_clean, server_message, sqlstate, transaction_with_snapshot,
+    TestDatabase,
 };
-use postgres::Client;
+use postgres::{Client, GenericClient, IsolationLevel};
 
 const USERS: i64 = 100_000;
 
@@ -419,7 +420,10 @@ fn one_part_users(client: &mut Client) {
 }
 
 /// The run a CALL on `public.users` would work on (batches of 1,000), after `resume_after_id`.
-fn plan(client: &mut Client, resume_after_id: Option<&str>) -> Result<i64, postgres::Error> {
+fn plan(
+    client: &mut impl GenericClient,
+    resume_after_id: Option<&str>,
+) -> Result<i64, postgres::Error> {
     client
         .query_one(
             "SELECT identity.backfill_plan('users', 'id', 'wallet_address', 1000, $1)",
@@ -515,11 +519,10 @@ fn a_repeatable_read_step_that_started_before_a_part_finished_waits_and_binds_no
     let run = one_part_run(&mut client);
 
     let mut late = database.connect();
-    late.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
-        .unwrap();
+    let mut stale = transaction_with_snapshot(&mut late, IsolationLevel::RepeatableRead);
     step_until_done(&mut client, run);
 
-    let outcome: String = late
+    let outcome: String = stale
         .query_one("SELECT identity.backfill_step($1)", &[&run])
         .unwrap()
         .get(0);
@@ -527,7 +530,7 @@ fn a_repeatable_read_step_that_started_before_a_part_finished_waits_and_binds_no
         outcome, "waiting",
         "its snapshot cannot see the part's last batch: it leaves the part to a later step"
     );
-    late.batch_execute("COMMIT").unwrap();
+    stale.commit().unwrap();
     let outcome: String = late
         .query_one("SELECT identity.backfill_step($1)", &[&run])
         .unwrap()
@@ -553,42 +556,36 @@ fn runs(client: &mut Client) -> Vec<i64> {
         .collect()
 }
 
-/// A session in a transaction of `isolation` whose snapshot is taken now, with no workers.
-fn session_with_snapshot(database: &TestDatabase, isolation: &str) -> Client {
-    let mut session = database.connect();
-    session
-        .batch_execute(&format!(
-            "SET identity.max_parallel_backfill_workers = 0;
-             BEGIN ISOLATION LEVEL {isolation}; SELECT 1"
-        ))
-        .unwrap();
-    session
-}
-
 #[test]
 fn a_repeatable_read_or_serializable_plan_joins_a_run_planned_after_its_snapshot() {
     for (isolation, name) in [
-        ("REPEATABLE READ", "backfill_rr_plan_joins"),
-        ("SERIALIZABLE", "backfill_serializable_plan_joins"),
+        (IsolationLevel::RepeatableRead, "backfill_rr_plan_joins"),
+        (
+            IsolationLevel::Serializable,
+            "backfill_serializable_plan_joins",
+        ),
     ] {
         let database = TestDatabase::create(name);
         let mut client = database.connect();
         one_part_users(&mut client);
-        let mut late = session_with_snapshot(&database, isolation);
+        let mut late = database.connect();
+        late.batch_execute("SET identity.max_parallel_backfill_workers = 0")
+            .unwrap();
+        let mut stale = transaction_with_snapshot(&mut late, isolation);
         let run = plan(&mut client, None).unwrap();
 
-        let joined = plan(&mut late, None).unwrap();
+        let joined = plan(&mut stale, None).unwrap();
         assert_eq!(
             joined, run,
-            "{isolation}: its snapshot cannot see the run, and it joins it instead of planning a second"
+            "{isolation:?}: its snapshot cannot see the run, and it joins it instead of planning a second"
         );
-        late.batch_execute("COMMIT").unwrap();
-        assert_eq!(runs(&mut client), vec![run], "{isolation}");
+        stale.commit().unwrap();
+        assert_eq!(runs(&mut client), vec![run], "{isolation:?}");
         step_until_done(&mut late, run);
         assert_eq!(
             scanned_created_existing(&mut client, run),
             vec![2500, 2500, 0],
-            "{isolation}"
+            "{isolation:?}"
         );
         assert!(integrity_is_clean(&mut client));
     }
@@ -600,16 +597,19 @@ fn a_repeatable_read_plan_cannot_replace_a_run_planned_after_its_snapshot() {
     let mut client = database.connect();
     one_part_users(&mut client);
     let resume_after = Some("00000000-0000-4000-8000-000000000100");
-    let mut late = session_with_snapshot(&database, "REPEATABLE READ");
+    let mut late = database.connect();
+    late.batch_execute("SET identity.max_parallel_backfill_workers = 0")
+        .unwrap();
+    let mut stale = transaction_with_snapshot(&mut late, IsolationLevel::RepeatableRead);
     let run = plan(&mut client, None).unwrap();
 
-    let refused = plan(&mut late, resume_after).unwrap_err();
+    let refused = plan(&mut stale, resume_after).unwrap_err();
     assert_eq!(sqlstate(&refused), "40001", "{refused:?}");
     assert!(
         server_message(&refused).contains(&format!("backfill run {run}")),
         "{refused:?}"
     );
-    late.batch_execute("ROLLBACK").unwrap();
+    stale.rollback().unwrap();
     assert_eq!(runs(&mut client), vec![run], "nothing was planned");
 
     let replacing = plan(&mut late, resume_after).unwrap();

@@ -1,9 +1,10 @@
 //! Concurrency: racing sessions, per-user chain serialization, isolation levels.
 
 use identity_bindings_client_tests::{
-    integrity_is_clean, repeatable_read_snapshot, sqlstate, TestDatabase,
+    integrity_is_clean, sqlstate, transaction_with_snapshot, TestDatabase,
 };
 use postgres::GenericClient;
+use postgres::IsolationLevel;
 use std::sync::Barrier;
 use std::thread;
 use uuid::Uuid;
@@ -187,7 +188,7 @@ fn under_repeatable_read_a_stale_chain_append_is_a_serialization_failure() {
     bind(&mut early, existing_user, "1").unwrap();
 
     for (user, first_id, second_id) in [(existing_user, "2", "3"), (new_user, "4", "5")] {
-        let mut stale = repeatable_read_snapshot(&mut late);
+        let mut stale = transaction_with_snapshot(&mut late, IsolationLevel::RepeatableRead);
         bind(&mut early, user, first_id).unwrap();
         let error =
             bind(&mut stale, user, second_id).expect_err("the snapshot predates the other append");
@@ -209,7 +210,7 @@ fn under_repeatable_read_an_id_bound_after_the_snapshot_is_a_serialization_failu
     // The same id, by its owner and then by another user: neither stale transaction can tell,
     // on its snapshot, whether the binding it cannot see is its own, so both are asked to retry.
     for (external_id, binder) in [("10", owner), ("11", other_user)] {
-        let mut stale = repeatable_read_snapshot(&mut late);
+        let mut stale = transaction_with_snapshot(&mut late, IsolationLevel::RepeatableRead);
         assert!(bind(&mut early, owner, external_id).unwrap());
         let error = bind(&mut stale, binder, external_id)
             .expect_err("the snapshot predates the other binding");

@@ -2,8 +2,9 @@
 
 use identity_bindings_client_tests::wallet::TestWallet;
 use identity_bindings_client_tests::{
-    integrity_is_clean, repeatable_read_snapshot, server_message, sqlstate, TestDatabase,
+    integrity_is_clean, server_message, sqlstate, transaction_with_snapshot, TestDatabase,
 };
+use postgres::IsolationLevel;
 use std::sync::Barrier;
 use std::thread;
 use uuid::Uuid;
@@ -130,7 +131,7 @@ fn a_repeatable_read_first_login_that_loses_a_race_is_retried_not_given_a_new_us
 
     // The late login's snapshot predates the first login, which binds the wallet to its user.
     let mut late = database.connect();
-    let mut stale = repeatable_read_snapshot(&mut late);
+    let mut stale = transaction_with_snapshot(&mut late, IsolationLevel::RepeatableRead);
     let (owner, status) = login(&mut client, &first_message, &first_signature).unwrap();
     assert_eq!(status, "created");
 
