@@ -61,6 +61,47 @@ pub fn live_binding(
     }
 }
 
+/// What other transactions have done to the binding of a key, as a unique-index insert of the
+/// key meets it: nothing, a committed live binding, or a change not finished yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A live binding whose insert committed (perhaps after this transaction's snapshot).
+    Committed,
+    /// A binding inserted, or revoked, by a transaction still in progress: whose the key is
+    /// depends on how that transaction ends.
+    InProgress,
+}
+
+/// The claim other transactions have on canonical `external_id` of `provider`, if any: what an
+/// insert of the key would wait for or conflict with. Read through a dirty snapshot, the one
+/// PostgreSQL's unique check uses, which also sees rows not yet committed; it never waits. This
+/// transaction's own binding counts as committed.
+pub fn claim_on(provider: &str, external_id: &str) -> Result<Option<Claim>, IdentityError> {
+    let provider = provider.into_datum().expect("text is never NULL");
+    let external_id = external_id.into_datum().expect("text is never NULL");
+    // SAFETY: as in `live_binding`; the dirty snapshot lives on this stack frame for the whole
+    // scan, which writes the in-progress inserter or deleter of each row it returns into it.
+    unsafe {
+        let (table, index) = open_table_and_index()?;
+        let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
+        dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let scan = KeyScan::begin(table, index, &mut dirty, provider, external_id);
+        let mut claim = None;
+        while claim != Some(Claim::InProgress) && scan.next() {
+            let unfinished = dirty.xmin != pg_sys::InvalidTransactionId
+                || dirty.xmax != pg_sys::InvalidTransactionId;
+            claim = Some(if unfinished {
+                Claim::InProgress
+            } else {
+                Claim::Committed
+            });
+        }
+        scan.end();
+        close(table, index);
+        Ok(claim)
+    }
+}
+
 /// Makes the snapshot the read runs on the active one; true when it pushed one, to be popped.
 unsafe fn take_read_snapshot() -> bool {
     let has_written = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
@@ -156,27 +197,65 @@ unsafe fn probe(
     provider: pg_sys::Datum,
     external_id: pg_sys::Datum,
 ) -> Option<LiveBinding> {
-    let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
-    for (key, (column, value)) in keys.iter_mut().zip([(1, provider), (2, external_id)]) {
-        pg_sys::ScanKeyInit(
-            key,
-            column,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::RegProcedure::from(pg_sys::F_TEXTEQ),
-            value,
-        );
-    }
-    let scan = pg_sys::index_beginscan(table, index, pg_sys::GetActiveSnapshot(), 2, 0);
-    pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
-    let slot = pg_sys::table_slot_create(table, std::ptr::null_mut());
-    let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
-        .then(|| LiveBinding {
-            binding_id: uuid_at(slot, columns.id),
-            user_id: uuid_at(slot, columns.user_id),
-        });
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
-    pg_sys::index_endscan(scan);
+    let scan = KeyScan::begin(
+        table,
+        index,
+        pg_sys::GetActiveSnapshot(),
+        provider,
+        external_id,
+    );
+    let found = scan.next().then(|| LiveBinding {
+        binding_id: uuid_at(scan.slot, columns.id),
+        user_id: uuid_at(scan.slot, columns.user_id),
+    });
+    scan.end();
     found
+}
+
+/// An index scan for one `(provider, external_id)` key, on `snapshot`, and the slot its rows
+/// are read into.
+struct KeyScan {
+    scan: pg_sys::IndexScanDesc,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl KeyScan {
+    unsafe fn begin(
+        table: pg_sys::Relation,
+        index: pg_sys::Relation,
+        snapshot: pg_sys::Snapshot,
+        provider: pg_sys::Datum,
+        external_id: pg_sys::Datum,
+    ) -> KeyScan {
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        for (key, (column, value)) in keys.iter_mut().zip([(1, provider), (2, external_id)]) {
+            pg_sys::ScanKeyInit(
+                key,
+                column,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                pg_sys::RegProcedure::from(pg_sys::F_TEXTEQ),
+                value,
+            );
+        }
+        let scan = pg_sys::index_beginscan(table, index, snapshot, 2, 0);
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(table, std::ptr::null_mut());
+        KeyScan { scan, slot }
+    }
+
+    /// Reads the next row the snapshot lets through into the slot; false when there is none.
+    unsafe fn next(&self) -> bool {
+        pg_sys::index_getnext_slot(
+            self.scan,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            self.slot,
+        )
+    }
+
+    unsafe fn end(self) {
+        pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+        pg_sys::index_endscan(self.scan);
+    }
 }
 
 /// The uuid in column `column` of the row in `slot` (both id columns are NOT NULL).
@@ -190,7 +269,7 @@ unsafe fn uuid_at(slot: *mut pg_sys::TupleTableSlot, column: i32) -> Uuid {
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
-    use super::{live_binding, LiveBinding};
+    use super::{claim_on, live_binding, Claim, LiveBinding};
     use crate::testing::{error_of, take_turns};
     use pgrx::prelude::*;
     use uuid::Uuid;
@@ -241,6 +320,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(live_binding("github", "583231").unwrap(), None);
+    }
+
+    #[pg_test]
+    fn nothing_claims_an_unbound_or_revoked_id() {
+        take_turns();
+        assert_eq!(claim_on("github", "583231").unwrap(), None);
+        bind(ALICE, "github", "583231");
+        Spi::run(
+            r#"SELECT * FROM identity.revoke_binding('github', '583231', '{"reason": "test"}')"#,
+        )
+        .unwrap();
+        assert_eq!(claim_on("github", "583231").unwrap(), None);
+    }
+
+    #[pg_test]
+    fn a_live_binding_is_a_committed_claim_of_its_id_only() {
+        take_turns();
+        bind(ALICE, "github", "583231");
+        assert_eq!(
+            claim_on("github", "583231").unwrap(),
+            Some(Claim::Committed),
+            "this transaction's own binding is as good as committed to it"
+        );
+        assert_eq!(claim_on("github", "583232").unwrap(), None);
+        assert_eq!(claim_on("discord", "583231").unwrap(), None);
     }
 
     #[pg_test]

@@ -68,6 +68,9 @@ pub enum IdentityError {
     BackfillPlannedMeanwhile { run_id: i64 },
     /// 40001: a first login's binding met a change committed after this transaction's snapshot.
     LoginConflict { address: String },
+    /// 40001: a first login's binding gave up waiting for another transaction's unfinished
+    /// binding (or revoke) of the same wallet.
+    LoginBehindAnother { address: String },
     /// 42501: identity.identity_events refuses UPDATE, DELETE and TRUNCATE.
     AppendOnly { operation: &'static str },
     /// 42501: identity.providers refuses UPDATE, DELETE and TRUNCATE: a provider is permanent.
@@ -97,9 +100,10 @@ impl IdentityError {
             BoundToAnotherUser { .. } => ERRCODE_UNIQUE_VIOLATION,
             NotBound { .. } => ERRCODE_NO_DATA_FOUND,
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
-            ChainAppendConflict | BackfillPlannedMeanwhile { .. } | LoginConflict { .. } => {
-                ERRCODE_T_R_SERIALIZATION_FAILURE
-            }
+            ChainAppendConflict
+            | BackfillPlannedMeanwhile { .. }
+            | LoginConflict { .. }
+            | LoginBehindAnother { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
             AppendOnly { .. }
             | ProviderIsPermanent { .. }
             | NoSourcePrivilege { .. }
@@ -157,7 +161,7 @@ impl IdentityError {
             BackfillPlannedMeanwhile { .. } => {
                 "CALL it again: the new run then replaces that one, as under READ COMMITTED.".into()
             }
-            LoginConflict { .. } => {
+            LoginConflict { .. } | LoginBehindAnother { .. } => {
                 "Retry the transaction: its nonce is spent only when it commits, so the same signed message logs in.".into()
             }
             AppendOnly { .. } => {
@@ -255,6 +259,10 @@ impl fmt::Display for IdentityError {
             LoginConflict { address } => write!(
                 f,
                 "could not log in wallet {address}: its binding met a change committed after this transaction began, possibly another first login of the same wallet"
+            ),
+            LoginBehindAnother { address } => write!(
+                f,
+                "could not log in wallet {address}: another first login of the same wallet (or a revoke of its binding) has not finished, and this login stopped waiting for it"
             ),
             BackfillPlannedMeanwhile { run_id } => write!(
                 f,

@@ -1,6 +1,7 @@
 //! Sign-In with Ethereum in SQL: verify a message, log in (verify, consume the nonce, bind the
 //! wallet) in one round trip, link a wallet to a known user, and re-check stored evidence.
 
+use crate::binding_index::{claim_on, Claim};
 use crate::bindings::{bind, owner_of, BindOutcome};
 use crate::errors::{required, IdentityError};
 use crate::events::{pg_uuid, rust_uuid};
@@ -209,11 +210,22 @@ fn siwe_login(
             Err(failure) if failure.is_serialization_failure() => {
                 Err(IdentityError::LoginConflict { address })
             }
-            // A lock timeout or deadlock: queue the binding, never lose it.
-            Err(failure) if failure.is_transient() => {
-                enqueue(client, user_id, "wallet", &address, evidence)?;
-                Ok((user_id, address, chain_id, "queued"))
-            }
+            // A lock timeout, statement timeout or deadlock: queue the binding, never lose it,
+            // unless the wait was for another transaction's binding of this wallet.
+            Err(failure) if failure.is_transient() => match claim_on("wallet", &address)? {
+                None => {
+                    enqueue(client, user_id, "wallet", &address, evidence)?;
+                    Ok((user_id, address, chain_id, "queued"))
+                }
+                // Most likely a concurrent first login of the same wallet: queued, this login
+                // would get a new user while that one may commit as the wallet's owner.
+                Some(Claim::InProgress) => Err(IdentityError::LoginBehindAnother { address }),
+                // Committed since the wait ended: the wallet's owner, if this snapshot sees it.
+                Some(Claim::Committed) => match owner_of("wallet", &address)? {
+                    Some(owner) => Ok((owner, address, chain_id, "existing")),
+                    None => Err(IdentityError::LoginConflict { address }),
+                },
+            },
             Err(failure) => Err(failure.into()),
         }
     })?;

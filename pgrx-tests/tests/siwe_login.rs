@@ -161,3 +161,50 @@ fn a_repeatable_read_first_login_that_loses_a_race_is_retried_not_given_a_new_us
     );
     assert!(integrity_is_clean(&mut client));
 }
+
+#[test]
+fn a_first_login_that_times_out_behind_another_first_login_is_retried_not_given_a_new_user() {
+    let database = TestDatabase::create("siwe_timeout_race");
+    let mut client = database.connect();
+    let wallet = TestWallet::from_seed(6);
+    let (first_message, first_signature) = signed_login(&mut client, &wallet);
+    let (late_message, late_signature) = signed_login(&mut client, &wallet);
+
+    // The first login has bound the wallet but not committed: the late login's insert waits
+    // for it, and its lock_timeout ends the wait before the first login's fate is known.
+    let mut first = database.connect();
+    let mut pending = first.transaction().unwrap();
+    let (owner, status) = {
+        let row = pending
+            .query_one(
+                "SELECT user_id, status FROM identity.siwe_login($1, $2, $3)",
+                &[&first_message, &first_signature, &DOMAIN],
+            )
+            .unwrap();
+        (row.get::<_, Uuid>(0), row.get::<_, String>(1))
+    };
+    assert_eq!(status, "created");
+    let mut late = database.connect();
+    late.batch_execute("SET lock_timeout = '200ms'").unwrap();
+    let error = login(&mut late, &late_message, &late_signature)
+        .expect_err("whose wallet it is depends on a login that has not finished");
+    assert_eq!(sqlstate(&error), "40001", "{error:?}");
+    assert!(
+        server_message(&error).contains("another first login of the same wallet"),
+        "{error:?}"
+    );
+
+    pending.commit().unwrap();
+    let (user, status) = login(&mut late, &late_message, &late_signature)
+        .expect("retried, the same signed message logs in: its nonce was not spent");
+    assert_eq!((user, status.as_str()), (owner, "existing"));
+    let queued: i64 = client
+        .query_one("SELECT count(*) FROM identity.binding_jobs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        queued, 0,
+        "no binding of the wallet to another user was queued"
+    );
+    assert!(integrity_is_clean(&mut client));
+}
