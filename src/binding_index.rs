@@ -6,6 +6,10 @@
 //! pays for executor start-up and shutdown, a portal, its parameters and a copy of the result:
 //! 17,000 of the 117,700 instructions a repeat cost that way (BENCHMARKS.md). The scan opened here
 //! reads the same row under the same snapshot SPI would have used.
+//!
+//! The same index also tells, through a dirty snapshot, whether another transaction has an
+//! unfinished binding of the key: what a login whose binding step stopped waiting must know
+//! before it queues the binding for a new user.
 
 use crate::errors::IdentityError;
 use pgrx::pg_sys::{self, Oid};
