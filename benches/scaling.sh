@@ -14,7 +14,8 @@
 # shared_buffers, the time spent reading them and the WAL full-page images, and at the largest
 # size which relations those blocks came from and how large the tables and indexes are: where
 # the growth comes from. OS_CACHE=dropped empties the OS page cache before every run (as root),
-# so that both contestants read what shared_buffers lacks from the disk alike. Run after
+# so that both contestants read what shared_buffers lacks from the disk alike; INDEXES=prewarmed
+# loads each contestant's random-key indexes into shared_buffers before its runs. Run after
 # `make install`; prints Markdown tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +78,16 @@ io_totals() {
                      UNION ALL
                      SELECT indexrelname, idx_blks_read FROM pg_statio_user_indexes) r))"
 }
+# The indexes each contestant writes at a random key per new binding (with random user ids);
+# INDEXES=prewarmed loads them into shared buffers (pg_prewarm) before each of its runs: the
+# cost once a server keeps them cached, where the default measures it with them mostly not.
+declare -A random_key_indexes=(
+    [ext]="'{identity.user_bindings_provider_external_id_key, identity.user_bindings_user_id_idx,
+            identity.event_chain_heads_pkey, identity.identity_events_user_seq_key}'"
+    [plpgsql]="'{app_bindings_provider_external_id_key, app_bindings_user_id_idx, app_bindings_pkey,
+                app_events_pkey}'"
+)
+[ "${INDEXES:-as_left}" = prewarmed ] && "${psql[@]}" -c "CREATE EXTENSION pg_prewarm"
 # run <contestant> <clients>: one run, right after a CHECKPOINT (and, with OS_CACHE=dropped, with
 # the OS page cache emptied, so that every block shared_buffers lacks comes from the disk). Prints
 # its tps, then per call the blocks read, the ms spent reading them and the full-page images; it
@@ -86,6 +97,11 @@ run() {
     local before output
     "${psql[@]}" -c CHECKPOINT
     if [ "${OS_CACHE:-kept}" = dropped ]; then sync; echo 1 > /proc/sys/vm/drop_caches; fi
+    if [ "${INDEXES:-as_left}" = prewarmed ]; then
+        # Its reads reach the totals before they are taken: flushed as this session goes idle.
+        "${psql[@]}" -c "SELECT pg_prewarm(i) FROM unnest(${random_key_indexes[$1]}::regclass[]) i;
+                         SELECT pg_stat_force_next_flush()" >/dev/null
+    fi
     before=$(io_totals)
     output=$(/usr/lib/postgresql/15/bin/pgbench -n -M prepared -h "$cluster" -p 5432 -U postgres \
         -f "$work/$1_new.sql" -c "$2" -j "$2" -T "$seconds" postgres 2>/dev/null)
