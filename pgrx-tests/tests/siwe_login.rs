@@ -17,7 +17,7 @@ fn signed_login(client: &mut postgres::Client, wallet: &TestWallet) -> (String, 
 }
 
 fn login(
-    client: &mut postgres::Client,
+    client: &mut impl postgres::GenericClient,
     message: &str,
     signature: &str,
 ) -> Result<(Uuid, String), postgres::Error> {
@@ -121,6 +121,28 @@ fn a_message_signed_by_another_key_is_refused_and_keeps_its_nonce() {
     assert_eq!(status, "created");
 }
 
+/// The refused login, retried with the same signed message (its nonce was not spent), logs in as
+/// the wallet's owner, and no binding of the wallet to another user was queued.
+fn assert_the_retry_logs_in_as_the_owner(
+    late: &mut postgres::Client,
+    client: &mut postgres::Client,
+    (message, signature): (&str, &str),
+    owner: Uuid,
+) {
+    let (user, status) = login(late, message, signature)
+        .expect("retried, the same signed message logs in: its nonce was not spent");
+    assert_eq!((user, status.as_str()), (owner, "existing"));
+    let queued: i64 = client
+        .query_one("SELECT count(*) FROM identity.binding_jobs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        queued, 0,
+        "no binding of the wallet to another user was queued"
+    );
+    assert!(integrity_is_clean(client));
+}
+
 #[test]
 fn a_repeatable_read_first_login_that_loses_a_race_is_retried_not_given_a_new_user() {
     let database = TestDatabase::create("siwe_rr_race");
@@ -135,11 +157,7 @@ fn a_repeatable_read_first_login_that_loses_a_race_is_retried_not_given_a_new_us
     let (owner, status) = login(&mut client, &first_message, &first_signature).unwrap();
     assert_eq!(status, "created");
 
-    let error = stale
-        .query_one(
-            "SELECT user_id, status FROM identity.siwe_login($1, $2, $3)",
-            &[&late_message, &late_signature, &DOMAIN],
-        )
+    let error = login(&mut stale, &late_message, &late_signature)
         .expect_err("its snapshot cannot see whose wallet it is: only a retry can");
     assert_eq!(sqlstate(&error), "40001", "{error:?}");
     assert!(
@@ -148,18 +166,8 @@ fn a_repeatable_read_first_login_that_loses_a_race_is_retried_not_given_a_new_us
     );
     stale.rollback().unwrap();
 
-    let (user, status) = login(&mut late, &late_message, &late_signature)
-        .expect("retried, the same signed message logs in: its nonce was not spent");
-    assert_eq!((user, status.as_str()), (owner, "existing"));
-    let queued: i64 = client
-        .query_one("SELECT count(*) FROM identity.binding_jobs", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        queued, 0,
-        "no binding of the wallet to another user was queued"
-    );
-    assert!(integrity_is_clean(&mut client));
+    let retry = (late_message.as_str(), late_signature.as_str());
+    assert_the_retry_logs_in_as_the_owner(&mut late, &mut client, retry, owner);
 }
 
 #[test]
@@ -174,15 +182,7 @@ fn a_first_login_that_times_out_behind_another_first_login_is_retried_not_given_
     // for it, and its lock_timeout ends the wait before the first login's fate is known.
     let mut first = database.connect();
     let mut pending = first.transaction().unwrap();
-    let (owner, status) = {
-        let row = pending
-            .query_one(
-                "SELECT user_id, status FROM identity.siwe_login($1, $2, $3)",
-                &[&first_message, &first_signature, &DOMAIN],
-            )
-            .unwrap();
-        (row.get::<_, Uuid>(0), row.get::<_, String>(1))
-    };
+    let (owner, status) = login(&mut pending, &first_message, &first_signature).unwrap();
     assert_eq!(status, "created");
     let mut late = database.connect();
     late.batch_execute("SET lock_timeout = '200ms'").unwrap();
@@ -195,16 +195,6 @@ fn a_first_login_that_times_out_behind_another_first_login_is_retried_not_given_
     );
 
     pending.commit().unwrap();
-    let (user, status) = login(&mut late, &late_message, &late_signature)
-        .expect("retried, the same signed message logs in: its nonce was not spent");
-    assert_eq!((user, status.as_str()), (owner, "existing"));
-    let queued: i64 = client
-        .query_one("SELECT count(*) FROM identity.binding_jobs", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        queued, 0,
-        "no binding of the wallet to another user was queued"
-    );
-    assert!(integrity_is_clean(&mut client));
+    let retry = (late_message.as_str(), late_signature.as_str());
+    assert_the_retry_logs_in_as_the_owner(&mut late, &mut client, retry, owner);
 }
