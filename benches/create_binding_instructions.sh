@@ -8,7 +8,6 @@
 # Run after `make install`; prints a Markdown table for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=/usr/lib/postgresql/15/bin
 small=${SMALL:-300}
 large=${LARGE:-1200}
 repeat_pool=100000
@@ -23,7 +22,7 @@ psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgre
 "${psql[@]}" -c CHECKPOINT
 locale=$("${psql[@]}" -At -c "SHOW lc_collate")
 # Stopped cleanly, kept: each count starts from a copy of its data directory.
-runuser -u postgres -- "$bin/pg_ctl" -D "$cluster/data" -m fast -w stop >/dev/null
+scripts/cluster.sh halt "$cluster"
 contestant_scripts "$work"
 
 declare -A per_call=()

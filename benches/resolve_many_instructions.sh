@@ -19,7 +19,7 @@ psql=(psql -X -q -v ON_ERROR_STOP=1 -h "$cluster" -p 5432 -U postgres -d postgre
 resolve_many_contestants >/dev/null
 "${psql[@]}" -c CHECKPOINT
 # Stopped cleanly, kept: each count starts from a copy of its data directory.
-runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$cluster/data" -m fast -w stop >/dev/null
+scripts/cluster.sh halt "$cluster"
 
 plain=$(instructions_per_call "$work/plain.sql" "$small" "$large")
 ext=$(instructions_per_call "$work/ext.sql" "$small" "$large")

@@ -52,7 +52,7 @@ VACUUM ANALYZE app_bindings, app_events;
 CHECKPOINT;
 SQL
     done
-    runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$cluster/data" -m fast -w stop >/dev/null
+    scripts/cluster.sh halt "$cluster"
     scripts/cluster.sh restart "$cluster"
     filled=$1
 }

@@ -2,8 +2,9 @@
 # A throwaway PostgreSQL 15 cluster, run as the postgres user (initdb refuses root).
 #
 #   scripts/cluster.sh start DIR [extra postgres -c settings...]   # prints nothing; socket in DIR
-#   scripts/cluster.sh restart DIR   # starts it again (after a crash) with the same settings
-#   scripts/cluster.sh stop DIR
+#   scripts/cluster.sh restart DIR   # starts it again (after a crash or a halt) with the same settings
+#   scripts/cluster.sh halt DIR      # stops it cleanly (a shutdown checkpoint) and keeps its data
+#   scripts/cluster.sh stop DIR      # stops it at once and removes it
 #
 # The cluster listens only on a Unix socket in DIR (no TCP), so it never collides with another
 # cluster on this machine: connect with host=DIR port=5432 user=postgres.
@@ -48,6 +49,10 @@ launch() {
     chmod 0755 "$dir"
 }
 
+halt() {
+    runuser -u postgres -- "$BIN/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null
+}
+
 stop() {
     local dir=$1
     if [ -f "$dir/data/postmaster.pid" ]; then
@@ -59,6 +64,7 @@ stop() {
 case "${1:-}" in
     start) shift; start "$@" ;;
     restart) shift; launch "$@" ;;
+    halt) shift; halt "$@" ;;
     stop) shift; stop "$@" ;;
-    *) echo "usage: $0 start DIR [setting=value...] | restart DIR | stop DIR" >&2; exit 2 ;;
+    *) echo "usage: $0 start DIR [setting=value...] | restart DIR | halt DIR | stop DIR" >&2; exit 2 ;;
 esac
