@@ -33,6 +33,8 @@ pub enum IdentityError {
         provider: String,
         external_id: String,
     },
+    /// P0002: no live binding has this id (it never existed, or was revoked).
+    NoLiveBinding { binding_id: String },
     /// 22023: a merge needs two different users.
     MergeIntoSelf,
     /// 22023: provider names are lowercase identifiers.
@@ -98,7 +100,7 @@ impl IdentityError {
                 ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
             }
             BoundToAnotherUser { .. } => ERRCODE_UNIQUE_VIOLATION,
-            NotBound { .. } => ERRCODE_NO_DATA_FOUND,
+            NotBound { .. } | NoLiveBinding { .. } => ERRCODE_NO_DATA_FOUND,
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
             ChainAppendConflict
             | BackfillPlannedMeanwhile { .. }
@@ -131,6 +133,9 @@ impl IdentityError {
                 "Bindings are never moved implicitly: revoke the binding first, or merge the two users with identity.merge_users(from_user, into_user, evidence).".into()
             }
             NotBound { .. } => "identity.resolve(provider, external_id) tells whether an id is bound.".into(),
+            NoLiveBinding { .. } => {
+                "Pass an id from identity.user_bindings; a revoked binding's evidence stays in its bind event in identity.identity_events.".into()
+            }
             MergeIntoSelf => "Pass two different user ids.".into(),
             InvalidProviderName { .. } => {
                 "A provider name is 1 to 63 characters: a lowercase letter, then lowercase letters, digits or underscores.".into()
@@ -215,6 +220,7 @@ impl fmt::Display for IdentityError {
                     echo(external_id)
                 )
             }
+            NoLiveBinding { binding_id } => write!(f, "no live binding has id {binding_id}"),
             MergeIntoSelf => write!(f, "cannot merge a user into itself"),
             InvalidProviderName { name } => write!(f, "invalid provider name \"{}\"", echo(name)),
             ProviderConflict { name } => {

@@ -274,34 +274,53 @@ fn siwe_bind(
     )))
 }
 
+// A live binding and the evidence of its `bind` event. The event is in the chain of the user who
+// owned the binding when it was made: its owner now, or, if merges moved it, a user it was merged
+// from, named by the `merge` event each move appended to the chain it moved into. Only those
+// chains are read, through their (user_id, seq) index: events carry no index on the binding id,
+// and a search of them all would read the whole audit trail on every call.
 static BINDING_EVIDENCE: Statement = Statement::read(
-    "SELECT b.external_id, e.payload->'evidence', e.created_at
-       FROM identity.user_bindings b
-       LEFT JOIN identity.identity_events e
-              ON e.event_type = 'bind' AND e.payload->>'binding_id' = b.id::text
-      WHERE b.id = $1 AND b.provider = 'wallet'",
+    "WITH RECURSIVE binding AS (
+         SELECT b.user_id, b.provider, b.external_id FROM identity.user_bindings b WHERE b.id = $1
+     ), owners (user_id) AS (
+         SELECT user_id FROM binding
+       UNION
+         SELECT (m.payload->>'from_user')::uuid
+           FROM owners o JOIN identity.identity_events m ON m.user_id = o.user_id
+          WHERE m.event_type = 'merge' AND m.payload->>'role' = 'into'
+            AND m.payload->'bindings' @> jsonb_build_array(jsonb_build_object('binding_id', $1::text))
+     ), bind_event AS (
+         SELECT e.payload->'evidence' AS evidence, e.created_at
+           FROM owners o JOIN identity.identity_events e ON e.user_id = o.user_id
+          WHERE e.event_type = 'bind' AND e.payload->>'binding_id' = $1::text
+     )
+     SELECT b.provider, b.external_id, e.evidence, e.created_at
+       FROM binding b LEFT JOIN bind_event e ON true",
     &[UUIDOID],
 );
 
 /// `identity.verify_binding(binding_id)`: re-verifies a wallet binding's stored SIWE evidence as
-/// of the login that proved it. NULL when the binding has no SIWE evidence to check.
+/// of the login that proved it. NULL when the binding has no SIWE evidence to check: a binding of
+/// another provider, or a wallet bound another way (a backfill, an application's own check).
 #[pg_extern(stable, strict, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn verify_binding(binding_id: pgrx::Uuid) -> Result<Option<bool>, ErrorReport> {
     Spi::connect_mut(|client| -> Result<Option<bool>, IdentityError> {
         let rows = BINDING_EVIDENCE.run(client, &[binding_id.into()])?;
         if rows.is_empty() {
-            return Err(IdentityError::NotBound {
-                provider: "wallet".into(),
-                external_id: format!("binding {binding_id}"),
+            return Err(IdentityError::NoLiveBinding {
+                binding_id: binding_id.to_string(),
             });
         }
         let row = rows.first();
-        let address = row.get::<String>(1)?.unwrap_or_default();
-        let Some(evidence) = row.get::<pgrx::JsonB>(2)?.map(|e| e.0) else {
+        if row.get::<String>(1)?.as_deref() != Some("wallet") {
+            return Ok(None);
+        }
+        let address = row.get::<String>(2)?.unwrap_or_default();
+        let Some(evidence) = row.get::<pgrx::JsonB>(3)?.map(|e| e.0) else {
             return Ok(Some(false)); // a live binding without its bind event: nothing proves it
         };
-        let bound_at: Option<TimestampWithTimeZone> = row.get(3)?;
+        let bound_at: Option<TimestampWithTimeZone> = row.get(4)?;
         let (
             Some("siwe"),
             Some(message),
@@ -523,12 +542,69 @@ mod tests {
             "SELECT identity.create_binding('00000000-0000-4000-8000-00000000a11c', 'wallet', '{ADDRESS}', '{{\"method\": \"manual\"}}')"
         ))
         .unwrap();
-        let manual =
-            Spi::get_one::<bool>("SELECT identity.verify_binding(id) FROM identity.user_bindings");
-        assert_eq!(manual, Ok(None));
-        assert_eq!(
-            sqlstate_of("SELECT identity.verify_binding('00000000-0000-4000-8000-000000000000')"),
-            "P0002"
+        // Evidence that only claims SIWE proves nothing about a GitHub account.
+        Spi::run(&format!(
+            "SELECT identity.create_binding('00000000-0000-4000-8000-00000000a11c', 'github', '583231',
+                                            jsonb_build_object('method', 'siwe', 'message', $m${MESSAGE}$m$,
+                                                               'signature', '{SIGNATURE}', 'domain', 'login.xyz',
+                                                               'nonce', 'bTyXgcQxn2htgkjJn'))"
+        ))
+        .unwrap();
+        for provider in ["wallet", "github"] {
+            let verified = Spi::get_one_with_args::<bool>(
+                "SELECT identity.verify_binding(id) FROM identity.user_bindings WHERE provider = $1",
+                &[provider.into()],
+            );
+            assert_eq!(verified, Ok(None), "{provider}");
+        }
+    }
+
+    #[pg_test]
+    fn verify_binding_follows_the_wallet_through_merges_to_its_bind_event() {
+        crate::testing::take_turns();
+        issue_example_nonce();
+        let first_owner = Spi::get_one::<pgrx::Uuid>(
+            &login_sql("login.xyz").replace("SELECT user_id, status", "SELECT user_id"),
+        )
+        .unwrap()
+        .unwrap();
+        let (middle, last) = (
+            "00000000-0000-4000-8000-0000000000b2",
+            "00000000-0000-4000-8000-0000000000c3",
         );
+        // A merge into the last owner that moved another binding: not the wallet's way back.
+        Spi::run(&format!(
+            "SELECT identity.create_binding('00000000-0000-4000-8000-0000000000d4', 'github', '1', '{{}}');
+             SELECT identity.merge_users('00000000-0000-4000-8000-0000000000d4', '{last}', '{{}}');
+             SELECT identity.merge_users('{first_owner}', '{middle}', '{{}}');
+             SELECT identity.merge_users('{middle}', '{last}', '{{}}');"
+        ))
+        .unwrap();
+        let verified = Spi::get_one::<bool>(&format!(
+            "SELECT identity.verify_binding(id) FROM identity.user_bindings
+              WHERE provider = 'wallet' AND user_id = '{last}'"
+        ));
+        assert_eq!(verified, Ok(Some(true)));
+    }
+
+    #[pg_test]
+    fn verify_binding_refuses_an_id_that_names_no_live_binding() {
+        crate::testing::take_turns();
+        issue_example_nonce();
+        Spi::run(&login_sql("login.xyz")).unwrap();
+        let revoked = Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT binding_id FROM identity.revoke_binding('wallet', '{ADDRESS}', '{{\"reason\": \"test\"}}')"
+        ))
+        .unwrap()
+        .unwrap();
+        for binding_id in [
+            revoked.to_string(),
+            "00000000-0000-4000-8000-000000000000".into(),
+        ] {
+            let (sqlstate, message) =
+                error_of(&format!("SELECT identity.verify_binding('{binding_id}')"));
+            assert_eq!(sqlstate, "P0002");
+            assert_eq!(message, format!("no live binding has id {binding_id}"));
+        }
     }
 }

@@ -56,3 +56,38 @@ INSERT INTO identity.siwe_nonces (nonce, expires_at) VALUES ('bTyXgcQxn2htgkjJn'
 SELECT * FROM identity.siwe_login(E:message, :signature, 'evil.example');
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) AS nonce_still_there FROM identity.siwe_nonces WHERE nonce = 'bTyXgcQxn2htgkjJn';
+
+-- siwe_bind links the signing wallet to a user who already exists, here one who signed up with
+-- GitHub, with the same checks as a login. This wallet is 51e0's, so linking it to another user
+-- is refused as create_binding refuses it, and the nonce is not used up.
+SELECT created FROM identity.create_binding('00000000-0000-4000-8000-00000000617b', 'github', '583231',
+                                            '{"method": "oauth"}');
+SELECT * FROM identity.siwe_bind('00000000-0000-4000-8000-00000000617b', E:message, :signature, 'login.xyz');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS nonce_still_there FROM identity.siwe_nonces WHERE nonce = 'bTyXgcQxn2htgkjJn';
+
+-- Once its owner has revoked it, the wallet can be linked to the GitHub user, who then owns it;
+-- the signed message is the new binding's evidence.
+SELECT user_id AS revoked_from
+  FROM identity.revoke_binding('wallet', '0x9D85ca56217D2bb651b00f15e694EB7E713637D4',
+                               '{"reason": "wallet moved to another account"}');
+SELECT canonical_id, created
+  FROM identity.siwe_bind('00000000-0000-4000-8000-00000000617b', E:message, :signature, 'login.xyz');
+SELECT identity.resolve('wallet', '0x9d85ca56217d2bb651b00f15e694eb7e713637d4') AS owner;
+
+-- verify_binding re-verifies the wallet's evidence; a GitHub binding has no SIWE evidence (NULL).
+-- An id that names no live binding is P0002, whether it never did or was revoked.
+SELECT provider, identity.verify_binding(id) AS evidence_reverifies
+  FROM identity.user_bindings WHERE user_id = '00000000-0000-4000-8000-00000000617b'
+ ORDER BY provider;
+SELECT identity.verify_binding('00000000-0000-4000-8000-000000000000');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY sqlstate
+SELECT identity.verify_binding((payload->>'binding_id')::uuid)
+  FROM identity.identity_events
+ WHERE event_type = 'revoke' AND user_id = '00000000-0000-4000-8000-0000000051e0';
+\set VERBOSITY default
+
+-- Its nonce is spent: the same message cannot link the wallet again.
+SELECT * FROM identity.siwe_bind('00000000-0000-4000-8000-00000000617b', E:message, :signature, 'login.xyz');
+\echo :LAST_ERROR_SQLSTATE
