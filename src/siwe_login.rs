@@ -588,6 +588,27 @@ mod tests {
     }
 
     #[pg_test]
+    fn verify_binding_is_false_for_a_wallet_without_its_bind_event_or_moved_without_a_merge() {
+        crate::testing::take_turns();
+        issue_example_nonce();
+        Spi::run(&login_sql("login.xyz")).unwrap();
+        // Behind the functions' back: the wallet re-pointed with no merge, and a wallet binding
+        // written with no event at all. Neither has evidence in its owner's history.
+        Spi::run(&format!(
+            "UPDATE identity.user_bindings SET user_id = '00000000-0000-4000-8000-0000000000e5'
+              WHERE external_id = '{ADDRESS}';
+             INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
+             VALUES (gen_random_uuid(), '00000000-0000-4000-8000-0000000000e5', 'wallet',
+                     '0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed');"
+        ))
+        .unwrap();
+        let verdicts = Spi::get_one::<Vec<bool>>(
+            "SELECT array_agg(identity.verify_binding(id)) FROM identity.user_bindings",
+        );
+        assert_eq!(verdicts, Ok(Some(vec![false, false])));
+    }
+
+    #[pg_test]
     fn verify_binding_refuses_an_id_that_names_no_live_binding() {
         crate::testing::take_turns();
         issue_example_nonce();
