@@ -188,6 +188,35 @@ impl ChainVerifier {
     }
 }
 
+/// `WITH RECURSIVE owners (binding_id, user_id) AS (...) <query>`: each binding `<bindings>`
+/// returns (its id and user_id) with every user it has belonged to. A binding's bind event is in
+/// the chain of the user who owned it when it was made: its owner now, or a user it was merged
+/// from, which the merge event appended to the chain it moved into names. Those chains are read
+/// through their (user_id, seq) index; events carry no index on a binding id. A binding moved
+/// without a merge (by hand, behind the functions' back) has no bind event among its owners.
+macro_rules! with_binding_owners {
+    ($bindings:literal, $query:literal) => {
+        concat!(
+            "WITH RECURSIVE owners (binding_id, user_id) AS (",
+            $bindings,
+            "
+               UNION
+                 SELECT o.binding_id, (m.payload->>'from_user')::uuid
+                   FROM owners o JOIN identity.identity_events m ON m.user_id = o.user_id
+                  WHERE m.event_type = 'merge' AND m.payload->>'role' = 'into'
+                    AND m.payload->'bindings'
+                        @> jsonb_build_array(jsonb_build_object('binding_id', o.binding_id::text))
+             ), bind_events AS (
+                 SELECT o.binding_id, e.payload->'evidence' AS evidence, e.created_at
+                   FROM owners o JOIN identity.identity_events e ON e.user_id = o.user_id
+                  WHERE e.event_type = 'bind' AND e.payload->>'binding_id' = o.binding_id::text
+             ) ",
+            $query
+        )
+    };
+}
+pub(crate) use with_binding_owners;
+
 static LOCK_HEAD: Statement = Statement::write(
     "SELECT h.last_seq, h.last_hash FROM identity.event_chain_heads h
       WHERE h.user_id = $1 FOR UPDATE",

@@ -1,7 +1,7 @@
 //! `identity.check_integrity()`: the invariants an auditor asks about, checked in one call.
 
 use crate::errors::IdentityError;
-use crate::events::verify_chains;
+use crate::events::{verify_chains, with_binding_owners};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -16,13 +16,16 @@ struct Check {
     detail: String,
 }
 
-/// Every live binding has the `bind` event that proves it.
+/// Every live binding has the `bind` event that proves it, in the history of a user who owned
+/// it: a binding moved to another user other than by a merge fails this.
 fn bindings_have_bind_events(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
     let rows = client.select(
-        "SELECT b.id::text FROM identity.user_bindings b
-          WHERE NOT EXISTS (SELECT 1 FROM identity.identity_events e
-                             WHERE e.event_type = 'bind' AND e.payload->>'binding_id' = b.id::text)
-          ORDER BY b.id",
+        with_binding_owners!(
+            "SELECT b.id, b.user_id FROM identity.user_bindings b",
+            "SELECT b.id::text FROM identity.user_bindings b
+              WHERE NOT EXISTS (SELECT 1 FROM bind_events e WHERE e.binding_id = b.id)
+              ORDER BY b.id"
+        ),
         None,
         &[],
     )?;
@@ -39,10 +42,10 @@ fn bindings_have_bind_events(client: &mut SpiClient<'_>) -> Result<Check, Identi
         name: "bindings_have_bind_events",
         ok: missing.is_empty(),
         detail: if missing.is_empty() {
-            format!("all {live} live bindings have their bind event")
+            format!("all {live} live bindings have their bind event in their owners' history")
         } else {
             format!(
-                "{} of {live} live bindings have no bind event, e.g. {}",
+                "{} of {live} live bindings have no bind event in their owners' history (none, or moved other than by a merge), e.g. {}",
                 missing.len(),
                 missing[..missing.len().min(EXAMPLES)].join(", ")
             )
@@ -165,6 +168,8 @@ mod tests {
     use pgrx::prelude::*;
 
     const USER: &str = "00000000-0000-4000-8000-0000000000c1";
+    const OTHER: &str = "00000000-0000-4000-8000-0000000000c2";
+    const THIRD: &str = "00000000-0000-4000-8000-0000000000c3";
 
     fn failing_checks() -> Option<String> {
         Spi::get_one(
@@ -177,8 +182,11 @@ mod tests {
     #[pg_test]
     fn a_clean_database_passes_every_check() {
         crate::testing::take_turns();
+        // The merges move the binding twice: its bind event stays in the first user's chain.
         Spi::run(&format!(
-            "SELECT identity.create_binding('{USER}', 'github', '1')"
+            "SELECT identity.create_binding('{USER}', 'github', '1');
+             SELECT identity.merge_users('{USER}', '{OTHER}', '{{}}');
+             SELECT identity.merge_users('{OTHER}', '{THIRD}', '{{}}');"
         ))
         .unwrap();
         assert_eq!(failing_checks().as_deref(), Some(""));
@@ -187,17 +195,29 @@ mod tests {
     }
 
     #[pg_test]
-    fn a_binding_written_behind_the_functions_back_is_found() {
+    fn a_binding_without_its_bind_event_in_its_owners_chains_is_found() {
         crate::testing::take_turns();
+        let bind_event_check_fails =
+            || failing_checks().as_deref() == Some("bindings_have_bind_events");
+        // Moved to another user behind the functions' back: its bind event is in no owner's chain.
+        Spi::run(&format!(
+            "SELECT identity.create_binding('{USER}', 'github', '1');
+             UPDATE identity.user_bindings SET user_id = '{OTHER}'"
+        ))
+        .unwrap();
+        assert!(bind_event_check_fails());
+        Spi::run(&format!(
+            "UPDATE identity.user_bindings SET user_id = '{USER}'"
+        ))
+        .unwrap();
+        assert_eq!(failing_checks().as_deref(), Some(""));
+        // Written behind the functions' back: no bind event at all.
         Spi::run(&format!(
             "INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
              VALUES (gen_random_uuid(), '{USER}', 'github', '99')"
         ))
         .unwrap();
-        assert_eq!(
-            failing_checks().as_deref(),
-            Some("bindings_have_bind_events")
-        );
+        assert!(bind_event_check_fails());
     }
 
     #[pg_test]

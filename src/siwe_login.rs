@@ -4,7 +4,7 @@
 use crate::binding_index::{claim_on, Claim};
 use crate::bindings::{bind, owner_of, BindOutcome};
 use crate::errors::{required, IdentityError};
-use crate::events::{pg_uuid, rust_uuid};
+use crate::events::{pg_uuid, rust_uuid, with_binding_owners};
 use crate::nonces::consume;
 use crate::retry::enqueue;
 use crate::siwe::{self, Expectations, Message, VerifyError, VERIFIER_VERSION};
@@ -274,28 +274,14 @@ fn siwe_bind(
     )))
 }
 
-// A live binding and the evidence of its `bind` event. The event is in the chain of the user who
-// owned the binding when it was made: its owner now, or, if merges moved it, a user it was merged
-// from, named by the `merge` event each move appended to the chain it moved into. Only those
-// chains are read, through their (user_id, seq) index: events carry no index on the binding id,
-// and a search of them all would read the whole audit trail on every call.
+// A live binding and the evidence of its `bind` event, found in the chains of its owners.
 static BINDING_EVIDENCE: Statement = Statement::read(
-    "WITH RECURSIVE binding AS (
-         SELECT b.user_id, b.provider, b.external_id FROM identity.user_bindings b WHERE b.id = $1
-     ), owners (user_id) AS (
-         SELECT user_id FROM binding
-       UNION
-         SELECT (m.payload->>'from_user')::uuid
-           FROM owners o JOIN identity.identity_events m ON m.user_id = o.user_id
-          WHERE m.event_type = 'merge' AND m.payload->>'role' = 'into'
-            AND m.payload->'bindings' @> jsonb_build_array(jsonb_build_object('binding_id', $1::text))
-     ), bind_event AS (
-         SELECT e.payload->'evidence' AS evidence, e.created_at
-           FROM owners o JOIN identity.identity_events e ON e.user_id = o.user_id
-          WHERE e.event_type = 'bind' AND e.payload->>'binding_id' = $1::text
-     )
-     SELECT b.provider, b.external_id, e.evidence, e.created_at
-       FROM binding b LEFT JOIN bind_event e ON true",
+    with_binding_owners!(
+        "SELECT b.id, b.user_id FROM identity.user_bindings b WHERE b.id = $1",
+        "SELECT b.provider, b.external_id, e.evidence, e.created_at
+           FROM identity.user_bindings b LEFT JOIN bind_events e ON e.binding_id = b.id
+          WHERE b.id = $1"
+    ),
     &[UUIDOID],
 );
 
