@@ -7,7 +7,7 @@
 use crate::binding_index::{live_binding, LiveBinding};
 use crate::errors::{required, IdentityError};
 use crate::events::{
-    append, append_many, insert_binding_with_event, pg_uuid, rust_uuid, EventType,
+    append, append_many, insert_binding_with_event, lock_chains, pg_uuid, rust_uuid, EventType,
 };
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::set_returning::{return_rows, V1_API};
@@ -357,6 +357,9 @@ fn merge_users(
         return Err(IdentityError::MergeIntoSelf.into());
     }
     let moved = Spi::connect_mut(|client| -> Result<usize, IdentityError> {
+        // Both chains first: a bind for either user that holds its chain commits before the move
+        // reads the bindings, so what its event records as bound before the merge is moved.
+        lock_chains(client, &[from_user, into_user])?;
         let rows = MOVE_BINDINGS.run(
             client,
             &[pg_uuid(from_user).into(), pg_uuid(into_user).into()],
@@ -379,7 +382,8 @@ fn merge_users(
                 "evidence": evidence,
             })
         };
-        // Both chains are locked in one global order, so two opposite merges cannot deadlock.
+        // In user order, as the locks were taken: a chain that did not exist yet is started in
+        // that order too, so two opposite merges cannot deadlock.
         let mut sides = [(from_user, "from"), (into_user, "into")];
         sides.sort();
         for (user_id, role) in sides {

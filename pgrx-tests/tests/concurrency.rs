@@ -1,12 +1,13 @@
 //! Concurrency: racing sessions, per-user chain serialization, isolation levels.
 
 use identity_bindings_client_tests::{
-    integrity_is_clean, sqlstate, transaction_with_snapshot, TestDatabase,
+    eventually, integrity_is_clean, sqlstate, transaction_with_snapshot, TestDatabase,
 };
 use postgres::GenericClient;
 use postgres::IsolationLevel;
 use std::sync::Barrier;
 use std::thread;
+use std::time::Duration;
 use uuid::Uuid;
 
 const SESSIONS: usize = 8;
@@ -227,4 +228,66 @@ fn under_repeatable_read_an_id_bound_after_the_snapshot_is_a_serialization_failu
         .get(0);
     assert_eq!(bindings, 2, "each id bound once, to its owner");
     assert!(integrity_is_clean(&mut late));
+}
+
+#[test]
+fn a_merge_that_waits_for_an_append_to_the_merged_user_moves_what_that_append_bound() {
+    let database = TestDatabase::create("merge_waits");
+    let (from_user, into_user) = (Uuid::new_v4(), Uuid::new_v4());
+    let (mut holder, mut merger, mut observer) =
+        (database.connect(), database.connect(), database.connect());
+    bind(&mut holder, from_user, "1").unwrap();
+    bind(&mut holder, into_user, "2").unwrap();
+    let merger_pid: i32 = merger
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+
+    // A bind for the merged user, not committed yet, holds that user's chain while the merge runs.
+    let mut pending = holder.transaction().unwrap();
+    assert!(bind(&mut pending, from_user, "3").unwrap());
+    let moved = thread::scope(|scope| {
+        let merge = scope.spawn(|| {
+            merger
+                .query_one(
+                    "SELECT identity.merge_users($1, $2, '{\"ticket\": \"SUP-2\"}')",
+                    &[&from_user, &into_user],
+                )
+                .map(|row| row.get::<_, i32>(0))
+        });
+        let merge_waits = eventually(Duration::from_secs(10), || {
+            observer
+                .query_one(
+                    "SELECT cardinality(pg_blocking_pids($1)) > 0",
+                    &[&merger_pid],
+                )
+                .unwrap()
+                .get(0)
+        });
+        assert!(merge_waits, "the merge waits for the merged user's chain");
+        pending.commit().unwrap();
+        merge.join().unwrap()
+    });
+
+    // The bind committed before the merge went on: its binding moves with the others, so the
+    // merged user keeps nothing, and the merge event names every binding it moved.
+    assert_eq!(moved.unwrap(), 2);
+    let left_behind: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM identity.user_bindings WHERE user_id = $1",
+            &[&from_user],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left_behind, 0, "nothing stays with the merged user");
+    let named: i32 = observer
+        .query_one(
+            "SELECT jsonb_array_length(payload->'bindings') FROM identity.identity_events
+              WHERE user_id = $1 AND event_type = 'merge'",
+            &[&into_user],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(named, 2);
+    assert!(integrity_is_clean(&mut observer));
 }
