@@ -341,6 +341,12 @@ static MOVE_BINDINGS: Statement = Statement::write(
     &[UUIDOID, UUIDOID],
 );
 
+// Read after the merge's events are appended, holding both chains, on a fresh snapshot.
+static HAS_BINDINGS: Statement = Statement::read(
+    "SELECT EXISTS (SELECT FROM identity.user_bindings b WHERE b.user_id = $1)",
+    &[UUIDOID],
+);
+
 /// `identity.merge_users(from_user, into_user, evidence)`: moves every binding of `from_user`
 /// to `into_user` and records a `merge` event on both, naming the bindings moved.
 #[pg_extern(volatile, security_definer)]
@@ -388,6 +394,15 @@ fn merge_users(
         sides.sort();
         for (user_id, role) in sides {
             append(client, user_id, EventType::Merge, &payload(role))?;
+        }
+        // A merged user who had no chain to lock may have had their first bind under way: it
+        // committed after the move read the bindings, while the append waited for the chain it
+        // was starting, and its event now precedes the merge's. Only a retry can move it.
+        let left_behind = HAS_BINDINGS.run(client, &[pg_uuid(from_user).into()])?;
+        if left_behind.first().get_one::<bool>()?.unwrap_or(false) {
+            return Err(IdentityError::MergeMetFirstBind {
+                from_user: from_user.to_string(),
+            });
         }
         Ok(count)
     })?;

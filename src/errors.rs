@@ -68,6 +68,8 @@ pub enum IdentityError {
     ChainAppendConflict,
     /// 40001: a new backfill run would replace one planned after this transaction's snapshot.
     BackfillPlannedMeanwhile { run_id: i64 },
+    /// 40001: the merged user's first binding committed after the merge read their bindings.
+    MergeMetFirstBind { from_user: String },
     /// 40001: a first login's binding met a change committed after this transaction's snapshot.
     LoginConflict { address: String },
     /// 40001: a first login's binding gave up waiting for another transaction's unfinished
@@ -104,6 +106,7 @@ impl IdentityError {
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
             ChainAppendConflict
             | BackfillPlannedMeanwhile { .. }
+            | MergeMetFirstBind { .. }
             | LoginConflict { .. }
             | LoginBehindAnother { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
             AppendOnly { .. }
@@ -163,6 +166,9 @@ impl IdentityError {
             }
             InvalidParameter { .. } | StepFailed { .. } => return None,
             ChainAppendConflict => "Retry the transaction.".into(),
+            MergeMetFirstBind { .. } => {
+                "Retry the transaction: the merge then moves that binding too.".into()
+            }
             BackfillPlannedMeanwhile { .. } => {
                 "CALL it again: the new run then replaces that one, as under READ COMMITTED.".into()
             }
@@ -261,6 +267,10 @@ impl fmt::Display for IdentityError {
             ChainAppendConflict => write!(
                 f,
                 "could not append to the user's event chain: another transaction appended first"
+            ),
+            MergeMetFirstBind { from_user } => write!(
+                f,
+                "could not merge user {from_user}: their first binding was committed while the merge waited for their event chain"
             ),
             LoginConflict { address } => write!(
                 f,

@@ -1,7 +1,8 @@
 //! Concurrency: racing sessions, per-user chain serialization, isolation levels.
 
 use identity_bindings_client_tests::{
-    eventually, integrity_is_clean, sqlstate, transaction_with_snapshot, TestDatabase,
+    eventually, integrity_is_clean, server_message, sqlstate, transaction_with_snapshot,
+    TestDatabase,
 };
 use postgres::GenericClient;
 use postgres::IsolationLevel;
@@ -230,31 +231,24 @@ fn under_repeatable_read_an_id_bound_after_the_snapshot_is_a_serialization_failu
     assert!(integrity_is_clean(&mut late));
 }
 
-#[test]
-fn a_merge_that_waits_for_an_append_to_the_merged_user_moves_what_that_append_bound() {
-    let database = TestDatabase::create("merge_waits");
-    let (from_user, into_user) = (Uuid::new_v4(), Uuid::new_v4());
-    let (mut holder, mut merger, mut observer) =
-        (database.connect(), database.connect(), database.connect());
-    bind(&mut holder, from_user, "1").unwrap();
-    bind(&mut holder, into_user, "2").unwrap();
+/// Merges `from_user` into `into_user` on a new session while `bind_external_id` is being bound
+/// to `from_user` in a transaction of `holder`'s, committed only once the merge is seen waiting.
+/// The merge's outcome: how many bindings it moved.
+fn merge_during_a_bind(
+    database: &TestDatabase,
+    holder: &mut postgres::Client,
+    (from_user, into_user): (Uuid, Uuid),
+    bind_external_id: &str,
+) -> Result<i32, postgres::Error> {
+    let (mut merger, mut observer) = (database.connect(), database.connect());
     let merger_pid: i32 = merger
         .query_one("SELECT pg_backend_pid()", &[])
         .unwrap()
         .get(0);
-
-    // A bind for the merged user, not committed yet, holds that user's chain while the merge runs.
     let mut pending = holder.transaction().unwrap();
-    assert!(bind(&mut pending, from_user, "3").unwrap());
-    let moved = thread::scope(|scope| {
-        let merge = scope.spawn(|| {
-            merger
-                .query_one(
-                    "SELECT identity.merge_users($1, $2, '{\"ticket\": \"SUP-2\"}')",
-                    &[&from_user, &into_user],
-                )
-                .map(|row| row.get::<_, i32>(0))
-        });
+    assert!(bind(&mut pending, from_user, bind_external_id).unwrap());
+    thread::scope(|scope| {
+        let merging = scope.spawn(|| merge(&mut merger, from_user, into_user));
         let merge_waits = eventually(Duration::from_secs(10), || {
             observer
                 .query_one(
@@ -264,23 +258,53 @@ fn a_merge_that_waits_for_an_append_to_the_merged_user_moves_what_that_append_bo
                 .unwrap()
                 .get(0)
         });
-        assert!(merge_waits, "the merge waits for the merged user's chain");
+        assert!(merge_waits, "the merge waits for the bind");
         pending.commit().unwrap();
-        merge.join().unwrap()
-    });
+        merging.join().unwrap()
+    })
+}
 
-    // The bind committed before the merge went on: its binding moves with the others, so the
-    // merged user keeps nothing, and the merge event names every binding it moved.
-    assert_eq!(moved.unwrap(), 2);
-    let left_behind: i64 = observer
+fn merge(
+    client: &mut postgres::Client,
+    from_user: Uuid,
+    into_user: Uuid,
+) -> Result<i32, postgres::Error> {
+    client
+        .query_one(
+            "SELECT identity.merge_users($1, $2, '{\"ticket\": \"SUP-2\"}')",
+            &[&from_user, &into_user],
+        )
+        .map(|row| row.get(0))
+}
+
+fn bindings_of(client: &mut postgres::Client, user: Uuid) -> i64 {
+    client
         .query_one(
             "SELECT count(*) FROM identity.user_bindings WHERE user_id = $1",
-            &[&from_user],
+            &[&user],
         )
         .unwrap()
-        .get(0);
-    assert_eq!(left_behind, 0, "nothing stays with the merged user");
-    let named: i32 = observer
+        .get(0)
+}
+
+#[test]
+fn a_merge_that_waits_for_an_append_to_the_merged_user_moves_what_that_append_bound() {
+    let database = TestDatabase::create("merge_waits");
+    let users @ (from_user, into_user) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut client = database.connect();
+    bind(&mut client, from_user, "1").unwrap();
+    bind(&mut client, into_user, "2").unwrap();
+
+    // The bind holds the merged user's chain: the merge waits for it, then moves its binding with
+    // the other, so the merged user keeps nothing and the merge event names both.
+    let moved = merge_during_a_bind(&database, &mut client, users, "3");
+    assert_eq!(moved.unwrap(), 2);
+    assert_eq!(
+        bindings_of(&mut client, from_user),
+        0,
+        "nothing stays behind"
+    );
+    let named: i32 = client
         .query_one(
             "SELECT jsonb_array_length(payload->'bindings') FROM identity.identity_events
               WHERE user_id = $1 AND event_type = 'merge'",
@@ -289,5 +313,32 @@ fn a_merge_that_waits_for_an_append_to_the_merged_user_moves_what_that_append_bo
         .unwrap()
         .get(0);
     assert_eq!(named, 2);
-    assert!(integrity_is_clean(&mut observer));
+    assert!(integrity_is_clean(&mut client));
+}
+
+#[test]
+fn a_merge_that_meets_the_merged_users_first_bind_is_retried_and_then_moves_it() {
+    let database = TestDatabase::create("merge_first_bind");
+    let users @ (from_user, into_user) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut client = database.connect();
+    bind(&mut client, into_user, "2").unwrap();
+
+    // The merged user's first bind: there is no chain of theirs to lock, so the merge cannot see
+    // the binding, and then meets the chain the bind is starting.
+    let error = merge_during_a_bind(&database, &mut client, users, "3")
+        .expect_err("the bind committed after the merge read the bindings");
+    assert_eq!(sqlstate(&error), "40001", "{error:?}");
+    assert!(
+        server_message(&error).contains(&format!("could not merge user {from_user}")),
+        "{error:?}"
+    );
+
+    // Retried, as 40001 asks, the merge moves the binding, and nothing stays behind.
+    assert_eq!(merge(&mut client, from_user, into_user).unwrap(), 1);
+    assert_eq!(
+        bindings_of(&mut client, from_user),
+        0,
+        "nothing stays behind"
+    );
+    assert!(integrity_is_clean(&mut client));
 }
