@@ -290,9 +290,10 @@ AS 'MODULE_PATHNAME', 'create_binding_wrapper';
 );
 
 static DELETE_BINDING: Statement = Statement::write(
-    "DELETE FROM identity.user_bindings b WHERE b.provider = $1 AND b.external_id = $2
-     RETURNING b.id, b.user_id",
-    &[TEXTOID, TEXTOID],
+    "DELETE FROM identity.user_bindings b
+      WHERE b.provider = $1 AND b.external_id = $2 AND b.user_id = $3
+     RETURNING b.id",
+    &[TEXTOID, TEXTOID, UUIDOID],
 );
 
 /// `identity.revoke_binding(provider, external_id, evidence)`: removes the live binding and
@@ -312,25 +313,36 @@ fn revoke_binding(
     let evidence = evidence_object(evidence)?;
     let (binding_id, user_id) = Spi::connect_mut(|client| {
         let canonical_id = canonical_external_id(client, provider, external_id)?;
-        let deleted =
-            DELETE_BINDING.run(client, &[provider.into(), canonical_id.as_str().into()])?;
-        if deleted.is_empty() {
-            return Err(IdentityError::NotBound {
-                provider: provider.to_owned(),
-                external_id: canonical_id,
-            });
+        // The owner's chain is locked before the binding's row, the order merge_users takes them
+        // in: the other order deadlocks with a merge of the owner. A merge that moved the binding
+        // meanwhile leaves nothing to delete for the old owner: the next round finds the new one.
+        for _ in 0..3 {
+            let Some(LiveBinding { user_id, .. }) = live_binding(provider, &canonical_id)? else {
+                return Err(IdentityError::NotBound {
+                    provider: provider.to_owned(),
+                    external_id: canonical_id,
+                });
+            };
+            lock_chains(client, &[user_id])?;
+            let deleted = DELETE_BINDING.run(
+                client,
+                &[
+                    provider.into(),
+                    canonical_id.as_str().into(),
+                    pg_uuid(user_id).into(),
+                ],
+            )?;
+            if !deleted.is_empty() {
+                let binding_id = deleted.first().get_one::<pgrx::Uuid>()?;
+                let binding_id = binding_id.map(rust_uuid).ok_or_else(|| {
+                    IdentityError::Internal("revoked binding has a NULL id".into())
+                })?;
+                let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
+                append(client, user_id, EventType::Revoke, &payload)?;
+                return Ok((binding_id, user_id));
+            }
         }
-        let deleted = deleted.first();
-        let binding_id = deleted.get::<pgrx::Uuid>(1)?.map(rust_uuid);
-        let user_id = deleted.get::<pgrx::Uuid>(2)?.map(rust_uuid);
-        let (Some(binding_id), Some(user_id)) = (binding_id, user_id) else {
-            return Err(IdentityError::Internal(
-                "revoked binding has NULL ids".into(),
-            ));
-        };
-        let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
-        append(client, user_id, EventType::Revoke, &payload)?;
-        Ok((binding_id, user_id))
+        Err(IdentityError::ChainAppendConflict)
     })?;
     Ok(TableIterator::once((pg_uuid(binding_id), pg_uuid(user_id))))
 }

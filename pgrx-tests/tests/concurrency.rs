@@ -231,6 +231,23 @@ fn under_repeatable_read_an_id_bound_after_the_snapshot_is_a_serialization_failu
     assert!(integrity_is_clean(&mut late));
 }
 
+fn backend_pid(session: &mut postgres::Client) -> i32 {
+    session
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// Whether the backend `pid` is blocked by another session's lock within a few seconds.
+fn soon_waits_for_a_lock(observer: &mut postgres::Client, pid: i32) -> bool {
+    eventually(Duration::from_secs(10), || {
+        observer
+            .query_one("SELECT cardinality(pg_blocking_pids($1)) > 0", &[&pid])
+            .unwrap()
+            .get(0)
+    })
+}
+
 /// Merges `from_user` into `into_user` on a new session while `bind_external_id` is being bound
 /// to `from_user` in a transaction of `holder`'s, committed only once the merge is seen waiting.
 /// The merge's outcome: how many bindings it moved.
@@ -241,24 +258,15 @@ fn merge_during_a_bind(
     bind_external_id: &str,
 ) -> Result<i32, postgres::Error> {
     let (mut merger, mut observer) = (database.connect(), database.connect());
-    let merger_pid: i32 = merger
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let merger_pid = backend_pid(&mut merger);
     let mut pending = holder.transaction().unwrap();
     assert!(bind(&mut pending, from_user, bind_external_id).unwrap());
     thread::scope(|scope| {
         let merging = scope.spawn(|| merge(&mut merger, from_user, into_user));
-        let merge_waits = eventually(Duration::from_secs(10), || {
-            observer
-                .query_one(
-                    "SELECT cardinality(pg_blocking_pids($1)) > 0",
-                    &[&merger_pid],
-                )
-                .unwrap()
-                .get(0)
-        });
-        assert!(merge_waits, "the merge waits for the bind");
+        assert!(
+            soon_waits_for_a_lock(&mut observer, merger_pid),
+            "the merge waits for the bind"
+        );
         pending.commit().unwrap();
         merging.join().unwrap()
     })
@@ -340,5 +348,56 @@ fn a_merge_that_meets_the_merged_users_first_bind_is_retried_and_then_moves_it()
         0,
         "nothing stays behind"
     );
+    assert!(integrity_is_clean(&mut client));
+}
+
+#[test]
+fn a_revoke_during_a_merge_waits_for_it_and_revokes_from_the_user_merged_into() {
+    let database = TestDatabase::create("merge_revoke");
+    let (from_user, into_user) = (Uuid::new_v4(), Uuid::new_v4());
+    let (mut client, mut merger, mut revoker) =
+        (database.connect(), database.connect(), database.connect());
+    bind(&mut client, from_user, "1").unwrap();
+    bind(&mut client, from_user, "2").unwrap();
+    bind(&mut client, into_user, "3").unwrap();
+    let (merger_pid, revoker_pid) = (backend_pid(&mut merger), backend_pid(&mut revoker));
+    let mut observer = database.connect();
+
+    // A session holding the row of binding 1 stops the merge after it has locked both chains,
+    // while it moves the bindings; the revoke of binding 2 then starts.
+    let mut row_holder = client.transaction().unwrap();
+    row_holder
+        .execute(
+            "SELECT FROM identity.user_bindings WHERE external_id = '1' FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+    let (merged, revoked) = thread::scope(|scope| {
+        let merging = scope.spawn(|| merge(&mut merger, from_user, into_user));
+        assert!(
+            soon_waits_for_a_lock(&mut observer, merger_pid),
+            "the merge waits for the held row"
+        );
+        let revoking = scope.spawn(|| {
+            revoker
+                .query_one(
+                    "SELECT user_id FROM identity.revoke_binding('github', '2', '{}')",
+                    &[],
+                )
+                .map(|row| row.get::<_, Uuid>(0))
+        });
+        assert!(
+            soon_waits_for_a_lock(&mut observer, revoker_pid),
+            "the revoke waits for the merge"
+        );
+        row_holder.commit().unwrap();
+        (merging.join().unwrap(), revoking.join().unwrap())
+    });
+
+    // Neither deadlocks: the merge moves both bindings, and the revoke, once the merge is done,
+    // revokes binding 2 from the user it was merged into.
+    assert_eq!(merged.unwrap(), 2);
+    assert_eq!(revoked.unwrap(), into_user);
+    assert_eq!(bindings_of(&mut client, into_user), 2, "bindings 1 and 3");
     assert!(integrity_is_clean(&mut client));
 }
