@@ -549,11 +549,9 @@ mod tests {
     fn verify_binding_follows_the_wallet_through_merges_to_its_bind_event() {
         crate::testing::take_turns();
         issue_example_nonce();
-        let first_owner = Spi::get_one::<pgrx::Uuid>(
-            &login_sql("login.xyz").replace("SELECT user_id, status", "SELECT user_id"),
-        )
-        .unwrap()
-        .unwrap();
+        let (first_owner, _status) =
+            Spi::get_two::<pgrx::Uuid, String>(&login_sql("login.xyz")).unwrap();
+        let first_owner = first_owner.unwrap();
         let (middle, last) = (
             "00000000-0000-4000-8000-0000000000b2",
             "00000000-0000-4000-8000-0000000000c3",
