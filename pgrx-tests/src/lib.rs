@@ -104,6 +104,14 @@ pub fn transaction_with_snapshot(
     transaction
 }
 
+/// The process id of the backend serving `client`.
+pub fn backend_pid(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
 /// The SQLSTATE of a failed statement ("" for errors that are not from the server).
 pub fn sqlstate(error: &postgres::Error) -> &str {
     error.code().map(|code| code.code()).unwrap_or("")

@@ -3,8 +3,8 @@
 //! shares the work with background workers, and resumes an interrupted run exactly.
 
 use identity_bindings_client_tests::{
-    eventually, integrity_is_clean, server_message, sqlstate, transaction_with_snapshot,
-    TestDatabase,
+    backend_pid, eventually, integrity_is_clean, server_message, sqlstate,
+    transaction_with_snapshot, TestDatabase,
 };
 use postgres::{Client, GenericClient, IsolationLevel};
 
@@ -275,10 +275,7 @@ fn an_interrupted_parallel_backfill_resumes_and_counts_each_row_once() {
 
     // Stop the run in the middle: end the calling session and its workers once some batches
     // are committed.
-    let caller_pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let caller_pid = backend_pid(&mut client);
     let mut observer = database.connect();
     let interrupted = std::thread::spawn(move || {
         client.batch_execute("SET identity.max_parallel_backfill_workers = 2")?;

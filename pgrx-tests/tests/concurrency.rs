@@ -1,8 +1,8 @@
 //! Concurrency: racing sessions, per-user chain serialization, isolation levels.
 
 use identity_bindings_client_tests::{
-    eventually, integrity_is_clean, server_message, sqlstate, transaction_with_snapshot,
-    TestDatabase,
+    backend_pid, eventually, integrity_is_clean, server_message, sqlstate,
+    transaction_with_snapshot, TestDatabase,
 };
 use postgres::GenericClient;
 use postgres::IsolationLevel;
@@ -229,13 +229,6 @@ fn under_repeatable_read_an_id_bound_after_the_snapshot_is_a_serialization_failu
         .get(0);
     assert_eq!(bindings, 2, "each id bound once, to its owner");
     assert!(integrity_is_clean(&mut late));
-}
-
-fn backend_pid(session: &mut postgres::Client) -> i32 {
-    session
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0)
 }
 
 /// Whether the backend `pid` is blocked by another session's lock within a few seconds.

@@ -3,7 +3,7 @@
 //! occur, each backend's private memory stays flat after warm-up, and the log is whole at the end.
 
 use identity_bindings_client_tests::wallet::{signed_login, TestWallet};
-use identity_bindings_client_tests::{integrity_is_clean, sqlstate, TestDatabase};
+use identity_bindings_client_tests::{backend_pid, integrity_is_clean, sqlstate, TestDatabase};
 use postgres::Client;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,10 +24,7 @@ fn soak_duration() -> Duration {
 
 /// The backend's private resident memory, KiB (not the shared buffers it maps).
 fn backend_rss_anon_kib(client: &mut Client) -> i64 {
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let pid = backend_pid(client);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
