@@ -1,9 +1,10 @@
 //! The durable binding queue: a binding that fails for a transient reason is kept as a job and
 //! retried with capped exponential backoff, so it is never lost. Each job runs in its own
 //! subtransaction (one failure never undoes another), and concurrent runners never take the
-//! same job (FOR UPDATE SKIP LOCKED).
+//! same job (FOR UPDATE SKIP LOCKED). A job whose user a merge took away binds to the user the
+//! merges end at: a job is for a person, and a merge says who that person now is.
 
-use crate::bindings::bind;
+use crate::bindings::bind_queued;
 use crate::errors::{required, IdentityError};
 use crate::events::{pg_uuid, rust_uuid};
 use crate::gucs::RetryPolicy;
@@ -147,7 +148,7 @@ fn run_job(job: Job, policy: &RetryPolicy) -> Result<JobOutcome, IdentityError> 
     let attempts = job.attempts.saturating_add(1);
     let result = in_subtransaction(|| {
         Spi::connect_mut(|client| {
-            bind(
+            bind_queued(
                 client,
                 job.user_id,
                 &job.provider,
@@ -278,6 +279,77 @@ mod tests {
             Spi::get_one::<i64>("SELECT count(*) FROM identity.run_binding_jobs()"),
             Ok(Some(0))
         );
+    }
+
+    fn merge(from_user: &str, into_user: &str) {
+        Spi::run(&format!(
+            "SELECT identity.merge_users('{from_user}', '{into_user}', '{{\"ticket\": \"SUP-3\"}}')"
+        ))
+        .unwrap();
+    }
+
+    /// Who the job's binding went to, and the `queued_for` its bind event records.
+    fn bound_by_job(external_id: &str) -> (Option<String>, Option<String>) {
+        Spi::get_two(&format!(
+            "SELECT e.user_id::text, e.payload->>'queued_for' FROM identity.identity_events e
+              WHERE e.event_type = 'bind' AND e.payload->>'external_id' = '{external_id}'"
+        ))
+        .unwrap()
+    }
+
+    fn state_of(key: &str) -> Option<String> {
+        Spi::get_one(&format!(
+            "SELECT state FROM identity.binding_jobs WHERE job_key = '{key}'"
+        ))
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn a_job_for_a_user_merged_away_binds_to_the_user_merged_into_and_records_it() {
+        crate::testing::take_turns();
+        enqueue(ALICE, "42");
+        enqueue(BOB, "43");
+        merge(ALICE, BOB);
+        Spi::run("SELECT FROM identity.run_binding_jobs()").unwrap();
+        assert_eq!(state_of("bind:github:42").as_deref(), Some("succeeded"));
+        assert_eq!(
+            bound_by_job("42"),
+            (Some(BOB.into()), Some(ALICE.into())),
+            "bound to the user merged into, queued for the one merged away"
+        );
+        assert_eq!(
+            bound_by_job("43"),
+            (Some(BOB.into()), None),
+            "a job for a user who stands records nothing more"
+        );
+        assert_eq!(
+            Spi::get_one::<i64>(&format!(
+                "SELECT count(*) FROM identity.user_bindings WHERE user_id = '{ALICE}'"
+            )),
+            Ok(Some(0))
+        );
+        assert!(crate::testing::integrity_is_clean());
+    }
+
+    #[pg_test]
+    fn merges_are_followed_to_the_user_who_still_stands() {
+        crate::testing::take_turns();
+        const CAROL: &str = "00000000-0000-4000-8000-0000000ca201";
+        // Alice into Bob, then Bob into Carol: Alice's job ends at Carol.
+        merge(ALICE, BOB);
+        merge(BOB, CAROL);
+        enqueue(ALICE, "1");
+        // Carol back into Alice: Alice stands again, and Bob's and Carol's jobs end at her.
+        merge(CAROL, ALICE);
+        enqueue(BOB, "2");
+        enqueue(CAROL, "3");
+        enqueue(ALICE, "4");
+        Spi::run("SELECT FROM identity.run_binding_jobs()").unwrap();
+        assert_eq!(bound_by_job("1"), (Some(ALICE.into()), None));
+        assert_eq!(bound_by_job("2"), (Some(ALICE.into()), Some(BOB.into())));
+        assert_eq!(bound_by_job("3"), (Some(ALICE.into()), Some(CAROL.into())));
+        assert_eq!(bound_by_job("4"), (Some(ALICE.into()), None));
+        assert!(crate::testing::integrity_is_clean());
     }
 
     #[pg_test]

@@ -43,6 +43,13 @@ pub fn sqlstate_of(statement: &str) -> String {
     error_of(statement).0
 }
 
+/// Whether every check of `identity.check_integrity()` passes.
+pub fn integrity_is_clean() -> bool {
+    Spi::get_one::<bool>("SELECT bool_and(ok) FROM identity.check_integrity()")
+        .expect("identity.check_integrity() runs")
+        == Some(true)
+}
+
 pub const WALLET_A: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
 const WALLET_B: &str = "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359";
 

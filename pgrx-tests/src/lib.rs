@@ -250,6 +250,16 @@ pub fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) 
     check()
 }
 
+/// Whether the backend `pid` is blocked by another session's lock within a few seconds.
+pub fn soon_waits_for_a_lock(observer: &mut Client, pid: i32) -> bool {
+    eventually(std::time::Duration::from_secs(10), || {
+        observer
+            .query_one("SELECT cardinality(pg_blocking_pids($1)) > 0", &[&pid])
+            .unwrap()
+            .get(0)
+    })
+}
+
 /// Every table of the extension: the ones pg_extension_config_dump hands to pg_dump.
 pub const TABLES: [&str; 7] = [
     "providers",

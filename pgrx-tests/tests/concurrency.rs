@@ -1,14 +1,13 @@
 //! Concurrency: racing sessions, per-user chain serialization, isolation levels.
 
 use identity_bindings_client_tests::{
-    backend_pid, eventually, integrity_is_clean, server_message, sqlstate,
+    backend_pid, integrity_is_clean, server_message, soon_waits_for_a_lock, sqlstate,
     transaction_with_snapshot, TestDatabase,
 };
 use postgres::GenericClient;
 use postgres::IsolationLevel;
 use std::sync::Barrier;
 use std::thread;
-use std::time::Duration;
 use uuid::Uuid;
 
 const SESSIONS: usize = 8;
@@ -229,16 +228,6 @@ fn under_repeatable_read_an_id_bound_after_the_snapshot_is_a_serialization_failu
         .get(0);
     assert_eq!(bindings, 2, "each id bound once, to its owner");
     assert!(integrity_is_clean(&mut late));
-}
-
-/// Whether the backend `pid` is blocked by another session's lock within a few seconds.
-fn soon_waits_for_a_lock(observer: &mut postgres::Client, pid: i32) -> bool {
-    eventually(Duration::from_secs(10), || {
-        observer
-            .query_one("SELECT cardinality(pg_blocking_pids($1)) > 0", &[&pid])
-            .unwrap()
-            .get(0)
-    })
 }
 
 /// Merges `from_user` into `into_user` on a new session while `bind_external_id` is being bound

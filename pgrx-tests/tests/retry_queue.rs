@@ -2,7 +2,9 @@
 //! policy's backoff, a SIWE login survives its binding step failing, runners never share a job.
 
 use identity_bindings_client_tests::wallet::{siwe_message, TestWallet};
-use identity_bindings_client_tests::{integrity_is_clean, TestDatabase};
+use identity_bindings_client_tests::{
+    backend_pid, integrity_is_clean, soon_waits_for_a_lock, TestDatabase,
+};
 use postgres::Client;
 use std::collections::HashSet;
 use std::sync::Barrier;
@@ -236,4 +238,57 @@ fn concurrent_runners_never_take_the_same_job() {
         .get(0);
     assert_eq!(bound, JOBS);
     assert!(integrity_is_clean(&mut client));
+}
+
+#[test]
+fn a_job_whose_user_is_merged_on_while_it_waits_binds_where_the_merges_end() {
+    let database = TestDatabase::create("queue_merge");
+    let (queued_for, merged_into, last) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (mut app, mut merger, mut runner, mut observer) = (
+        database.connect(),
+        database.connect(),
+        database.connect(),
+        database.connect(),
+    );
+    let merge = "SELECT identity.merge_users($1, $2, '{\"ticket\": \"SUP-4\"}')";
+    app.execute(merge, &[&queued_for, &merged_into]).unwrap();
+    app.execute(
+        "SELECT identity.enqueue_binding($1, 'github', '5', '{\"method\": \"queued\"}')",
+        &[&queued_for],
+    )
+    .unwrap();
+
+    // The runner follows the committed merge to `merged_into`, who stands when it looks, and
+    // waits for that user's chain, which a second merge holds; that merge then commits.
+    let mut merging = merger.transaction().unwrap();
+    merging.execute(merge, &[&merged_into, &last]).unwrap();
+    let runner_pid = backend_pid(&mut runner);
+    let state = thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            runner
+                .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
+                .map(|row| row.get::<_, String>(0))
+        });
+        assert!(
+            soon_waits_for_a_lock(&mut observer, runner_pid),
+            "the runner waits for the chain of the user it found"
+        );
+        merging.commit().unwrap();
+        running.join().unwrap()
+    });
+
+    assert_eq!(state.unwrap(), "succeeded");
+    let bound = app
+        .query_one(
+            "SELECT user_id, payload->>'queued_for' FROM identity.identity_events
+              WHERE event_type = 'bind' AND payload->>'external_id' = '5'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (bound.get::<_, Uuid>(0), bound.get::<_, String>(1)),
+        (last, queued_for.to_string()),
+        "bound to the user the merges end at, once the merge it waited for committed"
+    );
+    assert!(integrity_is_clean(&mut app));
 }

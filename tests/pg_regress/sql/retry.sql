@@ -3,6 +3,8 @@
 \set SHOW_CONTEXT never
 \set erin '''00000000-0000-4000-8000-0000000e0e0e'''
 \set frank '''00000000-0000-4000-8000-00000000f7a2'''
+\set grace '''00000000-0000-4000-8000-000000006ace'''
+\set heidi '''00000000-0000-4000-8000-000000004e1d'''
 
 SELECT identity.enqueue_binding(:erin, 'wallet', '0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359',
                                 '{"method": "siwe", "note": "binding step timed out at login"}');
@@ -25,6 +27,15 @@ SELECT identity.resolve('wallet', '0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359') 
 
 -- Nothing is due any more.
 SELECT count(*) AS due FROM identity.run_binding_jobs();
+
+-- A job is for a person. When a merge takes its user away before it runs, it binds to the user
+-- the merges end at, and its bind event records whom it was queued for.
+SELECT identity.enqueue_binding(:grace, 'github', '4242', '{"method": "oauth"}');
+SELECT identity.merge_users(:grace, :heidi, '{"ticket": "SUP-7", "reason": "same person"}');
+SELECT job_key, state FROM identity.run_binding_jobs();
+SELECT user_id = :heidi AS bound_to_heidi, payload->>'queued_for' = :grace AS queued_for_grace
+  FROM identity.identity_events
+ WHERE event_type = 'bind' AND payload->>'external_id' = '4242';
 
 -- The retry policy: transient failures (lock timeouts, serialization failures, deadlocks) wait
 -- initial × coefficient^(attempt - 1), ±10%, at most the maximum; 0 attempts is unlimited.
