@@ -55,14 +55,22 @@ pub fn bind_queued(
 ) -> Result<BindOutcome, IdentityError> {
     let user_id = surviving_user(client, queued_for)?;
     let redirected_from = (user_id != queued_for).then_some(queued_for);
-    bind_recording(
+    let outcome = bind_recording(
         client,
         user_id,
         redirected_from,
         provider,
         external_id,
         evidence,
-    )
+    )?;
+    // A user with no chain had none to lock: a merge could start it first, and the bind then
+    // waited for it and appended after the merge. Holding the chain now, the answer is final.
+    if outcome.created && merged_into(client, user_id)?.is_some() {
+        return Err(IdentityError::QueuedUserMergedMeanwhile {
+            user_id: user_id.to_string(),
+        });
+    }
+    Ok(outcome)
 }
 
 fn bind_recording(

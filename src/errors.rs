@@ -70,6 +70,8 @@ pub enum IdentityError {
     BackfillPlannedMeanwhile { run_id: i64 },
     /// 40001: the merged user's first binding committed after the merge read their bindings.
     MergeMetFirstBind { from_user: String },
+    /// 40001: a queued binding was bound to a user whom a merge took away while it waited.
+    QueuedUserMergedMeanwhile { user_id: String },
     /// 40001: a first login's binding met a change committed after this transaction's snapshot.
     LoginConflict { address: String },
     /// 40001: a first login's binding gave up waiting for another transaction's unfinished
@@ -107,6 +109,7 @@ impl IdentityError {
             ChainAppendConflict
             | BackfillPlannedMeanwhile { .. }
             | MergeMetFirstBind { .. }
+            | QueuedUserMergedMeanwhile { .. }
             | LoginConflict { .. }
             | LoginBehindAnother { .. } => ERRCODE_T_R_SERIALIZATION_FAILURE,
             AppendOnly { .. }
@@ -168,6 +171,9 @@ impl IdentityError {
             ChainAppendConflict => "Retry the transaction.".into(),
             MergeMetFirstBind { .. } => {
                 "Retry the transaction: the merge then moves that binding too.".into()
+            }
+            QueuedUserMergedMeanwhile { .. } => {
+                "Run the job again (identity.run_binding_jobs retries it): it then binds to the user merged into.".into()
             }
             BackfillPlannedMeanwhile { .. } => {
                 "CALL it again: the new run then replaces that one, as under READ COMMITTED.".into()
@@ -271,6 +277,10 @@ impl fmt::Display for IdentityError {
             MergeMetFirstBind { from_user } => write!(
                 f,
                 "could not merge user {from_user}: their first binding was committed while the merge waited for their event chain"
+            ),
+            QueuedUserMergedMeanwhile { user_id } => write!(
+                f,
+                "could not make the queued binding for user {user_id}: a merge took that user away while the binding waited for their event chain"
             ),
             LoginConflict { address } => write!(
                 f,

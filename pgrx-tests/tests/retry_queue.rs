@@ -240,55 +240,121 @@ fn concurrent_runners_never_take_the_same_job() {
     assert!(integrity_is_clean(&mut client));
 }
 
+const MERGE: &str = "SELECT identity.merge_users($1, $2, '{\"ticket\": \"SUP-4\"}')";
+
+/// Runs the due jobs on `runner` while `holder`, an open transaction, holds what the first job
+/// needs, and commits it once the runner is seen waiting. The first job's state and last error.
+fn run_jobs_behind(
+    database: &TestDatabase,
+    runner: &mut Client,
+    holder: postgres::Transaction<'_>,
+) -> (String, Option<String>) {
+    let mut observer = database.connect();
+    let runner_pid = backend_pid(runner);
+    thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            runner
+                .query_one(
+                    "SELECT state, last_error FROM identity.run_binding_jobs()",
+                    &[],
+                )
+                .map(|row| (row.get(0), row.get(1)))
+        });
+        assert!(
+            soon_waits_for_a_lock(&mut observer, runner_pid),
+            "the runner waits for the open transaction"
+        );
+        holder.commit().unwrap();
+        running.join().unwrap().unwrap()
+    })
+}
+
+/// The user the bind event of github id `external_id` went to, and its `queued_for`.
+fn bound_by_job(client: &mut Client, external_id: &str) -> (Uuid, Option<String>) {
+    let row = client
+        .query_one(
+            "SELECT user_id, payload->>'queued_for' FROM identity.identity_events
+              WHERE event_type = 'bind' AND payload->>'external_id' = $1",
+            &[&external_id],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn enqueue(client: &mut Client, user: Uuid, external_id: &str) {
+    client
+        .execute(
+            "SELECT identity.enqueue_binding($1, 'github', $2, '{\"method\": \"queued\"}')",
+            &[&user, &external_id],
+        )
+        .unwrap();
+}
+
 #[test]
 fn a_job_whose_user_is_merged_on_while_it_waits_binds_where_the_merges_end() {
     let database = TestDatabase::create("queue_merge");
     let (queued_for, merged_into, last) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let (mut app, mut merger, mut runner, mut observer) = (
-        database.connect(),
-        database.connect(),
-        database.connect(),
-        database.connect(),
-    );
-    let merge = "SELECT identity.merge_users($1, $2, '{\"ticket\": \"SUP-4\"}')";
-    app.execute(merge, &[&queued_for, &merged_into]).unwrap();
-    app.execute(
-        "SELECT identity.enqueue_binding($1, 'github', '5', '{\"method\": \"queued\"}')",
-        &[&queued_for],
-    )
-    .unwrap();
+    let (mut app, mut merger, mut runner) =
+        (database.connect(), database.connect(), database.connect());
+    app.execute(MERGE, &[&queued_for, &merged_into]).unwrap();
+    enqueue(&mut app, queued_for, "5");
 
     // The runner follows the committed merge to `merged_into`, who stands when it looks, and
-    // waits for that user's chain, which a second merge holds; that merge then commits.
+    // waits for that user's chain, which a second merge holds until it commits.
     let mut merging = merger.transaction().unwrap();
-    merging.execute(merge, &[&merged_into, &last]).unwrap();
-    let runner_pid = backend_pid(&mut runner);
-    let state = thread::scope(|scope| {
-        let running = scope.spawn(|| {
-            runner
-                .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
-                .map(|row| row.get::<_, String>(0))
-        });
-        assert!(
-            soon_waits_for_a_lock(&mut observer, runner_pid),
-            "the runner waits for the chain of the user it found"
-        );
-        merging.commit().unwrap();
-        running.join().unwrap()
-    });
+    merging.execute(MERGE, &[&merged_into, &last]).unwrap();
+    let (state, _) = run_jobs_behind(&database, &mut runner, merging);
 
-    assert_eq!(state.unwrap(), "succeeded");
-    let bound = app
-        .query_one(
-            "SELECT user_id, payload->>'queued_for' FROM identity.identity_events
-              WHERE event_type = 'bind' AND payload->>'external_id' = '5'",
-            &[],
-        )
-        .unwrap();
+    assert_eq!(state, "succeeded");
     assert_eq!(
-        (bound.get::<_, Uuid>(0), bound.get::<_, String>(1)),
-        (last, queued_for.to_string()),
+        bound_by_job(&mut app, "5"),
+        (last, Some(queued_for.to_string())),
         "bound to the user the merges end at, once the merge it waited for committed"
+    );
+    assert!(integrity_is_clean(&mut app));
+}
+
+#[test]
+fn a_job_whose_bind_meets_the_first_merge_of_its_user_is_retried_and_then_follows_it() {
+    let database = TestDatabase::create("queue_merge_first");
+    let (queued_for, merged_into) = (Uuid::new_v4(), Uuid::new_v4());
+    let (mut app, mut merger, mut runner) =
+        (database.connect(), database.connect(), database.connect());
+    enqueue(&mut app, queued_for, "6");
+    runner
+        .batch_execute("SET identity.retry_initial_interval = '1ms'")
+        .unwrap();
+
+    // The user has no chain: the merge starts one, uncommitted, so the runner finds nothing to
+    // lock and nobody merged, and its bind waits for that chain. It then appends after the merge:
+    // bound to a user merged away, which the runner undoes and leaves for the retry.
+    let mut merging = merger.transaction().unwrap();
+    merging
+        .execute(MERGE, &[&queued_for, &merged_into])
+        .unwrap();
+    let (state, last_error) = run_jobs_behind(&database, &mut runner, merging);
+    assert_eq!(state, "pending");
+    let last_error = last_error.unwrap();
+    assert!(
+        last_error.starts_with("40001: ") && last_error.contains("a merge took that user away"),
+        "{last_error}"
+    );
+    let bound: i64 = app
+        .query_one("SELECT count(*) FROM identity.user_bindings", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(bound, 0, "the bind was undone");
+
+    // The retry follows the merge.
+    thread::sleep(Duration::from_millis(50));
+    let state: String = runner
+        .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "succeeded");
+    assert_eq!(
+        bound_by_job(&mut app, "6"),
+        (merged_into, Some(queued_for.to_string()))
     );
     assert!(integrity_is_clean(&mut app));
 }
