@@ -26,6 +26,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindOutcome {
     pub binding_id: Uuid,
+    /// The user bound to: the one asked for, or for a queued binding, where merges took them.
+    pub user_id: Uuid,
     pub canonical_id: String,
     /// false: the binding already existed for this user and nothing was written.
     pub created: bool,
@@ -100,6 +102,7 @@ fn bind_recording(
             }
             return Ok(BindOutcome {
                 binding_id,
+                user_id,
                 canonical_id,
                 created: false,
             });
@@ -120,6 +123,7 @@ fn bind_recording(
         if created {
             return Ok(BindOutcome {
                 binding_id,
+                user_id,
                 canonical_id,
                 created: true,
             });
@@ -490,29 +494,43 @@ fn merged_into(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<Option<Uuid>
 /// which only events written behind the functions' back can make.
 const MERGE_HOPS_LIMIT: usize = 1000;
 
-/// The user `user_id` is now: `user_id` itself, or, when merges took them away, the user the
-/// merges end at. That user's chain is locked on return, so no merge of theirs commits before
-/// this transaction does. (Merges never loop: each locks both chains, so for a loop the newest
-/// merge of every user in it would have to be older than the next one's.)
+/// The user `user_id` is now, as far as the merges committed so far tell: `user_id` itself, or,
+/// when merges took them away, the user the merges end at. It takes no lock. (Merges never loop:
+/// each locks both chains, so for a loop the newest merge of every user in it would have to be
+/// older than the next one's.)
+pub fn where_merges_end(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<Uuid, IdentityError> {
+    let mut user = user_id;
+    for _ in 0..MERGE_HOPS_LIMIT {
+        match merged_into(client, user)? {
+            Some(into_user) => user = into_user,
+            None => return Ok(user),
+        }
+    }
+    Err(merges_loop(user_id))
+}
+
+/// `where_merges_end`, with that user's chain locked on return, so no merge of theirs commits
+/// before this transaction does.
 pub fn surviving_user(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<Uuid, IdentityError> {
     let mut user = user_id;
     for _ in 0..MERGE_HOPS_LIMIT {
-        if let Some(into_user) = merged_into(client, user)? {
-            user = into_user;
-            continue;
-        }
         // Only the end is locked: merges lock chains in user order, and a walk that kept each
         // chain it passed would lock them in merge order. Merged meanwhile: follow it too.
+        user = where_merges_end(client, user)?;
         lock_chains(client, &[user])?;
         match merged_into(client, user)? {
             None => return Ok(user),
             Some(into_user) => user = into_user,
         }
     }
-    Err(IdentityError::Internal(format!(
+    Err(merges_loop(user_id))
+}
+
+fn merges_loop(user_id: Uuid) -> IdentityError {
+    IdentityError::Internal(format!(
         "the merge events that start at user {user_id} loop, which merge_users never writes: \
          run identity.check_integrity()"
-    )))
+    ))
 }
 
 /// The user a canonical external id is bound to, if any.

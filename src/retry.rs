@@ -77,6 +77,25 @@ fn enqueue_binding(
     Ok(key)
 }
 
+static PENDING_JOB_USER: Statement = Statement::read(
+    "SELECT j.user_id FROM identity.binding_jobs j WHERE j.job_key = $1 AND j.state = 'pending'",
+    &[TEXTOID],
+);
+
+/// The user a pending job would bind canonical `canonical_id` of `provider` to, if one is queued.
+pub fn pending_job_user(
+    client: &mut SpiClient<'_>,
+    provider: &str,
+    canonical_id: &str,
+) -> Result<Option<Uuid>, IdentityError> {
+    let key = job_key(provider, canonical_id);
+    let rows = PENDING_JOB_USER.run(client, &[key.as_str().into()])?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(rows.first().get_one::<pgrx::Uuid>()?.map(rust_uuid))
+}
+
 static CLAIM_DUE_JOBS: Statement = Statement::write(
     "SELECT j.job_key, j.user_id, j.provider, j.external_id, j.evidence, j.attempts
        FROM identity.binding_jobs j

@@ -2,11 +2,11 @@
 //! wallet) in one round trip, link a wallet to a known user, and re-check stored evidence.
 
 use crate::binding_index::{claim_on, Claim};
-use crate::bindings::{bind, owner_of, BindOutcome};
+use crate::bindings::{bind, bind_queued, owner_of, where_merges_end, BindOutcome};
 use crate::errors::{required, IdentityError};
 use crate::events::{pg_uuid, rust_uuid, with_binding_owners};
 use crate::nonces::consume;
-use crate::retry::enqueue;
+use crate::retry::{enqueue, pending_job_user};
 use crate::siwe::{self, Expectations, Message, VerifyError, VERIFIER_VERSION};
 use crate::statements::Statement;
 use crate::subtransaction::in_subtransaction;
@@ -188,12 +188,27 @@ fn siwe_login(
         if let Some(owner) = owner_of("wallet", &address)? {
             return Ok((owner, address, chain_id, "existing"));
         }
-        let user_id = new_user_id.map(rust_uuid).unwrap_or_else(Uuid::new_v4);
+        // A job pending for the wallet (an earlier login's queued binding, or the backstop's)
+        // has promised it to a user: this login is theirs, or where merges took them, and binds
+        // the wallet to them now. Otherwise the wallet is new, and so is its user.
+        let promised = pending_job_user(client, "wallet", &address)?;
+        let user_id = match promised {
+            Some(user) => where_merges_end(client, user)?,
+            None => new_user_id.map(rust_uuid).unwrap_or_else(Uuid::new_v4),
+        };
         // The binding step runs in a subtransaction: whatever happens to it, the login stands.
         let evidence = login.evidence;
-        match in_subtransaction(|| bind(client, user_id, "wallet", &address, evidence.clone())) {
-            Ok(BindOutcome { created: true, .. }) => Ok((user_id, address, chain_id, "created")),
-            Ok(BindOutcome { created: false, .. }) => Ok((user_id, address, chain_id, "existing")),
+        let binding_step = |client: &mut SpiClient<'_>| match promised {
+            Some(user) => bind_queued(client, user, "wallet", &address, evidence.clone()),
+            None => bind(client, user_id, "wallet", &address, evidence.clone()),
+        };
+        match in_subtransaction(|| binding_step(client)) {
+            Ok(BindOutcome {
+                created: true,
+                user_id,
+                ..
+            }) if promised.is_none() => Ok((user_id, address, chain_id, "created")),
+            Ok(BindOutcome { user_id, .. }) => Ok((user_id, address, chain_id, "existing")),
             // A concurrent first login from the same wallet bound it a moment ago: same wallet,
             // same user. (The nonce was consumed by a write, so this look-up takes a fresh
             // snapshot and sees that login's committed binding.)
@@ -464,6 +479,43 @@ mod tests {
         let again: (Option<pgrx::Uuid>, Option<String>) =
             Spi::get_two(&login_sql("login.xyz")).unwrap();
         assert_eq!(again, (user, Some("existing".to_string())));
+    }
+
+    #[pg_test]
+    fn a_login_of_a_wallet_a_pending_job_promised_is_the_promised_users_through_merges() {
+        crate::testing::take_turns();
+        let (promised, merged_into) = (
+            "00000000-0000-4000-8000-0000000000e1",
+            "00000000-0000-4000-8000-0000000000e2",
+        );
+        // The backstop queued the wallet for a user, who was then merged into another.
+        Spi::run(&format!(
+            "SELECT identity.enqueue_binding('{promised}', 'wallet', lower('{ADDRESS}'), '{{\"method\": \"backstop\"}}');
+             SELECT identity.merge_users('{promised}', '{merged_into}', '{{}}');"
+        ))
+        .unwrap();
+        issue_example_nonce();
+        let (user, status): (Option<pgrx::Uuid>, Option<String>) =
+            Spi::get_two(&login_sql("login.xyz")).unwrap();
+        assert_eq!(
+            (user.map(|u| u.to_string()), status.as_deref()),
+            (Some(merged_into.to_string()), Some("existing")),
+            "the promised user, where the merge took them: not a new one"
+        );
+        let (method, queued_for) = Spi::get_two::<String, String>(
+            "SELECT payload->'evidence'->>'method', payload->>'queued_for'
+               FROM identity.identity_events WHERE event_type = 'bind'",
+        )
+        .unwrap();
+        assert_eq!(method.as_deref(), Some("siwe"), "bound with the login's evidence");
+        assert_eq!(queued_for.as_deref(), Some(promised));
+        let verified =
+            Spi::get_one::<bool>("SELECT identity.verify_binding(id) FROM identity.user_bindings");
+        assert_eq!(verified, Ok(Some(true)));
+        // The job then finds its binding made.
+        let state = Spi::get_one::<String>("SELECT state FROM identity.run_binding_jobs()");
+        assert_eq!(state.unwrap().as_deref(), Some("succeeded"));
+        assert!(crate::testing::integrity_is_clean());
     }
 
     #[pg_test]

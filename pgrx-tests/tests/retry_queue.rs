@@ -24,12 +24,9 @@ fn hold_chain_lock(client: &mut Client, user: Uuid) {
         .unwrap();
 }
 
-#[test]
-fn a_login_whose_binding_times_out_is_queued_then_bound_by_the_queue() {
-    let database = TestDatabase::create("queued_login");
-    let (mut holder, mut app) = (database.connect(), database.connect());
-    let user = Uuid::new_v4();
-    let wallet = TestWallet::from_seed(9);
+/// A login of `wallet` for app.example, with a nonce just issued, as the user and status it
+/// returns; `new_user_id` is the user a new wallet is bound to.
+fn login(app: &mut Client, wallet: &TestWallet, new_user_id: Uuid) -> (Uuid, String) {
     let nonce: String = app
         .query_one("SELECT identity.issue_nonce()", &[])
         .unwrap()
@@ -49,17 +46,33 @@ fn a_login_whose_binding_times_out_is_queued_then_bound_by_the_queue() {
         "2100-01-01T00:00:00Z",
     );
     let signature = wallet.personal_sign(&message);
-
-    hold_chain_lock(&mut holder, user);
-    app.batch_execute("SET lock_timeout = '300ms'").unwrap();
     let row = app
         .query_one(
             "SELECT user_id, status FROM identity.siwe_login($1, $2, 'app.example', $3)",
-            &[&message, &signature, &user],
+            &[&message, &signature, &new_user_id],
         )
-        .expect("the login succeeds although its binding step timed out");
+        .expect("the login succeeds");
+    (row.get(0), row.get(1))
+}
+
+/// A first login of `wallet` whose binding step times out on a chain lock the caller holds for
+/// `user` (see `hold_chain_lock`).
+fn queued_login(app: &mut Client, wallet: &TestWallet, user: Uuid) -> (Uuid, String) {
+    app.batch_execute("SET lock_timeout = '300ms'").unwrap();
+    let outcome = login(app, wallet, user);
+    app.batch_execute("RESET lock_timeout").unwrap();
+    outcome
+}
+
+#[test]
+fn a_login_whose_binding_times_out_is_queued_then_bound_by_the_queue() {
+    let database = TestDatabase::create("queued_login");
+    let (mut holder, mut app) = (database.connect(), database.connect());
+    let user = Uuid::new_v4();
+    let wallet = TestWallet::from_seed(9);
+    hold_chain_lock(&mut holder, user);
     assert_eq!(
-        (row.get::<_, Uuid>(0), row.get::<_, String>(1)),
+        queued_login(&mut app, &wallet, user),
         (user, "queued".to_owned())
     );
     let job: (String, String, i32) = {
@@ -113,6 +126,41 @@ fn a_login_whose_binding_times_out_is_queued_then_bound_by_the_queue() {
         Some(true),
         "the queued binding keeps the login's evidence"
     );
+    assert!(integrity_is_clean(&mut app));
+}
+
+#[test]
+fn a_second_login_before_the_queue_runs_is_the_first_logins_user() {
+    let database = TestDatabase::create("queued_login_again");
+    let (mut holder, mut app) = (database.connect(), database.connect());
+    let user = Uuid::new_v4();
+    let wallet = TestWallet::from_seed(10);
+    hold_chain_lock(&mut holder, user);
+    assert_eq!(
+        queued_login(&mut app, &wallet, user),
+        (user, "queued".to_owned())
+    );
+    holder.batch_execute("COMMIT").unwrap();
+
+    // Another tab, before the queue has run: the wallet is not bound yet, but promised.
+    assert_eq!(
+        login(&mut app, &wallet, Uuid::new_v4()),
+        (user, "existing".to_owned()),
+        "the user the first login was given, not a new one"
+    );
+    let bound: Option<Uuid> = app
+        .query_one(
+            "SELECT identity.resolve('wallet', $1)",
+            &[&wallet.address()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(bound, Some(user), "bound by the second login");
+    let state: String = app
+        .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "succeeded", "the job finds its binding made");
     assert!(integrity_is_clean(&mut app));
 }
 
