@@ -55,26 +55,37 @@ fn login(app: &mut Client, wallet: &TestWallet, new_user_id: Uuid) -> (Uuid, Str
     (row.get(0), row.get(1))
 }
 
-/// A first login of `wallet` whose binding step times out on a chain lock the caller holds for
-/// `user` (see `hold_chain_lock`).
-fn queued_login(app: &mut Client, wallet: &TestWallet, user: Uuid) -> (Uuid, String) {
+/// A first login on `app` of a new wallet (from `seed`) whose binding step timed out behind
+/// `holder`'s lock on the new user's chain, which `holder` keeps: the login's user, the wallet.
+fn queued_first_login(holder: &mut Client, app: &mut Client, seed: u8) -> (Uuid, TestWallet) {
+    let user = Uuid::new_v4();
+    let wallet = TestWallet::from_seed(seed);
+    hold_chain_lock(holder, user);
     app.batch_execute("SET lock_timeout = '300ms'").unwrap();
-    let outcome = login(app, wallet, user);
+    assert_eq!(
+        login(app, &wallet, user),
+        (user, "queued".to_owned()),
+        "the login succeeds although its binding step timed out"
+    );
     app.batch_execute("RESET lock_timeout").unwrap();
-    outcome
+    (user, wallet)
+}
+
+fn owner_of(client: &mut Client, wallet: &TestWallet) -> Option<Uuid> {
+    client
+        .query_one(
+            "SELECT identity.resolve('wallet', $1)",
+            &[&wallet.address()],
+        )
+        .unwrap()
+        .get(0)
 }
 
 #[test]
 fn a_login_whose_binding_times_out_is_queued_then_bound_by_the_queue() {
     let database = TestDatabase::create("queued_login");
     let (mut holder, mut app) = (database.connect(), database.connect());
-    let user = Uuid::new_v4();
-    let wallet = TestWallet::from_seed(9);
-    hold_chain_lock(&mut holder, user);
-    assert_eq!(
-        queued_login(&mut app, &wallet, user),
-        (user, "queued".to_owned())
-    );
+    let (user, wallet) = queued_first_login(&mut holder, &mut app, 9);
     let job: (String, String, i32) = {
         let row = app
             .query_one(
@@ -92,14 +103,11 @@ fn a_login_whose_binding_times_out_is_queued_then_bound_by_the_queue() {
             0
         )
     );
-    let bound: Option<Uuid> = app
-        .query_one(
-            "SELECT identity.resolve('wallet', $1)",
-            &[&wallet.address()],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(bound, None, "nothing half-written by the failed step");
+    assert_eq!(
+        owner_of(&mut app, &wallet),
+        None,
+        "nothing half-written by the failed step"
+    );
 
     holder.batch_execute("COMMIT").unwrap();
     let (state,): (String,) = {
@@ -109,14 +117,7 @@ fn a_login_whose_binding_times_out_is_queued_then_bound_by_the_queue() {
         (row.get(0),)
     };
     assert_eq!(state, "succeeded");
-    let bound: Option<Uuid> = app
-        .query_one(
-            "SELECT identity.resolve('wallet', $1)",
-            &[&wallet.address()],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(bound, Some(user));
+    assert_eq!(owner_of(&mut app, &wallet), Some(user));
     let reverifies: Option<bool> = app
         .query_one("SELECT identity.verify_binding(id) FROM identity.user_bindings WHERE provider = 'wallet'", &[])
         .unwrap()
@@ -133,13 +134,7 @@ fn a_login_whose_binding_times_out_is_queued_then_bound_by_the_queue() {
 fn a_second_login_before_the_queue_runs_is_the_first_logins_user() {
     let database = TestDatabase::create("queued_login_again");
     let (mut holder, mut app) = (database.connect(), database.connect());
-    let user = Uuid::new_v4();
-    let wallet = TestWallet::from_seed(10);
-    hold_chain_lock(&mut holder, user);
-    assert_eq!(
-        queued_login(&mut app, &wallet, user),
-        (user, "queued".to_owned())
-    );
+    let (user, wallet) = queued_first_login(&mut holder, &mut app, 10);
     holder.batch_execute("COMMIT").unwrap();
 
     // Another tab, before the queue has run: the wallet is not bound yet, but promised.
@@ -148,14 +143,11 @@ fn a_second_login_before_the_queue_runs_is_the_first_logins_user() {
         (user, "existing".to_owned()),
         "the user the first login was given, not a new one"
     );
-    let bound: Option<Uuid> = app
-        .query_one(
-            "SELECT identity.resolve('wallet', $1)",
-            &[&wallet.address()],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(bound, Some(user), "bound by the second login");
+    assert_eq!(
+        owner_of(&mut app, &wallet),
+        Some(user),
+        "bound by the second login"
+    );
     let state: String = app
         .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
         .unwrap()
