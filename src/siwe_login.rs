@@ -507,7 +507,11 @@ mod tests {
                FROM identity.identity_events WHERE event_type = 'bind'",
         )
         .unwrap();
-        assert_eq!(method.as_deref(), Some("siwe"), "bound with the login's evidence");
+        assert_eq!(
+            method.as_deref(),
+            Some("siwe"),
+            "bound with the login's evidence"
+        );
         assert_eq!(queued_for.as_deref(), Some(promised));
         let verified =
             Spi::get_one::<bool>("SELECT identity.verify_binding(id) FROM identity.user_bindings");
