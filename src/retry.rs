@@ -210,7 +210,10 @@ fn run_job(job: Job, policy: &RetryPolicy) -> Result<JobOutcome, IdentityError> 
 /// One pass over due jobs: at most `max_jobs`, each in its own subtransaction.
 pub fn run_due_jobs(max_jobs: i64) -> Result<Vec<JobOutcome>, IdentityError> {
     let policy = RetryPolicy::current();
-    let jobs = Spi::connect_mut(|client| claim_due_jobs(client, max_jobs))?;
+    let mut jobs = Spi::connect_mut(|client| claim_due_jobs(client, max_jobs))?;
+    // A pass keeps every chain lock its jobs took until it commits. Taken in user order, the
+    // order merges and other passes take them in, they cannot deadlock with those.
+    jobs.sort_by_key(|job| job.user_id);
     jobs.into_iter().map(|job| run_job(job, &policy)).collect()
 }
 

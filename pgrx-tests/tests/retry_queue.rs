@@ -398,3 +398,63 @@ fn a_job_whose_bind_meets_the_first_merge_of_its_user_is_retried_and_then_follow
     );
     assert!(integrity_is_clean(&mut app));
 }
+
+#[test]
+fn a_pass_and_a_merge_take_the_users_chains_in_the_same_order() {
+    let database = TestDatabase::create("queue_lock_order");
+    let mut users = [Uuid::new_v4(), Uuid::new_v4()];
+    users.sort();
+    let [low, high] = users;
+    let (mut app, mut holder, mut merger, mut runner, mut observer) = (
+        database.connect(),
+        database.connect(),
+        database.connect(),
+        database.connect(),
+        database.connect(),
+    );
+    for (user, external_id) in [(high, "70"), (low, "80")] {
+        app.execute(
+            "SELECT identity.create_binding($1, 'github', $2)",
+            &[&user, &external_id],
+        )
+        .unwrap();
+    }
+    // The higher user's job is due first.
+    enqueue(&mut app, high, "7");
+    enqueue(&mut app, low, "8");
+
+    // A merge of the two waits for the lower user's chain, which `holder` keeps; the pass then
+    // queues behind it. Had the pass locked the higher chain first (the first job due), the
+    // merge would wait for it once it had the lower one, and the pass for the lower: a deadlock.
+    hold_chain_lock(&mut holder, low);
+    let (merger_pid, runner_pid) = (backend_pid(&mut merger), backend_pid(&mut runner));
+    let (merged, pass) = thread::scope(|scope| {
+        let merging = scope.spawn(|| merger.execute(MERGE, &[&high, &low]));
+        assert!(soon_waits_for_a_lock(&mut observer, merger_pid));
+        let running = scope.spawn(|| {
+            runner.query(
+                "SELECT job_key, state, last_error FROM identity.run_binding_jobs() ORDER BY job_key",
+                &[],
+            )
+        });
+        assert!(soon_waits_for_a_lock(&mut observer, runner_pid));
+        holder.batch_execute("COMMIT").unwrap();
+        (merging.join().unwrap(), running.join().unwrap())
+    });
+
+    merged.expect("the merge is not a deadlock's victim");
+    let outcomes: Vec<(String, String, Option<String>)> = pass
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("bind:github:7".to_owned(), "succeeded".to_owned(), None),
+            ("bind:github:8".to_owned(), "succeeded".to_owned(), None),
+        ]
+    );
+    assert_eq!(bound_by_job(&mut app, "7"), (low, Some(high.to_string())));
+    assert!(integrity_is_clean(&mut app));
+}
