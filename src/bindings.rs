@@ -483,11 +483,8 @@ static MERGED_INTO: Statement = Statement::read(
 );
 
 fn merged_into(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<Option<Uuid>, IdentityError> {
-    let rows = MERGED_INTO.run(client, &[pg_uuid(user_id).into()])?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    Ok(rows.first().get_one::<pgrx::Uuid>()?.map(rust_uuid))
+    let into_user = MERGED_INTO.first_uuid(client, &[pg_uuid(user_id).into()])?;
+    Ok(into_user.map(rust_uuid))
 }
 
 /// More merges than any history has in a row: following further means the merge events loop,

@@ -89,11 +89,8 @@ pub fn pending_job_user(
     canonical_id: &str,
 ) -> Result<Option<Uuid>, IdentityError> {
     let key = job_key(provider, canonical_id);
-    let rows = PENDING_JOB_USER.run(client, &[key.as_str().into()])?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    Ok(rows.first().get_one::<pgrx::Uuid>()?.map(rust_uuid))
+    let user = PENDING_JOB_USER.first_uuid(client, &[key.as_str().into()])?;
+    Ok(user.map(rust_uuid))
 }
 
 static CLAIM_DUE_JOBS: Statement = Statement::write(

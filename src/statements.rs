@@ -78,6 +78,20 @@ impl Statement {
         }
     }
 
+    /// Runs the statement and returns the uuid in the first column of its first row: `None`
+    /// when it returns no row (where `first().get_one()` would fail) or NULL there.
+    pub fn first_uuid(
+        &'static self,
+        client: &mut SpiClient<'_>,
+        args: &[DatumWithOid<'_>],
+    ) -> Result<Option<pgrx::Uuid>, IdentityError> {
+        let rows = self.run(client, args)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(rows.first().get_one::<pgrx::Uuid>()?)
+    }
+
     /// Runs the statement (a read) with `args` and hands its rows to `each_batch`, up to `batch`
     /// rows at a time, freeing each batch before fetching the next. A large result is never held
     /// whole: its memory is reused from batch to batch instead of being taken from the operating
