@@ -55,7 +55,10 @@ pub fn bind_queued(
     external_id: &str,
     evidence: Value,
 ) -> Result<BindOutcome, IdentityError> {
-    let user_id = surviving_user(client, queued_for)?;
+    let SurvivingUser {
+        user_id,
+        chain_locked,
+    } = surviving_user(client, queued_for)?;
     let redirected_from = (user_id != queued_for).then_some(queued_for);
     let outcome = bind_recording(
         client,
@@ -67,7 +70,7 @@ pub fn bind_queued(
     )?;
     // A user with no chain had none to lock: a merge could start it first, and the bind then
     // waited for it and appended after the merge. Holding the chain now, the answer is final.
-    if outcome.created && merged_into(client, user_id)?.is_some() {
+    if outcome.created && !chain_locked && merged_into(client, user_id)?.is_some() {
         return Err(IdentityError::QueuedUserMergedMeanwhile {
             user_id: user_id.to_string(),
         });
@@ -506,17 +509,32 @@ pub fn where_merges_end(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<Uui
     Err(merges_loop(user_id))
 }
 
-/// `where_merges_end`, with that user's chain locked on return, so no merge of theirs commits
-/// before this transaction does.
-pub fn surviving_user(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<Uuid, IdentityError> {
+/// Where `surviving_user` ended.
+struct SurvivingUser {
+    user_id: Uuid,
+    /// Whether their chain existed, and is now locked: no merge of theirs commits before this
+    /// transaction does. A user without a chain had none to lock.
+    chain_locked: bool,
+}
+
+/// `where_merges_end`, with that user's chain locked on return if they have one.
+fn surviving_user(
+    client: &mut SpiClient<'_>,
+    user_id: Uuid,
+) -> Result<SurvivingUser, IdentityError> {
     let mut user = user_id;
     for _ in 0..MERGE_HOPS_LIMIT {
         // Only the end is locked: merges lock chains in user order, and a walk that kept each
         // chain it passed would lock them in merge order. Merged meanwhile: follow it too.
         user = where_merges_end(client, user)?;
-        lock_chains(client, &[user])?;
+        let chain_locked = lock_chains(client, &[user])? == 1;
         match merged_into(client, user)? {
-            None => return Ok(user),
+            None => {
+                return Ok(SurvivingUser {
+                    user_id: user,
+                    chain_locked,
+                })
+            }
             Some(into_user) => user = into_user,
         }
     }

@@ -711,11 +711,12 @@ pub fn append_many(
 type LockedHeads = HashMap<Uuid, (i64, Vec<u8>)>;
 
 /// Locks the chains of `users` that exist until the transaction ends, in user order, so two
-/// callers locking overlapping sets cannot deadlock. An append to one of them that was under way
-/// has committed by the time this returns, so under READ COMMITTED the caller's next statement
-/// sees what it wrote; later appends wait for this transaction.
-pub fn lock_chains(client: &mut SpiClient<'_>, users: &[Uuid]) -> Result<(), IdentityError> {
-    lock_heads(client, users.to_vec()).map(|_| ())
+/// callers locking overlapping sets cannot deadlock, and returns how many existed. An append to
+/// one of them that was under way has committed by the time this returns, so under READ
+/// COMMITTED the caller's next statement sees what it wrote; later appends wait for this
+/// transaction.
+pub fn lock_chains(client: &mut SpiClient<'_>, users: &[Uuid]) -> Result<usize, IdentityError> {
+    lock_heads(client, users.to_vec()).map(|heads| heads.len())
 }
 
 fn lock_heads(client: &mut SpiClient<'_>, users: Vec<Uuid>) -> Result<LockedHeads, IdentityError> {
