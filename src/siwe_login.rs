@@ -193,7 +193,7 @@ fn siwe_login(
         // the wallet to them now. Otherwise the wallet is new, and so is its user.
         let promised = pending_job_user(client, "wallet", &address)?;
         let user_id = match promised {
-            Some(user) => where_merges_end(client, user)?,
+            Some(user) => user,
             None => new_user_id.map(rust_uuid).unwrap_or_else(Uuid::new_v4),
         };
         // The binding step runs in a subtransaction: whatever happens to it, the login stands.
@@ -229,6 +229,12 @@ fn siwe_login(
             // unless the wait was for another transaction's binding of this wallet.
             Err(failure) if failure.is_transient() => match claim_on("wallet", &address)? {
                 None => {
+                    // A promised wallet is for the user its promise's merges end at, as the
+                    // queue will bind it (the step that failed would have followed them too).
+                    let user_id = match promised {
+                        Some(user) => where_merges_end(client, user)?,
+                        None => user_id,
+                    };
                     enqueue(client, user_id, "wallet", &address, evidence)?;
                     Ok((user_id, address, chain_id, "queued"))
                 }
