@@ -260,6 +260,27 @@ pub fn soon_waits_for_a_lock(observer: &mut Client, pid: i32) -> bool {
     })
 }
 
+/// Runs `work` on `waiter`, in a thread of its own, while `holder`, an open transaction, holds a
+/// lock it needs; commits `holder` once `waiter` is seen waiting, and returns what `work` did.
+pub fn run_behind<T: Send>(
+    database: &TestDatabase,
+    waiter: &mut Client,
+    holder: postgres::Transaction<'_>,
+    work: impl FnOnce(&mut Client) -> T + Send,
+) -> T {
+    let mut observer = database.connect();
+    let waiter_pid = backend_pid(waiter);
+    std::thread::scope(|scope| {
+        let working = scope.spawn(|| work(waiter));
+        assert!(
+            soon_waits_for_a_lock(&mut observer, waiter_pid),
+            "the session waits for the open transaction"
+        );
+        holder.commit().unwrap();
+        working.join().unwrap()
+    })
+}
+
 /// Every table of the extension: the ones pg_extension_config_dump hands to pg_dump.
 pub const TABLES: [&str; 7] = [
     "providers",

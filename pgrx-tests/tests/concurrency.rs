@@ -1,7 +1,7 @@
 //! Concurrency: racing sessions, per-user chain serialization, isolation levels.
 
 use identity_bindings_client_tests::{
-    backend_pid, integrity_is_clean, server_message, soon_waits_for_a_lock, sqlstate,
+    backend_pid, integrity_is_clean, run_behind, server_message, soon_waits_for_a_lock, sqlstate,
     transaction_with_snapshot, TestDatabase,
 };
 use postgres::GenericClient;
@@ -239,18 +239,11 @@ fn merge_during_a_bind(
     (from_user, into_user): (Uuid, Uuid),
     bind_external_id: &str,
 ) -> Result<i32, postgres::Error> {
-    let (mut merger, mut observer) = (database.connect(), database.connect());
-    let merger_pid = backend_pid(&mut merger);
+    let mut merger = database.connect();
     let mut pending = holder.transaction().unwrap();
     assert!(bind(&mut pending, from_user, bind_external_id).unwrap());
-    thread::scope(|scope| {
-        let merging = scope.spawn(|| merge(&mut merger, from_user, into_user));
-        assert!(
-            soon_waits_for_a_lock(&mut observer, merger_pid),
-            "the merge waits for the bind"
-        );
-        pending.commit().unwrap();
-        merging.join().unwrap()
+    run_behind(database, &mut merger, pending, |merger| {
+        merge(merger, from_user, into_user)
     })
 }
 

@@ -3,7 +3,7 @@
 
 use identity_bindings_client_tests::wallet::{siwe_message, TestWallet};
 use identity_bindings_client_tests::{
-    backend_pid, integrity_is_clean, soon_waits_for_a_lock, TestDatabase,
+    backend_pid, integrity_is_clean, run_behind, soon_waits_for_a_lock, TestDatabase,
 };
 use postgres::Client;
 use std::collections::HashSet;
@@ -289,23 +289,14 @@ fn run_jobs_behind(
     runner: &mut Client,
     holder: postgres::Transaction<'_>,
 ) -> (String, Option<String>) {
-    let mut observer = database.connect();
-    let runner_pid = backend_pid(runner);
-    thread::scope(|scope| {
-        let running = scope.spawn(|| {
-            runner
-                .query_one(
-                    "SELECT state, last_error FROM identity.run_binding_jobs()",
-                    &[],
-                )
-                .map(|row| (row.get(0), row.get(1)))
-        });
-        assert!(
-            soon_waits_for_a_lock(&mut observer, runner_pid),
-            "the runner waits for the open transaction"
-        );
-        holder.commit().unwrap();
-        running.join().unwrap().unwrap()
+    run_behind(database, runner, holder, |runner| {
+        runner
+            .query_one(
+                "SELECT state, last_error FROM identity.run_binding_jobs()",
+                &[],
+            )
+            .map(|row| (row.get(0), row.get(1)))
+            .unwrap()
     })
 }
 
