@@ -4,7 +4,7 @@
 //! form (backfill_run.rs) commits after each batch, in parallel.
 
 use crate::bindings::{bind_many, BatchOutcome};
-use crate::errors::{required, IdentityError};
+use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::providers::Builtin;
 use crate::retry::enqueue;
 use crate::statements::free_last_result;
@@ -41,12 +41,10 @@ impl Source {
     pub(crate) fn from_arguments(
         client: &mut SpiClient<'_>,
         users: Option<PgRelation>,
-        id_column: Option<&str>,
-        wallet_column: Option<&str>,
+        id_column: &str,
+        wallet_column: &str,
     ) -> Result<Source, IdentityError> {
         let table = users_table(users)?;
-        let id_column = required(id_column, "id_column")?;
-        let wallet_column = required(wallet_column, "wallet_column")?;
         Source::resolve(client, table, id_column, wallet_column)
     }
 
@@ -318,8 +316,8 @@ fn users_table(users: Option<PgRelation>) -> Result<Oid, IdentityError> {
         .ok_or(IdentityError::NoUsersTable)
 }
 
-pub(crate) fn checked_batch_size(size: Option<i32>) -> Result<i64, IdentityError> {
-    match required(size, "batch_size")? {
+pub(crate) fn checked_batch_size(size: i32) -> Result<i64, IdentityError> {
+    match size {
         n if n >= 1 => Ok(i64::from(n)),
         _ => Err(IdentityError::InvalidParameter {
             reason: "batch_size must be at least 1".into(),
@@ -356,7 +354,9 @@ fn backfill_wallet_bindings(
     >,
     ErrorReport,
 > {
-    let size = checked_batch_size(batch_size)?;
+    let id_column = required_or_left_out(id_column, "id_column", "'id'")?;
+    let wallet_column = required_or_left_out(wallet_column, "wallet_column", "'wallet_address'")?;
+    let size = checked_batch_size(required_or_left_out(batch_size, "batch_size", "10000")?)?;
     let total = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
         let source = Source::from_arguments(client, users, id_column, wallet_column)?;
         let mut total = Tally::default();
@@ -404,7 +404,9 @@ fn backfill_wallet_batch(
     >,
     ErrorReport,
 > {
-    let size = checked_batch_size(batch_size)?;
+    let id_column = required(id_column, "id_column")?;
+    let wallet_column = required(wallet_column, "wallet_column")?;
+    let size = checked_batch_size(required(batch_size, "batch_size")?)?;
     let batch = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
         let source = Source::from_arguments(client, users, id_column, wallet_column)?;
         let mut statistics = StatisticsKeeper::new(client)?;
@@ -437,6 +439,8 @@ fn backstop(
     id_column: default!(Option<&str>, "'id'"),
     wallet_column: default!(Option<&str>, "'wallet_address'"),
 ) -> Result<i64, ErrorReport> {
+    let id_column = required_or_left_out(id_column, "id_column", "'id'")?;
+    let wallet_column = required_or_left_out(wallet_column, "wallet_column", "'wallet_address'")?;
     Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {
         let source = Source::from_arguments(client, users, id_column, wallet_column)?;
         let mut queued = 0;

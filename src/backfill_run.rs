@@ -7,7 +7,7 @@
 //! a source with an unfinished run resumes that run.
 
 use crate::backfill::{backfill_batch, checked_batch_size, Source, StatisticsKeeper, Tally};
-use crate::errors::IdentityError;
+use crate::errors::{required, IdentityError};
 use crate::gucs::MAX_PARALLEL_BACKFILL_WORKERS;
 use crate::statements::free_last_result;
 use crate::subtransaction::{in_subtransaction, SERIALIZATION_FAILURE};
@@ -86,13 +86,15 @@ fn backfill_plan(
     batch_size: Option<i32>,
     resume_after_id: Option<&str>,
 ) -> Result<i64, ErrorReport> {
-    let size = checked_batch_size(batch_size)?;
+    let id_column = required(id_column, "id_column")?;
+    let wallet_column = required(wallet_column, "wallet_column")?;
+    let size = checked_batch_size(required(batch_size, "batch_size")?)?;
     Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {
         let source = Source::from_arguments(client, users, id_column, wallet_column)?;
         let key = RunKey {
             source: source.table.clone(),
-            id_column: id_column.unwrap_or_default().to_owned(),
-            wallet_column: wallet_column.unwrap_or_default().to_owned(),
+            id_column: id_column.to_owned(),
+            wallet_column: wallet_column.to_owned(),
             run_as: caller_name(),
         };
         key.lock_until_commit(client)?;

@@ -5,7 +5,7 @@
 //! explicit, evidenced merge, or by a revoke followed by a new bind (NO_AUTO_MERGE).
 
 use crate::binding_index::{live_binding, LiveBinding};
-use crate::errors::{required, IdentityError};
+use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::events::{
     append, append_many, insert_binding_with_event, lock_chains, pg_uuid, rust_uuid, EventType,
 };
@@ -265,8 +265,8 @@ fn owners_of(
 }
 
 /// Evidence is a JSON object: a record of how the link was proven, never a bare value.
-pub fn evidence_object(evidence: Option<pgrx::JsonB>) -> Result<Value, IdentityError> {
-    let evidence = required(evidence, "evidence")?.0;
+pub fn evidence_object(evidence: pgrx::JsonB) -> Result<Value, IdentityError> {
+    let evidence = evidence.0;
     let found = match &evidence {
         Value::Object(_) => return Ok(evidence),
         Value::Null => "null",
@@ -288,7 +288,7 @@ fn create_binding(
     let user_id = rust_uuid(required(user_id, "user_id")?);
     let provider = required(provider, "provider")?;
     let external_id = required(external_id, "external_id")?;
-    let evidence = evidence_object(evidence)?;
+    let evidence = evidence_object(required_or_left_out(evidence, "evidence", "'{}'")?)?;
     Spi::connect_mut(|client| bind(client, user_id, provider, external_id, evidence))
 }
 
@@ -361,7 +361,7 @@ fn revoke_binding(
 > {
     let provider = required(provider, "provider")?;
     let external_id = required(external_id, "external_id")?;
-    let evidence = evidence_object(evidence)?;
+    let evidence = evidence_object(required(evidence, "evidence")?)?;
     let (binding_id, user_id) = Spi::connect_mut(|client| {
         let canonical_id = canonical_external_id(client, provider, external_id)?;
         // The owner's chain is locked before the binding's row, the order merge_users takes them
@@ -421,7 +421,7 @@ fn merge_users(
 ) -> Result<i32, ErrorReport> {
     let from_user = rust_uuid(required(from_user, "from_user")?);
     let into_user = rust_uuid(required(into_user, "into_user")?);
-    let evidence = evidence_object(evidence)?;
+    let evidence = evidence_object(required(evidence, "evidence")?)?;
     if from_user == into_user {
         return Err(IdentityError::MergeIntoSelf.into());
     }

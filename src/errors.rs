@@ -11,8 +11,12 @@ const ECHO_LIMIT: usize = 80;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentityError {
-    /// 22004: a required argument was NULL.
-    NullArgument { argument: &'static str },
+    /// 22004: an argument was NULL. `default` is the one its function declares, if any: NULL never
+    /// stands for it, so the hint says to leave the argument out instead.
+    NullArgument {
+        argument: &'static str,
+        default: Option<&'static str>,
+    },
     /// 22023: no provider of that name is registered.
     UnknownProvider { provider: String },
     /// 22023: the external id is not in the provider's format.
@@ -125,7 +129,14 @@ impl IdentityError {
     pub fn hint(&self) -> Option<String> {
         use IdentityError::*;
         Some(match self {
-            NullArgument { .. } => "Pass a value; only evidence has a default ('{}').".into(),
+            NullArgument {
+                argument,
+                default: None,
+            } => format!("Pass a value for {argument}."),
+            NullArgument {
+                argument,
+                default: Some(default),
+            } => format!("Leave {argument} out to use its default ({default}), or pass a value."),
             UnknownProvider { .. } => {
                 "Built-in providers are wallet, discord, github and google; register others with identity.register_provider(name, pattern).".into()
             }
@@ -202,7 +213,7 @@ impl fmt::Display for IdentityError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use IdentityError::*;
         match self {
-            NullArgument { argument } => write!(f, "{argument} must not be NULL"),
+            NullArgument { argument, .. } => write!(f, "{argument} must not be NULL"),
             UnknownProvider { provider } => write!(f, "unknown provider \"{}\"", echo(provider)),
             MalformedExternalId {
                 provider,
@@ -344,9 +355,24 @@ pub fn echo(input: &str) -> String {
     out
 }
 
-/// `Some(value)` or the 22004 error naming the argument.
+/// `Some(value)`, or the 22004 error naming an argument that has no default.
 pub fn required<T>(value: Option<T>, argument: &'static str) -> Result<T, IdentityError> {
-    value.ok_or(IdentityError::NullArgument { argument })
+    value.ok_or(IdentityError::NullArgument {
+        argument,
+        default: None,
+    })
+}
+
+/// `Some(value)`, or the 22004 error naming an argument whose function declares `default` for it.
+pub fn required_or_left_out<T>(
+    value: Option<T>,
+    argument: &'static str,
+    default: &'static str,
+) -> Result<T, IdentityError> {
+    value.ok_or(IdentityError::NullArgument {
+        argument,
+        default: Some(default),
+    })
 }
 
 #[cfg(test)]
@@ -361,6 +387,23 @@ mod tests {
         let echoed = echo(&long);
         assert_eq!(echoed.chars().count(), ECHO_LIMIT + 1);
         assert!(echoed.ends_with('…'));
+    }
+
+    #[test]
+    fn a_null_argument_hint_names_the_default_only_where_one_is_declared() {
+        let no_default = required::<i32>(None, "user_id").unwrap_err();
+        assert_eq!(no_default.to_string(), "user_id must not be NULL");
+        assert_eq!(
+            no_default.hint().as_deref(),
+            Some("Pass a value for user_id.")
+        );
+        let with_default = required_or_left_out::<i32>(None, "ttl", "'10 minutes'").unwrap_err();
+        assert_eq!(with_default.to_string(), "ttl must not be NULL");
+        assert_eq!(
+            with_default.hint().as_deref(),
+            Some("Leave ttl out to use its default ('10 minutes'), or pass a value.")
+        );
+        assert_eq!(required_or_left_out(Some(7), "ttl", "'10 minutes'"), Ok(7));
     }
 
     #[test]

@@ -80,7 +80,7 @@ fn check_nonce_capacity(client: &mut SpiClient<'_>) -> Result<(), IdentityError>
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn issue_nonce(ttl: default!(Option<Interval>, "'10 minutes'")) -> Result<String, ErrorReport> {
-    let ttl = crate::errors::required(ttl, "ttl")?;
+    let ttl = crate::errors::required_or_left_out(ttl, "ttl", "'10 minutes'")?;
     let nonce = random_nonce()?;
     Spi::connect_mut(|client| -> Result<(), IdentityError> {
         PURGE_EXPIRED.run(client, &[EXPIRED_PURGED_PER_ISSUE.into()])?;

@@ -5,7 +5,7 @@
 //! merges end at: a job is for a person, and a merge says who that person now is.
 
 use crate::bindings::bind_queued;
-use crate::errors::{required, IdentityError};
+use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::events::{pg_uuid, rust_uuid};
 use crate::gucs::RetryPolicy;
 use crate::providers::canonical_external_id;
@@ -71,6 +71,7 @@ fn enqueue_binding(
     let user_id = rust_uuid(required(user_id, "user_id")?);
     let provider = required(provider, "provider")?;
     let external_id = required(external_id, "external_id")?;
+    let evidence = required_or_left_out(evidence, "evidence", "'{}'")?;
     let evidence = crate::bindings::evidence_object(evidence)?;
     let (key, _) =
         Spi::connect_mut(|client| enqueue(client, user_id, provider, external_id, evidence))?;
@@ -233,7 +234,7 @@ fn run_binding_jobs(
     >,
     ErrorReport,
 > {
-    let max_jobs = required(max_jobs, "max_jobs")?;
+    let max_jobs = required_or_left_out(max_jobs, "max_jobs", "100")?;
     if max_jobs < 1 {
         return Err(IdentityError::InvalidParameter {
             reason: "max_jobs must be at least 1".into(),

@@ -3,7 +3,7 @@
 
 use crate::binding_index::{claim_on, Claim};
 use crate::bindings::{bind, bind_queued, owner_of, where_merges_end, BindOutcome};
-use crate::errors::{required, IdentityError};
+use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::events::{pg_uuid, rust_uuid, with_binding_owners};
 use crate::nonces::consume;
 use crate::retry::{enqueue, pending_job_user};
@@ -66,7 +66,7 @@ fn verify_siwe(
 ) -> Result<pgrx::composite_type!('static, "identity.siwe_message"), ErrorReport> {
     let message = required(message, "message")?;
     let signature = required(signature, "signature")?;
-    let at = required(at, "at")?;
+    let at = required_or_left_out(at, "at", "now()")?;
     let expect = Expectations {
         domain,
         nonce,

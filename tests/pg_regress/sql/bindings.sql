@@ -35,6 +35,7 @@ SELECT created FROM identity.create_binding(:bob, 'discord', '42', '{"method": "
 -- Bad input is an error with its own SQLSTATE, never a silent no-op.
 SELECT * FROM identity.create_binding(NULL, 'github', '1');
 \echo :LAST_ERROR_SQLSTATE
+-- NULL never stands for an argument's default: leave the argument out to get it.
 SELECT * FROM identity.create_binding(:alice, 'github', '1', NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM identity.create_binding(:alice, 'github', '1', '"signed"');
@@ -57,6 +58,9 @@ SELECT external_id, user_id
 SELECT user_id = :alice AS was_alice
   FROM identity.revoke_binding('github', '42', '{"reason": "user unlinked GitHub"}');
 SELECT * FROM identity.revoke_binding('github', '42', '{"reason": "twice"}');
+\echo :LAST_ERROR_SQLSTATE
+-- A revoke has no default evidence: say why the link ends.
+SELECT * FROM identity.revoke_binding('github', '42', NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT created FROM identity.create_binding(:bob, 'github', '42', '{"method": "oauth"}');
 
