@@ -81,6 +81,9 @@ impl Source {
         if row.get::<bool>(4)? != Some(true) {
             return Err(IdentityError::NoSourcePrivilege { table: table_name });
         }
+        if row_security_hides_rows(table, caller) {
+            return Err(IdentityError::SourceFilteredByRowSecurity { table: table_name });
+        }
         Ok(Source {
             table: table_name,
             id_column: spi::quote_identifier(id_column),
@@ -310,6 +313,16 @@ pub(crate) fn backfill_batch(
 }
 
 /// The users table: NULL when the default, public.users, does not exist.
+/// Whether row-level security would hide rows of `table` from `role`. The backfill and the
+/// backstop read the whole table with their owner's rights, so they must not bind (or count) rows
+/// the caller could not see; a subset would be just as wrong, as pg_dump holds too.
+fn row_security_hides_rows(table: Oid, role: Oid) -> bool {
+    // SAFETY: catalog lookups only; with noError it returns instead of raising for
+    // row_security = off.
+    let applies = unsafe { pg_sys::check_enable_rls(table, role, true) };
+    applies == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+}
+
 fn users_table(users: Option<PgRelation>) -> Result<Oid, IdentityError> {
     users
         .map(|relation| relation.oid())
@@ -566,5 +579,36 @@ mod tests {
             sqlstate_of("SELECT identity.backfill_wallet_bindings('app_users', 'uid', 'eth', 0)"),
             "22023"
         );
+    }
+
+    #[pg_test]
+    fn an_owner_who_forced_row_security_on_their_table_is_refused_and_nothing_is_bound() {
+        crate::testing::take_turns();
+        six_app_users();
+        Spi::run(
+            "CREATE ROLE app_owner;
+             GRANT USAGE ON SCHEMA identity TO app_owner;
+             GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer),
+                                       identity.backfill_plan(regclass, text, text, integer, text)
+                TO app_owner;
+             ALTER TABLE app_users OWNER TO app_owner;
+             ALTER TABLE app_users ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY visible ON app_users USING (uid LIKE '%1');
+             SET LOCAL ROLE app_owner",
+        )
+        .unwrap();
+        // The owner sees every row until they force their own policies on themselves.
+        assert_eq!(backfill(10), (6, 2, 0, 1, 2));
+        Spi::run("ALTER TABLE app_users FORCE ROW LEVEL SECURITY").unwrap();
+        for refused in [
+            "SELECT identity.backfill_wallet_bindings('app_users', 'uid', 'eth')",
+            "SELECT identity.backfill_plan('app_users', 'uid', 'eth', 10, NULL)",
+        ] {
+            assert_eq!(sqlstate_of(refused), "42501", "{refused}");
+        }
+        Spi::run("RESET ROLE").unwrap();
+        let left = "SELECT (SELECT count(*) FROM identity.user_bindings),
+                           (SELECT count(*) FROM identity.backfill_parts)";
+        assert_eq!(Spi::get_two::<i64, i64>(left), Ok((Some(2), Some(0))));
     }
 }

@@ -59,6 +59,9 @@ pub enum IdentityError {
     NoUsersTable,
     /// 42501: the caller may not read the table a backfill or backstop would read for them.
     NoSourcePrivilege { table: String },
+    /// 42501: row-level security would hide rows of the backfill's or backstop's table from the
+    /// caller.
+    SourceFilteredByRowSecurity { table: String },
     /// 42501: a backfill run is stepped by a role other than the one that planned it.
     NotYourBackfillRun { run_id: i64, run_as: String },
     /// 22023: an argument outside its range.
@@ -119,6 +122,7 @@ impl IdentityError {
             AppendOnly { .. }
             | ProviderIsPermanent { .. }
             | NoSourcePrivilege { .. }
+            | SourceFilteredByRowSecurity { .. }
             | NotYourBackfillRun { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             NoUsersTable => ERRCODE_UNDEFINED_TABLE,
             TooManyOutstandingNonces { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
@@ -174,6 +178,9 @@ impl IdentityError {
             NoUsersTable => "Pass the table that holds the users, e.g. identity.backfill_wallet_bindings('app.accounts').".into(),
             NoSourcePrivilege { .. } => {
                 "GRANT SELECT on the id and wallet columns to the role that runs the backfill.".into()
+            }
+            SourceFilteredByRowSecurity { .. } => {
+                "The backfill and the backstop read every row: run them as the table's owner or a role with BYPASSRLS.".into()
             }
             NotYourBackfillRun { .. } => {
                 "A run reads its source with the privileges of the role that started it: CALL the backfill as that role.".into()
@@ -274,6 +281,10 @@ impl fmt::Display for IdentityError {
             NoSourcePrivilege { table } => {
                 write!(f, "permission denied: the caller may not read the id and wallet columns of {table}")
             }
+            SourceFilteredByRowSecurity { table } => write!(
+                f,
+                "permission denied: row-level security hides rows of {table} from the caller"
+            ),
             NotYourBackfillRun { run_id, run_as } => write!(
                 f,
                 "permission denied: backfill run {run_id} belongs to role {}",

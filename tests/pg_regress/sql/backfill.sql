@@ -29,6 +29,34 @@ SELECT * FROM identity.backfill_wallet_bindings('public.accounts', 'account_id',
 SELECT * FROM identity.backfill_wallet_bindings('public.accounts', 'no_such_column', 'eth');
 \echo :LAST_ERROR_SQLSTATE
 
+-- The backfill reads the table with its owner's rights, so it asks first whether the caller may
+-- read every row: the id and wallet columns, with no row hidden by row-level security.
+CREATE ROLE regress_tenant_admin;
+GRANT USAGE ON SCHEMA identity TO regress_tenant_admin;
+GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer),
+                          identity.backstop(regclass, text, text) TO regress_tenant_admin;
+CREATE TABLE public.tenant_users (id uuid PRIMARY KEY, tenant text, wallet text);
+INSERT INTO public.tenant_users VALUES
+    ('00000000-0000-4000-8000-00000000c001', 'north', '0x1111111111111111111111111111111111111111'),
+    ('00000000-0000-4000-8000-00000000c002', 'south', '0x2222222222222222222222222222222222222222');
+GRANT SELECT (id) ON public.tenant_users TO regress_tenant_admin;
+SET ROLE regress_tenant_admin;
+SELECT * FROM identity.backfill_wallet_bindings('public.tenant_users', 'id', 'wallet');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+GRANT SELECT ON public.tenant_users TO regress_tenant_admin;
+ALTER TABLE public.tenant_users ENABLE ROW LEVEL SECURITY;
+CREATE POLICY north_only ON public.tenant_users TO regress_tenant_admin USING (tenant = 'north');
+SET ROLE regress_tenant_admin;
+SELECT count(*) AS rows_regress_tenant_admin_sees FROM public.tenant_users;
+SELECT * FROM identity.backfill_wallet_bindings('public.tenant_users', 'id', 'wallet');
+\echo :LAST_ERROR_SQLSTATE
+SELECT identity.backstop('public.tenant_users', 'id', 'wallet');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+-- The table's owner (or a role with BYPASSRLS) reads every row.
+SELECT * FROM identity.backfill_wallet_bindings('public.tenant_users', 'id', 'wallet');
+
 -- For tens of millions of rows: the procedure commits after every batch. (CALL it outside a
 -- transaction block.) Its progress is kept in identity.backfill_parts, in the transaction of each
 -- batch: an interrupted run is resumed by calling it again on the same table.
