@@ -128,6 +128,7 @@ impl Source {
               ORDER BY t.{id_column}"
         );
         let mut ids = Vec::new();
+        let _rights = CallerRights::take();
         for row in client.select(sql.as_str(), None, &[after.into()])? {
             ids.extend(row.get::<String>(1)?);
         }
@@ -157,11 +158,58 @@ impl Source {
         );
         let mut rows = Vec::new();
         let args = [after.into(), size.into(), upto.into()];
+        let _rights = CallerRights::take();
         for row in client.select(sql.as_str(), None, &args)? {
             rows.push((row.get::<String>(1)?, row.get::<String>(2)?));
         }
         free_last_result();
         Ok(rows)
+    }
+}
+
+/// The caller's rights, held while the source table is read. The functions that read it are
+/// SECURITY DEFINER, and reading a table can run code its owner wrote: a view's functions, a
+/// domain's CHECK on the id type. With the definer's rights that code would run as the
+/// extension's owner, a superuser. So the reads run as the caller, in a security-restricted
+/// operation (no SET ROLE, no temporary objects), with GUC changes undone at the end, as
+/// PostgreSQL runs ANALYZE or CREATE INDEX with a table owner's rights. Dropped: rights restored,
+/// on an error too.
+struct CallerRights {
+    definer: pg_sys::Oid,
+    security_context: i32,
+    guc_nest_level: i32,
+}
+
+impl CallerRights {
+    fn take() -> CallerRights {
+        let mut definer = pg_sys::InvalidOid;
+        let mut security_context = 0;
+        // SAFETY: reads and sets the backend's current user, as PostgreSQL's own maintenance
+        // commands do; Drop restores both, and the GUC nest level, on every path.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut definer, &mut security_context);
+            pg_sys::SetUserIdAndSecContext(
+                pg_sys::GetOuterUserId(),
+                security_context
+                    | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                    | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            );
+            CallerRights {
+                definer,
+                security_context,
+                guc_nest_level: pg_sys::NewGUCNestLevel(),
+            }
+        }
+    }
+}
+
+impl Drop for CallerRights {
+    fn drop(&mut self) {
+        // SAFETY: undoes take(), in the reverse order.
+        unsafe {
+            pg_sys::AtEOXact_GUC(false, self.guc_nest_level);
+            pg_sys::SetUserIdAndSecContext(self.definer, self.security_context);
+        }
     }
 }
 
@@ -312,10 +360,9 @@ pub(crate) fn backfill_batch(
     Ok(tally)
 }
 
-/// The users table: NULL when the default, public.users, does not exist.
 /// Whether row-level security would hide rows of `table` from `role`. The backfill and the
-/// backstop read the whole table with their owner's rights, so they must not bind (or count) rows
-/// the caller could not see; a subset would be just as wrong, as pg_dump holds too.
+/// backstop bind every row of the table or none: a subset would leave the rest silently unbound
+/// (pg_dump refuses such a table for the same reason).
 fn row_security_hides_rows(table: Oid, role: Oid) -> bool {
     // SAFETY: catalog lookups only; with noError it returns instead of raising for
     // row_security = off.
@@ -323,6 +370,7 @@ fn row_security_hides_rows(table: Oid, role: Oid) -> bool {
     applies == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
 }
 
+/// The users table: NULL when the default, public.users, does not exist.
 fn users_table(users: Option<PgRelation>) -> Result<Oid, IdentityError> {
     users
         .map(|relation| relation.oid())
@@ -579,6 +627,56 @@ mod tests {
             sqlstate_of("SELECT identity.backfill_wallet_bindings('app_users', 'uid', 'eth', 0)"),
             "22023"
         );
+    }
+
+    #[pg_test]
+    fn the_source_is_read_in_a_restricted_operation_whose_settings_are_undone() {
+        Spi::run("SET LOCAL work_mem = '4MB'").unwrap();
+        {
+            let _rights = super::CallerRights::take();
+            // SAFETY: reads a flag of the backend's security context.
+            assert!(unsafe { pg_sys::InSecurityRestrictedOperation() });
+            Spi::run("SELECT set_config('work_mem', '8MB', false)").unwrap();
+        }
+        // SAFETY: as above.
+        assert!(!unsafe { pg_sys::InSecurityRestrictedOperation() });
+        assert_eq!(
+            Spi::get_one::<String>("SHOW work_mem"),
+            Ok(Some("4MB".into()))
+        );
+    }
+
+    #[pg_test]
+    fn a_domain_check_on_the_id_column_runs_as_the_caller() {
+        crate::testing::take_turns();
+        Spi::run(
+            "CREATE ROLE id_domain_owner;
+             GRANT USAGE ON SCHEMA identity TO id_domain_owner;
+             GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer)
+                TO id_domain_owner;
+             GRANT CREATE ON SCHEMA public TO id_domain_owner;
+             SET LOCAL ROLE id_domain_owner;
+             CREATE TABLE public.checked_by (reader name);
+             CREATE FUNCTION public.note_reader() RETURNS boolean LANGUAGE sql
+                 AS $$ INSERT INTO public.checked_by VALUES (current_user) RETURNING true $$;
+             CREATE DOMAIN public.noted_id AS text CHECK (public.note_reader());
+             CREATE TABLE public.owned_users (uid public.noted_id PRIMARY KEY, eth text);
+             INSERT INTO public.owned_users VALUES
+                 ('00000000-0000-4000-8000-000000000011', '0x00000000000000000000000000000000000000a1'),
+                 ('00000000-0000-4000-8000-000000000012', '0x00000000000000000000000000000000000000a2');
+             TRUNCATE public.checked_by",
+        )
+        .unwrap();
+        // Batches of one: the second batch casts the first one's id to the domain.
+        let created = Spi::get_one::<i64>(
+            "SELECT created FROM identity.backfill_wallet_bindings('public.owned_users', 'uid', 'eth', 1)",
+        );
+        assert_eq!(created, Ok(Some(2)));
+        Spi::run("RESET ROLE").unwrap();
+        let readers = Spi::get_one::<String>(
+            "SELECT string_agg(DISTINCT reader, ',') FROM public.checked_by",
+        );
+        assert_eq!(readers, Ok(Some("id_domain_owner".into())));
     }
 
     #[pg_test]

@@ -29,8 +29,8 @@ SELECT * FROM identity.backfill_wallet_bindings('public.accounts', 'account_id',
 SELECT * FROM identity.backfill_wallet_bindings('public.accounts', 'no_such_column', 'eth');
 \echo :LAST_ERROR_SQLSTATE
 
--- The backfill reads the table with its owner's rights, so it asks first whether the caller may
--- read every row: the id and wallet columns, with no row hidden by row-level security.
+-- The backfill reads the table with the caller's rights, and only if the caller may read every
+-- row: the id and wallet columns, with no row hidden by row-level security.
 CREATE ROLE regress_tenant_admin;
 GRANT USAGE ON SCHEMA identity TO regress_tenant_admin;
 GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer),

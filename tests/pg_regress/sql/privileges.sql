@@ -64,6 +64,31 @@ RESET ROLE;
 SELECT external_id, created_at > 'epoch'::timestamptz + interval '1 day' AS real_timestamp
   FROM identity.user_bindings WHERE user_id = :dave ORDER BY external_id;
 
+-- A table the caller controls: the backfill and the backstop are SECURITY DEFINER, but they read
+-- the table with the caller's rights, so code that reading it runs (a view's functions, a CHECK of
+-- the id column's domain) runs as the caller, never as the extension's owner.
+GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer)
+    TO regress_app;
+SET ROLE regress_app;
+CREATE TABLE regress_attack.readers (reader name);
+CREATE FUNCTION regress_attack.promote_me() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO regress_attack.readers VALUES (current_user);
+    BEGIN
+        EXECUTE 'ALTER ROLE regress_app SUPERUSER';
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;  -- as the caller, refused
+    END;
+    RETURN true;
+END $$;
+CREATE VIEW regress_attack.users AS
+    SELECT :dave::uuid AS id, '0x000000000000000000000000000000000000da7e' AS wallet_address
+     WHERE regress_attack.promote_me();
+SELECT scanned, created FROM identity.backfill_wallet_bindings('regress_attack.users');
+SELECT DISTINCT reader FROM regress_attack.readers;
+RESET ROLE;
+SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_app';
+
 DROP SCHEMA regress_attack CASCADE;
 DROP OWNED BY regress_app;
 DROP ROLE regress_app;
