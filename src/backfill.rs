@@ -27,12 +27,14 @@ type SourceRow = (Option<String>, Option<String>);
 pub(crate) type KeyRange<'a> = (Option<&'a str>, Option<&'a str>);
 
 /// Where the wallets are: a table and two of its columns, checked to exist and to be readable
-/// by the caller (these functions run with the owner's rights, so they check for the caller).
+/// by the caller (these functions run with the owner's rights, so they check for the caller),
+/// and the role that reads them (see `reader_of`).
 pub(crate) struct Source {
     pub(crate) table: String,
     id_column: String,
     wallet_column: String,
     id_type: String,
+    reader: pg_sys::Oid,
 }
 
 impl Source {
@@ -61,7 +63,8 @@ impl Source {
             "SELECT $1::regclass::text, id.type, wallet.present,
                     CASE WHEN id.type IS NOT NULL AND wallet.present
                          THEN has_column_privilege($4, $1, $2, 'SELECT') AND has_column_privilege($4, $1, $3, 'SELECT')
-                    END
+                    END,
+                    (SELECT c.relowner FROM pg_class c WHERE c.oid = $1)
                FROM (SELECT (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                               WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped) AS type) id,
                     (SELECT EXISTS (SELECT FROM pg_attribute a
@@ -81,14 +84,20 @@ impl Source {
         if row.get::<bool>(4)? != Some(true) {
             return Err(IdentityError::NoSourcePrivilege { table: table_name });
         }
-        if row_security_hides_rows(table, caller) {
-            return Err(IdentityError::SourceFilteredByRowSecurity { table: table_name });
+        let owner = row.get::<pg_sys::Oid>(5)?.unwrap_or(caller);
+        let reader = reader_of(caller, owner);
+        if row_security_hides_rows(table, reader) {
+            return Err(IdentityError::SourceFilteredByRowSecurity {
+                table: table_name,
+                role: role_name(reader),
+            });
         }
         Ok(Source {
             table: table_name,
             id_column: spi::quote_identifier(id_column),
             wallet_column: spi::quote_identifier(wallet_column),
             id_type,
+            reader,
         })
     }
 
@@ -128,7 +137,7 @@ impl Source {
               ORDER BY t.{id_column}"
         );
         let mut ids = Vec::new();
-        let _rights = CallerRights::take();
+        let _rights = ReaderRights::take(self.reader);
         for row in client.select(sql.as_str(), None, &[after.into()])? {
             ids.extend(row.get::<String>(1)?);
         }
@@ -149,6 +158,7 @@ impl Source {
             id_column,
             wallet_column,
             id_type,
+            ..
         } = self;
         let sql = format!(
             "SELECT t.{id_column}::text, t.{wallet_column}::text FROM {table} t
@@ -158,7 +168,7 @@ impl Source {
         );
         let mut rows = Vec::new();
         let args = [after.into(), size.into(), upto.into()];
-        let _rights = CallerRights::take();
+        let _rights = ReaderRights::take(self.reader);
         for row in client.select(sql.as_str(), None, &args)? {
             rows.push((row.get::<String>(1)?, row.get::<String>(2)?));
         }
@@ -167,21 +177,44 @@ impl Source {
     }
 }
 
-/// The caller's rights, held while the source table is read. The functions that read it are
-/// SECURITY DEFINER, and reading a table can run code its owner wrote: a view's functions, a
-/// domain's CHECK on the id type. With the definer's rights that code would run as the
-/// extension's owner, a superuser. So the reads run as the caller, in a security-restricted
-/// operation (no SET ROLE, no temporary objects), with GUC changes undone at the end, as
-/// PostgreSQL runs ANALYZE or CREATE INDEX with a table owner's rights. Dropped: rights restored,
-/// on an error too.
-struct CallerRights {
+/// The role that reads the source table. Reading a table can run code its owner wrote (a view's
+/// functions, a CHECK of the id column's domain), and the functions that read it are SECURITY
+/// DEFINER: with their rights that code would run as the extension's owner, a superuser. So the
+/// caller reads it; a superuser caller (the background worker is one) reads it as its owner, as
+/// PostgreSQL's ANALYZE and autovacuum do, so that no code in the table runs with more rights
+/// than its author's.
+fn reader_of(caller: pg_sys::Oid, table_owner: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: a catalog lookup.
+    if unsafe { pg_sys::superuser_arg(caller) } {
+        table_owner
+    } else {
+        caller
+    }
+}
+
+/// The name of a role that exists (one calling, or owning a table).
+pub(crate) fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: the name is palloc'd and copied at once; a role that does not exist raises.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(role, false);
+        std::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The reader's rights (see `reader_of`), held while the source table is read: in a
+/// security-restricted operation (no SET ROLE, no temporary objects), with GUC changes undone at
+/// the end, as PostgreSQL runs ANALYZE with a table owner's rights. Dropped: the function's own
+/// rights restored, on an error too.
+struct ReaderRights {
     definer: pg_sys::Oid,
     security_context: i32,
     guc_nest_level: i32,
 }
 
-impl CallerRights {
-    fn take() -> CallerRights {
+impl ReaderRights {
+    fn take(reader: pg_sys::Oid) -> ReaderRights {
         let mut definer = pg_sys::InvalidOid;
         let mut security_context = 0;
         // SAFETY: reads and sets the backend's current user, as PostgreSQL's own maintenance
@@ -189,12 +222,12 @@ impl CallerRights {
         unsafe {
             pg_sys::GetUserIdAndSecContext(&mut definer, &mut security_context);
             pg_sys::SetUserIdAndSecContext(
-                pg_sys::GetOuterUserId(),
+                reader,
                 security_context
                     | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                     | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
             );
-            CallerRights {
+            ReaderRights {
                 definer,
                 security_context,
                 guc_nest_level: pg_sys::NewGUCNestLevel(),
@@ -203,7 +236,7 @@ impl CallerRights {
     }
 }
 
-impl Drop for CallerRights {
+impl Drop for ReaderRights {
     fn drop(&mut self) {
         // SAFETY: undoes take(), in the reverse order.
         unsafe {
@@ -360,8 +393,8 @@ pub(crate) fn backfill_batch(
     Ok(tally)
 }
 
-/// Whether row-level security would hide rows of `table` from `role`. The backfill and the
-/// backstop bind every row of the table or none: a subset would leave the rest silently unbound
+/// Whether row-level security would hide rows of `table` from `role`, its reader. The backfill and
+/// the backstop bind every row of the table or none: a subset would leave the rest silently unbound
 /// (pg_dump refuses such a table for the same reason).
 fn row_security_hides_rows(table: Oid, role: Oid) -> bool {
     // SAFETY: catalog lookups only; with noError it returns instead of raising for
@@ -633,7 +666,8 @@ mod tests {
     fn the_source_is_read_in_a_restricted_operation_whose_settings_are_undone() {
         Spi::run("SET LOCAL work_mem = '4MB'").unwrap();
         {
-            let _rights = super::CallerRights::take();
+            // SAFETY: reads the session's role.
+            let _rights = super::ReaderRights::take(unsafe { pg_sys::GetOuterUserId() });
             // SAFETY: reads a flag of the backend's security context.
             assert!(unsafe { pg_sys::InSecurityRestrictedOperation() });
             Spi::run("SELECT set_config('work_mem', '8MB', false)").unwrap();
@@ -677,6 +711,33 @@ mod tests {
             "SELECT string_agg(DISTINCT reader, ',') FROM public.checked_by",
         );
         assert_eq!(readers, Ok(Some("id_domain_owner".into())));
+    }
+
+    #[pg_test]
+    fn a_superuser_reads_the_source_as_its_owner() {
+        crate::testing::take_turns();
+        Spi::run(
+            "CREATE ROLE view_owner;
+             GRANT CREATE ON SCHEMA public TO view_owner;
+             SET LOCAL ROLE view_owner;
+             CREATE TABLE public.view_readers (reader name);
+             CREATE FUNCTION public.note_view_reader() RETURNS boolean LANGUAGE sql
+                 AS $$ INSERT INTO public.view_readers VALUES (current_user) RETURNING true $$;
+             CREATE VIEW public.noted_users AS
+                 SELECT '00000000-0000-4000-8000-000000000021'::uuid AS id,
+                        '0x00000000000000000000000000000000000000c1' AS wallet_address
+                  WHERE public.note_view_reader();
+             RESET ROLE",
+        )
+        .unwrap();
+        let created = Spi::get_one::<i64>(
+            "SELECT created FROM identity.backfill_wallet_bindings('public.noted_users')",
+        );
+        assert_eq!(created, Ok(Some(1)));
+        let readers = Spi::get_one::<String>(
+            "SELECT string_agg(DISTINCT reader, ',') FROM public.view_readers",
+        );
+        assert_eq!(readers, Ok(Some("view_owner".into())));
     }
 
     #[pg_test]

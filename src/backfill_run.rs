@@ -6,7 +6,9 @@
 //! is counted exactly once, whoever bound it and however often the run was interrupted. A CALL on
 //! a source with an unfinished run resumes that run.
 
-use crate::backfill::{backfill_batch, checked_batch_size, Source, StatisticsKeeper, Tally};
+use crate::backfill::{
+    backfill_batch, checked_batch_size, role_name, Source, StatisticsKeeper, Tally,
+};
 use crate::errors::{required, IdentityError};
 use crate::gucs::MAX_PARALLEL_BACKFILL_WORKERS;
 use crate::statements::free_last_result;
@@ -21,7 +23,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgRelation;
 use std::cell::Cell;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
 /// Parts per process (the calling session and each worker): more parts than processes, so a
 /// process that is slower or starts later leaves its share to the others instead of ending last.
@@ -64,13 +66,10 @@ impl StepOutcome {
     }
 }
 
-/// The role the backfill reads the source as: the caller (these functions run as their owner).
+/// The role a run belongs to: the caller (these functions run as their owner).
 fn caller_name() -> String {
-    // SAFETY: reads the session's outer role, and its name (palloc'd, copied at once).
-    unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), false);
-        CStr::from_ptr(name).to_string_lossy().into_owned()
-    }
+    // SAFETY: reads the session's outer role.
+    role_name(unsafe { pg_sys::GetOuterUserId() })
 }
 
 /// `identity.backfill_plan(users, id_column, wallet_column, batch_size, resume_after_id)`: the run

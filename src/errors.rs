@@ -60,8 +60,8 @@ pub enum IdentityError {
     /// 42501: the caller may not read the table a backfill or backstop would read for them.
     NoSourcePrivilege { table: String },
     /// 42501: row-level security would hide rows of the backfill's or backstop's table from the
-    /// caller.
-    SourceFilteredByRowSecurity { table: String },
+    /// role that reads it.
+    SourceFilteredByRowSecurity { table: String, role: String },
     /// 42501: a backfill run is stepped by a role other than the one that planned it.
     NotYourBackfillRun { run_id: i64, run_as: String },
     /// 22023: an argument outside its range.
@@ -180,7 +180,7 @@ impl IdentityError {
                 "GRANT SELECT on the id and wallet columns to the role that runs the backfill.".into()
             }
             SourceFilteredByRowSecurity { .. } => {
-                "The backfill and the backstop read every row: run them as the table's owner or a role with BYPASSRLS.".into()
+                "The backfill and the backstop read every row: run them as a role with BYPASSRLS, or as the table's owner without FORCE ROW LEVEL SECURITY (a superuser reads as the owner).".into()
             }
             NotYourBackfillRun { .. } => {
                 "A run reads its source with the privileges of the role that started it: CALL the backfill as that role.".into()
@@ -281,9 +281,10 @@ impl fmt::Display for IdentityError {
             NoSourcePrivilege { table } => {
                 write!(f, "permission denied: the caller may not read the id and wallet columns of {table}")
             }
-            SourceFilteredByRowSecurity { table } => write!(
+            SourceFilteredByRowSecurity { table, role } => write!(
                 f,
-                "permission denied: row-level security hides rows of {table} from the caller"
+                "permission denied: row-level security hides rows of {table} from role {}",
+                echo(role)
             ),
             NotYourBackfillRun { run_id, run_as } => write!(
                 f,

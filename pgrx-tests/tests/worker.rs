@@ -119,3 +119,77 @@ fn sessions_work_when_the_library_is_not_preloaded() {
         .get(0);
     assert_eq!(workers, 0);
 }
+
+#[test]
+fn the_workers_backstop_reads_the_users_table_as_its_owner_not_as_a_superuser() {
+    let cluster = Cluster::start(
+        "worker_backstop",
+        &[
+            "shared_preload_libraries=identity_bindings",
+            "identity.worker_database=worker_backstop",
+            "identity.worker_poll_interval=200ms",
+            "identity.backstop_interval=1s",
+        ],
+    );
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE worker_backstop")
+        .unwrap();
+    // The application's role owns public.users, here a view whose function notes who reads it
+    // and tries to make its owner a superuser: the worker (a superuser) must read it as its owner.
+    cluster
+        .connect("worker_backstop")
+        .batch_execute(
+            "CREATE EXTENSION identity_bindings;
+             CREATE ROLE app_owner;
+             GRANT CREATE ON SCHEMA public TO app_owner;
+             SET ROLE app_owner;
+             CREATE TABLE public.readers (reader name);
+             CREATE FUNCTION public.note_reader() RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO public.readers VALUES (current_user);
+                 BEGIN
+                     EXECUTE 'ALTER ROLE app_owner SUPERUSER';
+                 EXCEPTION WHEN insufficient_privilege THEN
+                     NULL;
+                 END;
+                 RETURN true;
+             END $$;
+             CREATE VIEW public.users AS
+                 SELECT '00000000-0000-4000-8000-0000000000b5'::uuid AS id,
+                        '0x00000000000000000000000000000000000000b5' AS wallet_address
+                  WHERE public.note_reader()",
+        )
+        .unwrap();
+    let wallet = "0x00000000000000000000000000000000000000B5";
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let Ok(mut client) = cluster.config("worker_backstop").connect(postgres::NoTls) else {
+                return false;
+            };
+            client
+                .query_one(
+                    "SELECT identity.resolve('wallet', $1) IS NOT NULL",
+                    &[&wallet],
+                )
+                .is_ok_and(|row| row.get(0))
+        }),
+        "the worker's backstop queued the wallet and its queue bound it"
+    );
+    let mut client = cluster.connect("worker_backstop");
+    let readers: Vec<String> = client
+        .query("SELECT DISTINCT reader::text FROM public.readers", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(readers, ["app_owner"]);
+    let superuser: bool = client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'app_owner'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "the view's owner stayed an ordinary role");
+}
