@@ -680,25 +680,42 @@ mod tests {
         );
     }
 
+    /// Creates `role`, and as that role `public.note_reader()`, which records in `public.readers`
+    /// who calls it: the code a source table may run when it is read.
+    fn reader_noting_function_of(role: &str) {
+        Spi::run(&format!(
+            "CREATE ROLE {role};
+             GRANT CREATE ON SCHEMA public TO {role};
+             SET LOCAL ROLE {role};
+             CREATE TABLE public.readers (reader name);
+             CREATE FUNCTION public.note_reader() RETURNS boolean LANGUAGE sql
+                 AS $$ INSERT INTO public.readers VALUES (current_user) RETURNING true $$;
+             RESET ROLE"
+        ))
+        .unwrap();
+    }
+
+    /// The roles `public.note_reader()` recorded, comma-separated.
+    fn noted_readers() -> Option<String> {
+        Spi::get_one::<String>("SELECT string_agg(DISTINCT reader, ',') FROM public.readers")
+            .unwrap()
+    }
+
     #[pg_test]
     fn a_domain_check_on_the_id_column_runs_as_the_caller() {
         crate::testing::take_turns();
+        reader_noting_function_of("id_domain_owner");
         Spi::run(
-            "CREATE ROLE id_domain_owner;
-             GRANT USAGE ON SCHEMA identity TO id_domain_owner;
+            "GRANT USAGE ON SCHEMA identity TO id_domain_owner;
              GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer)
                 TO id_domain_owner;
-             GRANT CREATE ON SCHEMA public TO id_domain_owner;
              SET LOCAL ROLE id_domain_owner;
-             CREATE TABLE public.checked_by (reader name);
-             CREATE FUNCTION public.note_reader() RETURNS boolean LANGUAGE sql
-                 AS $$ INSERT INTO public.checked_by VALUES (current_user) RETURNING true $$;
              CREATE DOMAIN public.noted_id AS text CHECK (public.note_reader());
              CREATE TABLE public.owned_users (uid public.noted_id PRIMARY KEY, eth text);
              INSERT INTO public.owned_users VALUES
                  ('00000000-0000-4000-8000-000000000011', '0x00000000000000000000000000000000000000a1'),
                  ('00000000-0000-4000-8000-000000000012', '0x00000000000000000000000000000000000000a2');
-             TRUNCATE public.checked_by",
+             TRUNCATE public.readers",
         )
         .unwrap();
         // Batches of one: the second batch casts the first one's id to the domain.
@@ -707,26 +724,19 @@ mod tests {
         );
         assert_eq!(created, Ok(Some(2)));
         Spi::run("RESET ROLE").unwrap();
-        let readers = Spi::get_one::<String>(
-            "SELECT string_agg(DISTINCT reader, ',') FROM public.checked_by",
-        );
-        assert_eq!(readers, Ok(Some("id_domain_owner".into())));
+        assert_eq!(noted_readers().as_deref(), Some("id_domain_owner"));
     }
 
     #[pg_test]
     fn a_superuser_reads_the_source_as_its_owner() {
         crate::testing::take_turns();
+        reader_noting_function_of("view_owner");
         Spi::run(
-            "CREATE ROLE view_owner;
-             GRANT CREATE ON SCHEMA public TO view_owner;
-             SET LOCAL ROLE view_owner;
-             CREATE TABLE public.view_readers (reader name);
-             CREATE FUNCTION public.note_view_reader() RETURNS boolean LANGUAGE sql
-                 AS $$ INSERT INTO public.view_readers VALUES (current_user) RETURNING true $$;
+            "SET LOCAL ROLE view_owner;
              CREATE VIEW public.noted_users AS
                  SELECT '00000000-0000-4000-8000-000000000021'::uuid AS id,
                         '0x00000000000000000000000000000000000000c1' AS wallet_address
-                  WHERE public.note_view_reader();
+                  WHERE public.note_reader();
              RESET ROLE",
         )
         .unwrap();
@@ -734,10 +744,7 @@ mod tests {
             "SELECT created FROM identity.backfill_wallet_bindings('public.noted_users')",
         );
         assert_eq!(created, Ok(Some(1)));
-        let readers = Spi::get_one::<String>(
-            "SELECT string_agg(DISTINCT reader, ',') FROM public.view_readers",
-        );
-        assert_eq!(readers, Ok(Some("view_owner".into())));
+        assert_eq!(noted_readers().as_deref(), Some("view_owner"));
     }
 
     #[pg_test]
