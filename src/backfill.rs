@@ -35,6 +35,9 @@ pub(crate) struct Source {
     wallet_column: String,
     id_type: String,
     reader: pg_sys::Oid,
+    /// A table, partitioned table or materialized view, whose pages TABLESAMPLE can sample (a
+    /// view or a foreign table cannot be: its backfill is not split into parts).
+    pub(crate) sampleable: bool,
 }
 
 impl Source {
@@ -64,7 +67,8 @@ impl Source {
                     CASE WHEN id.type IS NOT NULL AND wallet.present
                          THEN has_column_privilege($4, $1, $2, 'SELECT') AND has_column_privilege($4, $1, $3, 'SELECT')
                     END,
-                    (SELECT c.relowner FROM pg_class c WHERE c.oid = $1)
+                    (SELECT c.relowner FROM pg_class c WHERE c.oid = $1),
+                    (SELECT c.relkind IN ('r', 'p', 'm') FROM pg_class c WHERE c.oid = $1)
                FROM (SELECT (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                               WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped) AS type) id,
                     (SELECT EXISTS (SELECT FROM pg_attribute a
@@ -98,6 +102,7 @@ impl Source {
             wallet_column: spi::quote_identifier(wallet_column),
             id_type,
             reader,
+            sampleable: row.get::<bool>(6)?.unwrap_or(false),
         })
     }
 

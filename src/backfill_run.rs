@@ -278,18 +278,10 @@ fn split_points(
     size: i64,
 ) -> Result<Vec<String>, IdentityError> {
     let processes = i64::from(MAX_PARALLEL_BACKFILL_WORKERS.get()) + 1;
-    if processes == 1 {
+    if processes == 1 || !source.sampleable {
         return Ok(Vec::new());
     }
-    let pages = client
-        .select(
-            "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int8",
-            None,
-            &[source.table.as_str().into()],
-        )?
-        .first()
-        .get_one::<i64>()?
-        .unwrap_or(0);
+    let pages = heap_pages(client, source)?;
     let percent = 100.0 * (SAMPLED_PAGES / pages.max(1) as f64).min(1.0);
     let sample = source.sorted_id_sample(client, after, percent)?;
     let estimated_rows = sample.len() as f64 * 100.0 / percent;
@@ -300,6 +292,22 @@ fn split_points(
         .collect();
     bounds.dedup();
     Ok(bounds)
+}
+
+/// The pages of the source's heap, its partitions' when it is partitioned (a partitioned table
+/// has none of its own: counting only those would sample all of it).
+fn heap_pages(client: &mut SpiClient<'_>, source: &Source) -> Result<i64, IdentityError> {
+    Ok(client
+        .select(
+            "SELECT coalesce((SELECT sum(pg_relation_size(p.relid)) FROM pg_partition_tree($1::regclass) p),
+                             pg_relation_size($1::regclass))::int8
+                    / current_setting('block_size')::int8",
+            None,
+            &[source.table.as_str().into()],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0))
 }
 
 /// A part of a run, as its row says now.
@@ -738,6 +746,7 @@ $$;
 #[pg_schema]
 mod tests {
     use super::{part_lock_key, WorkerIdentity};
+    use crate::backfill::Source;
     use crate::testing::{six_app_users, sqlstate_of};
     use pgrx::pg_sys::Oid;
     use pgrx::prelude::*;
@@ -811,6 +820,66 @@ mod tests {
         );
         assert!(parts > 1);
         assert_eq!(step(run), "done", "a finished run stays finished");
+    }
+
+    /// Steps `run` until it is done; its totals.
+    fn finish(run: i64) -> (i64, i64, i64, i64, i64, i64) {
+        let mut steps = 0;
+        while step(run) == "more" {
+            steps += 1;
+            assert!(steps < 200, "a small run ends");
+        }
+        run_totals(run)
+    }
+
+    #[pg_test]
+    fn a_view_cannot_be_sampled_so_its_run_is_one_part() {
+        crate::testing::take_turns();
+        six_app_users();
+        Spi::run(
+            "CREATE VIEW app_users_view AS SELECT uid, eth FROM app_users;
+             SET LOCAL identity.max_parallel_backfill_workers = 2",
+        )
+        .unwrap();
+        let run = Spi::get_one::<i64>(
+            "SELECT identity.backfill_plan('app_users_view', 'uid', 'eth', 1, NULL)",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(finish(run), (1, 6, 2, 0, 1, 2));
+    }
+
+    #[pg_test]
+    fn a_partitioned_table_is_sized_by_its_partitions_and_split() {
+        crate::testing::take_turns();
+        Spi::run(
+            "CREATE TABLE parted_users (uid uuid PRIMARY KEY, eth text) PARTITION BY HASH (uid);
+             CREATE TABLE parted_users_0 PARTITION OF parted_users FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+             CREATE TABLE parted_users_1 PARTITION OF parted_users FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+             INSERT INTO parted_users
+             SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, '0x' || lpad(to_hex(i), 40, '0')
+               FROM generate_series(1, 3000) i;
+             SET LOCAL identity.max_parallel_backfill_workers = 2",
+        )
+        .unwrap();
+        let pages = Spi::connect_mut(|client| {
+            let source = Source::named(client, "parted_users", "uid", "eth").unwrap();
+            super::heap_pages(client, &source).unwrap()
+        });
+        let partitions = Spi::get_one::<i64>(
+            "SELECT (pg_relation_size('parted_users_0') + pg_relation_size('parted_users_1'))
+                    / current_setting('block_size')::int8",
+        );
+        assert_eq!(Ok(Some(pages)), partitions);
+        assert!(pages > 0, "3,000 rows fill pages");
+        let run = Spi::get_one::<i64>(
+            "SELECT identity.backfill_plan('parted_users', 'uid', 'eth', 100, NULL)",
+        )
+        .unwrap()
+        .unwrap();
+        let (parts, scanned, created, ..) = finish(run);
+        assert!(parts > 1, "3,000 rows in batches of 100 are split");
+        assert_eq!((scanned, created), (3000, 3000));
     }
 
     #[pg_test]
