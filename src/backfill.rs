@@ -38,6 +38,9 @@ pub(crate) struct Source {
     /// A table, partitioned table or materialized view, whose pages TABLESAMPLE can sample (a
     /// view or a foreign table cannot be: its backfill is not split into parts).
     pub(crate) sampleable: bool,
+    /// Whether a btree index leads with the id column (a view's or foreign table's cannot be
+    /// known: taken as indexed).
+    id_indexed: bool,
 }
 
 impl Source {
@@ -68,7 +71,14 @@ impl Source {
                          THEN has_column_privilege($4, $1, $2, 'SELECT') AND has_column_privilege($4, $1, $3, 'SELECT')
                     END,
                     (SELECT c.relowner FROM pg_class c WHERE c.oid = $1),
-                    (SELECT c.relkind IN ('r', 'p', 'm') FROM pg_class c WHERE c.oid = $1)
+                    (SELECT c.relkind IN ('r', 'p', 'm') FROM pg_class c WHERE c.oid = $1),
+                    (SELECT c.relkind NOT IN ('r', 'p', 'm') FROM pg_class c WHERE c.oid = $1)
+                    OR EXISTS (SELECT FROM pg_index i
+                                 JOIN pg_class ic ON ic.oid = i.indexrelid
+                                 JOIN pg_am am ON am.oid = ic.relam
+                                 JOIN pg_attribute a ON a.attrelid = $1 AND a.attname = $2
+                                WHERE i.indrelid = $1 AND i.indkey[0] = a.attnum
+                                  AND i.indpred IS NULL AND am.amname = 'btree')
                FROM (SELECT (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                               WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped) AS type) id,
                     (SELECT EXISTS (SELECT FROM pg_attribute a
@@ -103,7 +113,28 @@ impl Source {
             id_type,
             reader,
             sampleable: row.get::<bool>(6)?.unwrap_or(false),
+            id_indexed: row.get::<bool>(7)?.unwrap_or(true),
         })
+    }
+
+    /// Warns when no index leads with the id column: each batch then reads the whole table to
+    /// find the next ids in order, so a run reads it once per batch.
+    pub(crate) fn warn_when_unindexed(&self) {
+        if self.id_indexed {
+            return;
+        }
+        let Source {
+            table, id_column, ..
+        } = self;
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("{table} has no index on {id_column}: every batch reads the whole table"),
+            "identity_bindings",
+        )
+        .set_hint(format!(
+            "Before backfilling a large table: CREATE INDEX ON {table} ({id_column})."
+        ))
+        .report(PgLogLevel::WARNING);
     }
 
     /// The source a backfill run recorded: a table name (as `regclass` prints it) and columns.
@@ -458,6 +489,7 @@ fn backfill_wallet_bindings(
     let size = checked_batch_size(required_or_left_out(batch_size, "batch_size", "10000")?)?;
     let total = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
         let source = Source::from_arguments(client, users, id_column, wallet_column)?;
+        source.warn_when_unindexed();
         let mut total = Tally::default();
         let mut statistics = StatisticsKeeper::new(client)?;
         loop {
@@ -542,6 +574,7 @@ fn backstop(
     let wallet_column = required_or_left_out(wallet_column, "wallet_column", "'wallet_address'")?;
     Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {
         let source = Source::from_arguments(client, users, id_column, wallet_column)?;
+        source.warn_when_unindexed();
         let mut queued = 0;
         let mut after: Option<String> = None;
         loop {

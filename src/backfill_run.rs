@@ -90,6 +90,7 @@ fn backfill_plan(
     let size = checked_batch_size(required(batch_size, "batch_size")?)?;
     Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {
         let source = Source::from_arguments(client, users, id_column, wallet_column)?;
+        source.warn_when_unindexed();
         let key = RunKey {
             source: source.table.clone(),
             id_column: id_column.to_owned(),

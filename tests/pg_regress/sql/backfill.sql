@@ -29,6 +29,12 @@ SELECT * FROM identity.backfill_wallet_bindings('public.accounts', 'account_id',
 SELECT * FROM identity.backfill_wallet_bindings('public.accounts', 'no_such_column', 'eth');
 \echo :LAST_ERROR_SQLSTATE
 
+-- Batches follow the id column's order, so without an index on it each batch reads the whole
+-- table: harmless on a small one, hours on a large one. The backfill warns.
+CREATE TABLE public.legacy_wallets (user_id text, eth text);
+INSERT INTO public.legacy_wallets VALUES ('00000000-0000-4000-8000-00000000b009', '0x000000000000000000000000000000000000b009');
+SELECT * FROM identity.backfill_wallet_bindings('public.legacy_wallets', 'user_id', 'eth');
+
 -- The backfill reads the table with the caller's rights, and only if the caller may read every
 -- row: the id and wallet columns, with no row hidden by row-level security.
 CREATE ROLE regress_tenant_admin;
