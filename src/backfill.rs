@@ -182,7 +182,8 @@ impl Source {
     }
 
     /// The next batch of (id, wallet) rows after `after` and up to `upto` (both as text, `None`:
-    /// unbounded), in id order, as text.
+    /// unbounded), in id order, as text. Rows with no id are left to `rows_without_id`: they have
+    /// no place in the order to resume after.
     fn batch(
         &self,
         client: &mut SpiClient<'_>,
@@ -198,7 +199,8 @@ impl Source {
         } = self;
         let sql = format!(
             "SELECT t.{id_column}::text, t.{wallet_column}::text FROM {table} t
-              WHERE ($1::text IS NULL OR t.{id_column} > $1::{id_type})
+              WHERE t.{id_column} IS NOT NULL
+                AND ($1::text IS NULL OR t.{id_column} > $1::{id_type})
                 AND ($3::text IS NULL OR t.{id_column} <= $3::{id_type})
               ORDER BY t.{id_column} LIMIT $2"
         );
@@ -279,6 +281,53 @@ impl Drop for ReaderRights {
             pg_sys::AtEOXact_GUC(false, self.guc_nest_level);
             pg_sys::SetUserIdAndSecContext(self.definer, self.security_context);
         }
+    }
+}
+
+impl Source {
+    /// Counts the rows with no id once a run has read every other row: scanned, and, with a
+    /// wallet, invalid (no user to bind it to), the first few named in a NOTICE as the batches
+    /// name theirs.
+    pub(crate) fn rows_without_id(
+        &self,
+        client: &mut SpiClient<'_>,
+        seen: &mut Tally,
+    ) -> Result<Tally, IdentityError> {
+        let Source {
+            table,
+            id_column,
+            wallet_column,
+            ..
+        } = self;
+        let with_wallet = format!(
+            "t.{id_column} IS NULL AND t.{wallet_column} IS NOT NULL AND t.{wallet_column}::text <> ''"
+        );
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM {table} t WHERE t.{id_column} IS NULL),
+                    (SELECT count(*) FROM {table} t WHERE {with_wallet}),
+                    ARRAY(SELECT t.{wallet_column}::text FROM {table} t WHERE {with_wallet} LIMIT $1)"
+        );
+        let _rights = ReaderRights::take(self.reader);
+        let row = client
+            .select(sql.as_str(), None, &[NOTICED_PER_KIND.into()])?
+            .first();
+        let tally = Tally {
+            scanned: row.get::<i64>(1)?.unwrap_or(0),
+            invalid: row.get::<i64>(2)?.unwrap_or(0),
+            ..Tally::default()
+        };
+        for (n, wallet) in row
+            .get::<Vec<String>>(3)?
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            if seen.invalid + (n as i64) < NOTICED_PER_KIND {
+                notice!("backfill: user {}", InvalidRow { id: None, wallet });
+            }
+        }
+        seen.add(&tally);
+        Ok(tally)
     }
 }
 
@@ -502,6 +551,7 @@ fn backfill_wallet_bindings(
                 &mut statistics,
             )?;
             if batch.scanned < size {
+                source.rows_without_id(client, &mut total)?;
                 return Ok(total);
             }
         }
@@ -642,6 +692,68 @@ mod tests {
         assert_eq!(
             Spi::get_one::<i64>("SELECT count(*) FROM identity.identity_events"),
             Ok(Some(2))
+        );
+    }
+
+    /// Two users and two rows with no id (one with a wallet): in batches of three, the first
+    /// batch would end on a row with no id, which sorts after every id.
+    fn users_and_rows_without_id() {
+        Spi::run(
+            "CREATE TABLE partly_identified (uid text, eth text);
+             INSERT INTO partly_identified VALUES
+               ('00000000-0000-4000-8000-0000000000f1', '0x00000000000000000000000000000000000000f1'),
+               ('00000000-0000-4000-8000-0000000000f2', '0x00000000000000000000000000000000000000f2'),
+               (NULL, '0x00000000000000000000000000000000000000f4'),
+               (NULL, NULL)",
+        )
+        .unwrap();
+    }
+
+    // Each test below first reads one batch: a batch that could end on a row with no id would
+    // make the whole-table reads that follow start over for ever.
+    #[pg_test]
+    fn rows_without_an_id_are_invalid_once_and_never_restart_the_reading() {
+        crate::testing::take_turns();
+        users_and_rows_without_id();
+        let batch = "SELECT scanned, last_id
+                       FROM identity.backfill_wallet_batch('partly_identified', 'uid', 'eth', 3, $1)";
+        let last = "00000000-0000-4000-8000-0000000000f2";
+        let first = Spi::get_two_with_args::<i64, String>(batch, &[None::<&str>.into()]);
+        assert_eq!(first, Ok((Some(2), Some(last.into()))));
+        let after_last = Spi::get_two_with_args::<i64, String>(batch, &[last.into()]);
+        assert_eq!(
+            after_last,
+            Ok((Some(0), None)),
+            "the rows with no id are no batch"
+        );
+        let backfill = "SELECT scanned, existing, invalid
+                          FROM identity.backfill_wallet_bindings('partly_identified', 'uid', 'eth', 3)";
+        assert_eq!(
+            Spi::get_three::<i64, i64, i64>(backfill),
+            Ok((Some(4), Some(2), Some(1)))
+        );
+    }
+
+    #[pg_test]
+    fn the_backstop_ends_on_rows_without_an_id() {
+        crate::testing::take_turns();
+        // The backstop reads 10,000 rows at a time: 9,999 users without wallets and two rows with
+        // no id would fill its first read, whose last row has no id to resume after.
+        Spi::run(
+            "CREATE TABLE many_users (uid text, eth text);
+             INSERT INTO many_users
+             SELECT '00000000-0000-4000-8000-' || lpad(i::text, 12, '0'), NULL
+               FROM generate_series(1, 9999) i;
+             INSERT INTO many_users VALUES (NULL, '0x00000000000000000000000000000000000000f6'), (NULL, NULL)",
+        )
+        .unwrap();
+        let first = Spi::get_one::<i64>(
+            "SELECT scanned FROM identity.backfill_wallet_batch('many_users', 'uid', 'eth', 10000, NULL)",
+        );
+        assert_eq!(first, Ok(Some(9999)));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT identity.backstop('many_users', 'uid', 'eth')"),
+            Ok(Some(0))
         );
     }
 

@@ -381,7 +381,7 @@ impl Part {
         let source = Source::named(client, source, id_column, wallet_column)?;
         let mut statistics = StatisticsKeeper::new(client)?;
         let range = (self.after_id.as_deref(), self.upto_id.as_deref());
-        let batch = backfill_batch(
+        let mut batch = backfill_batch(
             client,
             &source,
             range,
@@ -390,6 +390,12 @@ impl Part {
             &mut statistics,
         )?;
         let done = batch.scanned < self.batch_size;
+        // The rows with no id sort after every id: the last part counts them when it ends.
+        if done && self.upto_id.is_none() {
+            let without_id = source.rows_without_id(client, &mut self.counts)?;
+            batch.scanned += without_id.scanned;
+            batch.invalid += without_id.invalid;
+        }
         client.update(
             "UPDATE identity.backfill_parts
                 SET after_id = coalesce($3, after_id), done = $4, scanned = scanned + $5,
@@ -848,6 +854,23 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(finish(run), (1, 6, 2, 0, 1, 2));
+    }
+
+    #[pg_test]
+    fn the_last_part_counts_the_rows_without_an_id_once() {
+        crate::testing::take_turns();
+        six_app_users();
+        Spi::run(
+            "ALTER TABLE app_users DROP CONSTRAINT app_users_pkey, ALTER COLUMN uid DROP NOT NULL;
+             CREATE INDEX ON app_users (uid);
+             INSERT INTO app_users VALUES (NULL, '0x00000000000000000000000000000000000000f7'), (NULL, NULL);
+             SET LOCAL identity.max_parallel_backfill_workers = 0",
+        )
+        .unwrap();
+        let run = plan("NULL");
+        // As the six users alone (see a_run_in_parts_counts_what_one_pass_counts), plus two
+        // rows scanned and one of them invalid.
+        assert_eq!(finish(run), (1, 8, 2, 0, 1, 3));
     }
 
     #[pg_test]

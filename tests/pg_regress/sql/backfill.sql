@@ -30,9 +30,12 @@ SELECT * FROM identity.backfill_wallet_bindings('public.accounts', 'no_such_colu
 \echo :LAST_ERROR_SQLSTATE
 
 -- Batches follow the id column's order, so without an index on it each batch reads the whole
--- table: harmless on a small one, hours on a large one. The backfill warns.
+-- table: harmless on a small one, hours on a large one. The backfill warns. A row with no id has
+-- no user to bind its wallet to: invalid, counted once after every other row.
 CREATE TABLE public.legacy_wallets (user_id text, eth text);
-INSERT INTO public.legacy_wallets VALUES ('00000000-0000-4000-8000-00000000b009', '0x000000000000000000000000000000000000b009');
+INSERT INTO public.legacy_wallets VALUES
+    ('00000000-0000-4000-8000-00000000b009', '0x000000000000000000000000000000000000b009'),
+    (NULL, '0x000000000000000000000000000000000000b00a');
 SELECT * FROM identity.backfill_wallet_bindings('public.legacy_wallets', 'user_id', 'eth');
 
 -- The backfill reads the table with the caller's rights, and only if the caller may read every
