@@ -182,8 +182,10 @@ impl Source {
     }
 
     /// The next batch of (id, wallet) rows after `after` and up to `upto` (both as text, `None`:
-    /// unbounded), in id order, as text. Rows with no id are left to `rows_without_id`: they have
-    /// no place in the order to resume after.
+    /// unbounded), in id order, as text: the next `size` rows, and the rest of the last one's id,
+    /// since the next batch resumes after that id (a view of users' wallets has a row per
+    /// wallet). Rows with no id are left to `rows_without_id`: they have no place in the
+    /// order to resume after.
     fn batch(
         &self,
         client: &mut SpiClient<'_>,
@@ -197,17 +199,29 @@ impl Source {
             id_type,
             ..
         } = self;
-        let sql = format!(
-            "SELECT t.{id_column}::text, t.{wallet_column}::text FROM {table} t
-              WHERE t.{id_column} IS NOT NULL
-                AND ($1::text IS NULL OR t.{id_column} > $1::{id_type})
-                AND ($3::text IS NULL OR t.{id_column} <= $3::{id_type})
-              ORDER BY t.{id_column} LIMIT $2"
+        let in_range = format!(
+            "t.{id_column} IS NOT NULL
+             AND ($1::text IS NULL OR t.{id_column} > $1::{id_type})
+             AND ($2::text IS NULL OR t.{id_column} <= $2::{id_type})"
         );
-        let mut rows = Vec::new();
-        let args = [after.into(), size.into(), upto.into()];
+        let nth_id = format!(
+            "SELECT t.{id_column}::text FROM {table} t WHERE {in_range}
+              ORDER BY t.{id_column} OFFSET $3 LIMIT 1"
+        );
+        let rows_upto = format!(
+            "SELECT t.{id_column}::text, t.{wallet_column}::text FROM {table} t WHERE {in_range}
+              ORDER BY t.{id_column}"
+        );
         let _rights = ReaderRights::take(self.reader);
-        for row in client.select(sql.as_str(), None, &args)? {
+        let nth_args = [after.into(), upto.into(), (size - 1).into()];
+        let last = match client.select(nth_id.as_str(), None, &nth_args)?.next() {
+            Some(row) => row.get::<String>(1)?,
+            None => None,
+        };
+        // Fewer than `size` ids left in the range: the rest of it.
+        let upto = last.as_deref().or(upto);
+        let mut rows = Vec::new();
+        for row in client.select(rows_upto.as_str(), None, &[after.into(), upto.into()])? {
             rows.push((row.get::<String>(1)?, row.get::<String>(2)?));
         }
         free_last_result();
@@ -731,6 +745,32 @@ mod tests {
         assert_eq!(
             Spi::get_three::<i64, i64, i64>(backfill),
             Ok((Some(4), Some(2), Some(1)))
+        );
+    }
+
+    #[pg_test]
+    fn a_user_with_several_wallets_has_each_read_though_a_batch_ends_among_them() {
+        crate::testing::take_turns();
+        Spi::run(
+            "CREATE TABLE user_wallets (uid uuid, eth text);
+             INSERT INTO user_wallets VALUES
+               ('00000000-0000-4000-8000-0000000000a1', '0x00000000000000000000000000000000000000a1'),
+               ('00000000-0000-4000-8000-0000000000a2', '0x00000000000000000000000000000000000000a2'),
+               ('00000000-0000-4000-8000-0000000000a2', '0x00000000000000000000000000000000000000a3'),
+               ('00000000-0000-4000-8000-0000000000a2', '0x00000000000000000000000000000000000000a4'),
+               ('00000000-0000-4000-8000-0000000000a5', '0x00000000000000000000000000000000000000a5')",
+        )
+        .unwrap();
+        let first = Spi::get_two::<i64, String>(
+            "SELECT scanned, last_id FROM identity.backfill_wallet_batch('user_wallets', 'uid', 'eth', 2, NULL)",
+        );
+        let second_user = "00000000-0000-4000-8000-0000000000a2";
+        assert_eq!(first, Ok((Some(4), Some(second_user.into()))));
+        let backfill = "SELECT scanned, created, existing
+                          FROM identity.backfill_wallet_bindings('user_wallets', 'uid', 'eth', 2)";
+        assert_eq!(
+            Spi::get_three::<i64, i64, i64>(backfill),
+            Ok((Some(5), Some(1), Some(4)))
         );
     }
 
