@@ -218,7 +218,7 @@ impl Source {
             Some(row) => row.get::<String>(1)?,
             None => None,
         };
-        // Fewer than `size` ids left in the range: the rest of it.
+        // No `size`-th row: fewer rows than that are left in the range, and this batch is the rest.
         let upto = last.as_deref().or(upto);
         let mut rows = Vec::new();
         for row in client.select(rows_upto.as_str(), None, &[after.into(), upto.into()])? {
