@@ -115,7 +115,8 @@ fn binding_jobs_not_stuck(client: &mut SpiClient<'_>) -> Result<Check, IdentityE
         .select(
             "SELECT count(*) FILTER (WHERE state = 'failed'),
                     count(*) FILTER (WHERE state = 'pending' AND next_attempt_at < now() - interval '1 hour'),
-                    count(*) FILTER (WHERE state = 'pending')
+                    count(*) FILTER (WHERE state = 'pending'),
+                    ((array_agg(job_key ORDER BY updated_at) FILTER (WHERE state = 'failed'))[1:3])::text
                FROM identity.binding_jobs",
             None,
             &[],
@@ -124,11 +125,17 @@ fn binding_jobs_not_stuck(client: &mut SpiClient<'_>) -> Result<Check, IdentityE
     let failed = row.get::<i64>(1)?.unwrap_or(0);
     let overdue = row.get::<i64>(2)?.unwrap_or(0);
     let pending = row.get::<i64>(3)?.unwrap_or(0);
+    let failed_detail = match row.get::<String>(4)? {
+        Some(examples) => format!(
+            "{failed} failed, e.g. {examples} (see their last_error in identity.binding_jobs; once the cause is settled, enqueue_binding opens a job again)"
+        ),
+        None => "0 failed".to_owned(),
+    };
     Ok(Check {
         name: "binding_jobs_not_stuck",
         ok: failed == 0 && overdue == 0,
         detail: format!(
-            "{pending} pending ({overdue} overdue by more than an hour: is identity.run_binding_jobs scheduled?), {failed} failed (see identity.binding_jobs.last_error)"
+            "{pending} pending ({overdue} overdue by more than an hour: is identity.run_binding_jobs scheduled?), {failed_detail}"
         ),
     })
 }
@@ -264,6 +271,16 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(failing_checks().as_deref(), Some("binding_jobs_not_stuck"));
+        let detail = Spi::get_one::<String>(
+            "SELECT detail FROM identity.check_integrity() WHERE check_name = 'binding_jobs_not_stuck'",
+        );
+        assert!(
+            detail
+                .unwrap()
+                .unwrap()
+                .contains("1 failed, e.g. {bind:github:5}"),
+            "the detail names the failed job"
+        );
         Spi::run("DELETE FROM identity.binding_jobs").unwrap();
         Spi::run(&format!(
             "SELECT identity.enqueue_binding('{USER}', 'github', '6')"

@@ -28,6 +28,15 @@ SELECT identity.resolve('wallet', '0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359') 
 -- Nothing is due any more.
 SELECT count(*) AS due FROM identity.run_binding_jobs();
 
+-- A failed job waits for a person, and check_integrity reports it until then. Once its cause is
+-- settled (here, Frank's link to GitHub 31337 was a mistake), the same request opens it again.
+SELECT ok, detail FROM identity.check_integrity() WHERE check_name = 'binding_jobs_not_stuck';
+SELECT user_id = :frank AS was_franks
+  FROM identity.revoke_binding('github', '31337', '{"reason": "linked by mistake", "ticket": "SUP-9"}');
+SELECT identity.enqueue_binding(:erin, 'github', '31337', '{"method": "oauth"}');
+SELECT job_key, state FROM identity.run_binding_jobs();
+SELECT ok FROM identity.check_integrity() WHERE check_name = 'binding_jobs_not_stuck';
+
 -- A job is for a person. When a merge takes its user away before it runs, it binds to the user
 -- the merges end at, and its bind event records whom it was queued for.
 SELECT identity.enqueue_binding(:grace, 'github', '4242', '{"method": "oauth"}');
