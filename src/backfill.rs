@@ -70,19 +70,18 @@ impl Source {
                     CASE WHEN id.type IS NOT NULL AND wallet.present
                          THEN has_column_privilege($4, $1, $2, 'SELECT') AND has_column_privilege($4, $1, $3, 'SELECT')
                     END,
-                    (SELECT c.relowner FROM pg_class c WHERE c.oid = $1),
-                    (SELECT c.relkind IN ('r', 'p', 'm') FROM pg_class c WHERE c.oid = $1),
-                    (SELECT c.relkind NOT IN ('r', 'p', 'm') FROM pg_class c WHERE c.oid = $1)
-                    OR EXISTS (SELECT FROM pg_index i
-                                 JOIN pg_class ic ON ic.oid = i.indexrelid
-                                 JOIN pg_am am ON am.oid = ic.relam
-                                 JOIN pg_attribute a ON a.attrelid = $1 AND a.attname = $2
-                                WHERE i.indrelid = $1 AND i.indkey[0] = a.attnum
-                                  AND i.indpred IS NULL AND am.amname = 'btree')
+                    c.relowner, c.relkind IN ('r', 'p', 'm'),
+                    EXISTS (SELECT FROM pg_index i
+                              JOIN pg_class ic ON ic.oid = i.indexrelid
+                              JOIN pg_am am ON am.oid = ic.relam
+                              JOIN pg_attribute a ON a.attrelid = $1 AND a.attname = $2
+                             WHERE i.indrelid = $1 AND i.indkey[0] = a.attnum
+                               AND i.indpred IS NULL AND am.amname = 'btree')
                FROM (SELECT (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                               WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped) AS type) id,
                     (SELECT EXISTS (SELECT FROM pg_attribute a
-                              WHERE a.attrelid = $1 AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped) AS present) wallet",
+                              WHERE a.attrelid = $1 AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped) AS present) wallet
+                    LEFT JOIN pg_class c ON c.oid = $1",
             None,
             &[table.into(), id_column.into(), wallet_column.into(), caller.into()],
         )?;
@@ -106,14 +105,15 @@ impl Source {
                 role: role_name(reader),
             });
         }
+        let sampleable = row.get::<bool>(6)?.unwrap_or(false);
         Ok(Source {
             table: table_name,
             id_column: spi::quote_identifier(id_column),
             wallet_column: spi::quote_identifier(wallet_column),
             id_type,
             reader,
-            sampleable: row.get::<bool>(6)?.unwrap_or(false),
-            id_indexed: row.get::<bool>(7)?.unwrap_or(true),
+            sampleable,
+            id_indexed: !sampleable || row.get::<bool>(7)?.unwrap_or(false),
         })
     }
 
@@ -317,9 +317,9 @@ impl Source {
             "t.{id_column} IS NULL AND t.{wallet_column} IS NOT NULL AND t.{wallet_column}::text <> ''"
         );
         let sql = format!(
-            "SELECT (SELECT count(*) FROM {table} t WHERE t.{id_column} IS NULL),
-                    (SELECT count(*) FROM {table} t WHERE {with_wallet}),
-                    ARRAY(SELECT t.{wallet_column}::text FROM {table} t WHERE {with_wallet} LIMIT $1)"
+            "SELECT count(*), count(*) FILTER (WHERE {with_wallet}),
+                    ARRAY(SELECT t.{wallet_column}::text FROM {table} t WHERE {with_wallet} LIMIT $1)
+               FROM {table} t WHERE t.{id_column} IS NULL"
         );
         let _rights = ReaderRights::take(self.reader);
         let row = client
