@@ -375,7 +375,7 @@ fn revoke_binding(
                 });
             };
             lock_chains(client, &[user_id])?;
-            let deleted = DELETE_BINDING.run(
+            let deleted = DELETE_BINDING.first_uuid(
                 client,
                 &[
                     provider.into(),
@@ -383,11 +383,8 @@ fn revoke_binding(
                     pg_uuid(user_id).into(),
                 ],
             )?;
-            if !deleted.is_empty() {
-                let binding_id = deleted.first().get_one::<pgrx::Uuid>()?;
-                let binding_id = binding_id.map(rust_uuid).ok_or_else(|| {
-                    IdentityError::Internal("revoked binding has a NULL id".into())
-                })?;
+            // A binding's id is its primary key: a deleted row always has one.
+            if let Some(binding_id) = deleted.map(rust_uuid) {
                 let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
                 append(client, user_id, EventType::Revoke, &payload)?;
                 return Ok((binding_id, user_id));
