@@ -45,6 +45,8 @@ pub enum IdentityError {
     InvalidProviderName { name: String },
     /// 42710: the provider exists with another definition.
     ProviderConflict { name: String },
+    /// 2201B: a pattern that compiles alone but not as `^(?:pattern)$`, the whole-id match.
+    PatternNotAnchorable { prefix: String },
     /// 22P02: the text is not an EIP-4361 message; names the line and field.
     SiweMalformed { reason: String },
     /// 28000: a well-formed SIWE message or signature that is refused; names the reason.
@@ -113,6 +115,7 @@ impl IdentityError {
             BoundToAnotherUser { .. } => ERRCODE_UNIQUE_VIOLATION,
             NotBound { .. } | NoLiveBinding { .. } => ERRCODE_NO_DATA_FOUND,
             ProviderConflict { .. } => ERRCODE_DUPLICATE_OBJECT,
+            PatternNotAnchorable { .. } => ERRCODE_INVALID_REGULAR_EXPRESSION,
             ChainAppendConflict
             | BackfillPlannedMeanwhile { .. }
             | MergeMetFirstBind { .. }
@@ -163,6 +166,9 @@ impl IdentityError {
             }
             ProviderConflict { .. } => {
                 "Provider definitions never change once registered: register a new name.".into()
+            }
+            PatternNotAnchorable { .. } => {
+                "A pattern is matched against the whole id as ^(?:pattern)$, where PostgreSQL allows no director or embedded options: write it without them. Case-insensitive matching is not offered, since it would store one account under several spellings.".into()
             }
             SiweMalformed { .. } => {
                 "Send the message exactly as the wallet signed it: EIP-4361 layout, LF line ends, no trailing newline.".into()
@@ -260,6 +266,11 @@ impl fmt::Display for IdentityError {
                     echo(name)
                 )
             }
+            PatternNotAnchorable { prefix } => write!(
+                f,
+                "invalid provider pattern: it begins with \"{}\", which PostgreSQL reads only at the start of a whole regular expression",
+                echo(prefix)
+            ),
             SiweMalformed { reason } => write!(f, "malformed SIWE message: {reason}"),
             SiweRefused { reason } => write!(f, "SIWE verification failed: {reason}"),
             NonceUnusable { nonce } => write!(

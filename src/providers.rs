@@ -159,8 +159,25 @@ static PROVIDER_DEFINITION: Statement = Statement::read(
     &[TEXTOID],
 );
 
-static CHECK_PATTERN: Statement =
-    Statement::read("SELECT '' OPERATOR(pg_catalog.~) $1", &[TEXTOID]);
+// The pattern alone first, so an invalid one fails with PostgreSQL's own message naming the
+// fault; then as CUSTOM_PATTERN_MATCH uses it, which a provider must be able to do for good.
+static CHECK_PATTERN: Statement = Statement::read(
+    "SELECT '' OPERATOR(pg_catalog.~) $1,
+            '' OPERATOR(pg_catalog.~) ('^(?:' OPERATOR(pg_catalog.||) $1 OPERATOR(pg_catalog.||) ')$')",
+    &[TEXTOID],
+);
+
+/// The start of `pattern` that PostgreSQL reads only at the start of a whole regular expression:
+/// a director (`***=` literal, `***:` ARE) or embedded options (`(?i)`). Such a pattern compiles
+/// alone but not inside `^(?:…)$`, so a provider registered with it could never check an id.
+fn start_only_prefix(pattern: &str) -> Option<&str> {
+    if pattern.starts_with("***") {
+        return Some(pattern.get(..4).unwrap_or("***"));
+    }
+    let options = pattern.strip_prefix("(?")?;
+    let letters = options.bytes().take_while(u8::is_ascii_alphabetic).count();
+    (letters > 0 && options[letters..].starts_with(')')).then(|| &pattern[..letters + 3])
+}
 
 /// `identity.register_provider(name, pattern, description)`: true when newly registered, false when
 /// registered before with the same definition. Definitions never change, so a binding stored under a
@@ -186,8 +203,14 @@ fn register_provider(
     if Builtin::named(name).is_some() {
         return Err(conflict().into());
     }
+    if let Some(prefix) = start_only_prefix(pattern) {
+        return Err(IdentityError::PatternNotAnchorable {
+            prefix: prefix.to_owned(),
+        }
+        .into());
+    }
     Spi::connect_mut(|client| {
-        // Compiles the pattern: an invalid one raises PostgreSQL's own 2201B error, naming the fault.
+        // An invalid pattern raises PostgreSQL's own 2201B error here.
         CHECK_PATTERN.run(client, &[pattern.into()])?;
         let inserted =
             INSERT_PROVIDER.run(client, &[name.into(), pattern.into(), description.into()])?;
@@ -273,6 +296,25 @@ mod unit_tests {
         assert!(Builtin::Google.canonicalize("é").is_err());
         assert!(Builtin::Google.canonicalize(&"a".repeat(256)).is_err());
         assert!(Builtin::Google.canonicalize(&"a".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn directors_and_embedded_options_are_found_only_where_postgres_reads_them() {
+        for (pattern, prefix) in [
+            ("(?i)[a-z]+", "(?i)"),
+            ("(?ix)abc", "(?ix)"),
+            ("***=a.c", "***="),
+            ("***:abc", "***:"),
+            ("***", "***"),
+        ] {
+            assert_eq!(start_only_prefix(pattern), Some(prefix), "{pattern}");
+        }
+        // Groups, lookaheads and the like may stand anywhere, and options only at the start.
+        for pattern in [
+            "(?:ab)+", "(?=a)a", "(?!b)a", "(?<=a)b", "(?)", "(?i", "a(?i)b", "a***", "[1-9]",
+        ] {
+            assert_eq!(start_only_prefix(pattern), None, "{pattern}");
+        }
     }
 
     #[test]
@@ -388,6 +430,25 @@ mod tests {
             sqlstate_of("SELECT identity.register_provider('gitlab', '(')"),
             "2201B"
         );
+        // Compiles alone, but a provider matches it as ^(?:pattern)$, where it cannot stand.
+        for (pattern, prefix) in [
+            ("(?i)[a-z]+", "(?i)"),
+            ("***=a.c", "***="),
+            ("***:abc", "***:"),
+        ] {
+            let (sqlstate, message) = crate::testing::error_of(&format!(
+                "SELECT identity.register_provider('caseless', '{pattern}')"
+            ));
+            assert_eq!(sqlstate, "2201B", "{pattern}: {message}");
+            assert!(
+                message.contains(&format!("begins with \"{prefix}\"")),
+                "{message}"
+            );
+        }
+        let registered = Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM identity.providers WHERE name = 'caseless')",
+        );
+        assert_eq!(registered, Ok(Some(false)));
         assert_eq!(
             sqlstate_of("SELECT identity.register_provider(NULL, '.*')"),
             "22004"

@@ -43,6 +43,11 @@ SELECT identity.register_provider('Git Lab', '.*');
 \echo :LAST_ERROR_SQLSTATE
 SELECT identity.register_provider('okta', '(unclosed');
 \echo :LAST_ERROR_SQLSTATE
+-- The pattern is matched as ^(?:pattern)$, so what PostgreSQL reads only at the start of a whole
+-- regular expression, a director (***=, ***:) or embedded options such as (?i), is refused.
+-- Case-insensitive ids would be one account stored under several spellings.
+SELECT identity.register_provider('okta', '(?i)[a-z0-9]{20}');
+\echo :LAST_ERROR_SQLSTATE
 
 SELECT name, builtin, pattern FROM identity.providers ORDER BY builtin DESC, name;
 
