@@ -59,14 +59,24 @@ static OUTSTANDING_NONCES: Statement = Statement::read(
     &[],
 );
 
+// Outstanding nonces counted row by row, up to the limit: what track_counts = off leaves.
+static OUTSTANDING_NONCES_UP_TO: Statement = Statement::read(
+    "SELECT count(*) FROM (SELECT FROM identity.siwe_nonces n LIMIT $1) n",
+    &[pg_sys::INT8OID],
+);
+
 /// Refuses a new nonce once `identity.max_outstanding_nonces` are outstanding.
 fn check_nonce_capacity(client: &mut SpiClient<'_>) -> Result<(), IdentityError> {
     let limit = crate::gucs::MAX_OUTSTANDING_NONCES.get();
-    let outstanding = OUTSTANDING_NONCES
-        .run(client, &[])?
-        .first()
-        .get_one::<i64>()?
-        .unwrap_or(0);
+    // SAFETY: reads the backend's value of the track_counts setting.
+    let statistics_count = unsafe { pg_sys::pgstat_track_counts };
+    // With track_counts off, the statistics count nothing, and would never reach the limit.
+    let outstanding = if statistics_count {
+        OUTSTANDING_NONCES.run(client, &[])?
+    } else {
+        OUTSTANDING_NONCES_UP_TO.run(client, &[i64::from(limit).into()])?
+    };
+    let outstanding = outstanding.first().get_one::<i64>()?.unwrap_or(0);
     if outstanding >= i64::from(limit) {
         return Err(IdentityError::TooManyOutstandingNonces { limit });
     }
@@ -137,6 +147,18 @@ mod tests {
         // A used nonce frees its place.
         Spi::run("DELETE FROM identity.siwe_nonces WHERE nonce IN (SELECT nonce FROM identity.siwe_nonces LIMIT 1)").unwrap();
         assert_eq!(sqlstate_of("SELECT identity.issue_nonce()"), "00000");
+    }
+
+    #[pg_test]
+    fn the_bound_holds_when_track_counts_is_off() {
+        Spi::run("SET LOCAL track_counts = off").unwrap();
+        Spi::run("SET LOCAL identity.max_outstanding_nonces = 3").unwrap();
+        let issued =
+            Spi::get_one::<i64>("SELECT count(identity.issue_nonce()) FROM generate_series(1, 3)");
+        assert_eq!(issued, Ok(Some(3)));
+        assert_eq!(sqlstate_of("SELECT identity.issue_nonce()"), "53400");
+        let stored = Spi::get_one::<i64>("SELECT count(*) FROM identity.siwe_nonces");
+        assert_eq!(stored, Ok(Some(3)));
     }
 
     #[pg_test]
