@@ -15,6 +15,8 @@ use pgrx::pg_sys::{self, UUIDOID};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
@@ -135,12 +137,9 @@ fn accept_login(
     };
     let parsed = siwe::verify(message, signature, &expect)?;
     consume(client, &parsed.nonce, at)?;
-    let verified_at = time::OffsetDateTime::from_unix_timestamp_nanos(unix_nanos(at))
+    let verified_at = OffsetDateTime::from_unix_timestamp_nanos(unix_nanos(at))
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        });
+        .and_then(|t| t.format(&Rfc3339).ok());
     let evidence = json!({
         "method": "siwe",
         "message": message,
@@ -349,7 +348,7 @@ fn verify_binding(binding_id: pgrx::Uuid) -> Result<Option<bool>, ErrorReport> {
         let expect = Expectations {
             domain: Some(domain),
             nonce: Some(nonce),
-            at_unix_nanos: unix_nanos(bound_at),
+            at_unix_nanos: verification_instant(&evidence, bound_at),
         };
         Ok(Some(
             siwe::verify(message, signature, &expect)
@@ -357,6 +356,20 @@ fn verify_binding(binding_id: pgrx::Uuid) -> Result<Option<bool>, ErrorReport> {
         ))
     })
     .map_err(ErrorReport::from)
+}
+
+/// When the login that wrote `evidence` checked its message: the `verified_at` it records, the
+/// start of its statement. Its `bind` event is stamped `bound_at`, its transaction's start, which
+/// can be earlier: a Not Before between the two held for the login, but not at `bound_at`. A
+/// `verified_at` before the event is not believed (no login checks before its transaction).
+fn verification_instant(evidence: &Value, bound_at: TimestampWithTimeZone) -> i128 {
+    let bound_at = unix_nanos(bound_at);
+    evidence["verified_at"]
+        .as_str()
+        .and_then(|text| OffsetDateTime::parse(text, &Rfc3339).ok())
+        .map(OffsetDateTime::unix_timestamp_nanos)
+        .filter(|&verified_at| verified_at >= bound_at)
+        .unwrap_or(bound_at)
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -581,6 +594,63 @@ mod tests {
         let verified =
             Spi::get_one::<bool>("SELECT identity.verify_binding(id) FROM identity.user_bindings");
         assert_eq!(verified, Ok(Some(false)));
+    }
+
+    /// Binds `address` to a user with SIWE evidence as a login writes it, `verified_at` included
+    /// when given, and re-verifies the binding.
+    fn bind_and_verify(
+        address: &str,
+        message: &str,
+        signature: &str,
+        verified_at: Option<&str>,
+    ) -> Option<bool> {
+        let binding_id = Spi::get_one_with_args::<pgrx::Uuid>(
+            "SELECT binding_id FROM identity.create_binding('00000000-0000-4000-8000-00000000a11c', 'wallet', $1,
+                        jsonb_strip_nulls(jsonb_build_object('method', 'siwe', 'message', $2, 'signature', $3,
+                                          'domain', 'login.xyz', 'nonce', 'lx2nx4so', 'verified_at', $4)))",
+            &[address.into(), message.into(), signature.into(), verified_at.into()],
+        )
+        .unwrap()
+        .unwrap();
+        Spi::get_one_with_args::<bool>("SELECT identity.verify_binding($1)", &[binding_id.into()])
+            .unwrap()
+    }
+
+    #[pg_test]
+    fn verify_binding_checks_the_message_at_the_instant_its_login_did() {
+        crate::testing::take_turns();
+        // spruceid's "not yet valid" vector: valid from 2100 on. A login recorded as verified in
+        // 2101 proved it, though its bind event is stamped with its transaction's start (now).
+        const VALID_FROM_2100: &str = "login.xyz wants you to sign in with your Ethereum account:\n0xE6D3Aa1F561A215E5eb1f02Ba8705385F03fCaFB\n\nSign-In With Ethereum Example Statement\n\nURI: https://login.xyz\nVersion: 1\nChain ID: 1\nNonce: lx2nx4so\nIssued At: 2022-01-05T14:27:30.883Z\nNot Before: 2100-01-07T14:31:43.952Z";
+        const SIGNED_FROM_2100: &str = "0xc2539ace78f13c7eb8c0852d38d269a6f97bebd9f7872097d2e3137b541f8bf50176062a46eeea83086bd2721423fb5755a932ff6ccc046ed482d14e4576042f1c";
+        let address = "0xE6D3Aa1F561A215E5eb1f02Ba8705385F03fCaFB";
+        let verified_in_2101 = Some("2101-01-07T14:31:43.952Z");
+        assert_eq!(
+            bind_and_verify(address, VALID_FROM_2100, SIGNED_FROM_2100, verified_in_2101),
+            Some(true)
+        );
+        // Without a verified_at, the message is checked at its event's time, when it was not valid.
+        Spi::run(&format!(
+            "SELECT identity.revoke_binding('wallet', '{address}', '{{\"reason\": \"test\"}}')"
+        ))
+        .unwrap();
+        assert_eq!(
+            bind_and_verify(address, VALID_FROM_2100, SIGNED_FROM_2100, None),
+            Some(false)
+        );
+        // spruceid's "expired message" vector: expired in 2021. A verified_at before the bind event
+        // is not believed, so it does not make an expired message prove a binding made now.
+        const EXPIRED_IN_2021: &str = "login.xyz wants you to sign in with your Ethereum account:\n0x2ecA0068307e706741445764A3D6A4402aC2A5a9\n\nSign-In With Ethereum Example Statement\n\nURI: https://login.xyz\nVersion: 1\nChain ID: 1\nNonce: lx2nx4so\nIssued At: 2022-01-05T14:27:30.883Z\nExpiration Time: 2021-01-05T00:00:00Z";
+        const SIGNED_EXPIRING_2021: &str = "0x7337bc2826c7678cd6bc84f5b3b236efc969b0451f9feca2328b1d3401b030c113f19bdba359ba3f52762c66e9147311fa95fe598a1a4ec9bb383a7b4e3874241b";
+        assert_eq!(
+            bind_and_verify(
+                "0x2ecA0068307e706741445764A3D6A4402aC2A5a9",
+                EXPIRED_IN_2021,
+                SIGNED_EXPIRING_2021,
+                Some("2020-01-01T00:00:00Z"),
+            ),
+            Some(false)
+        );
     }
 
     #[pg_test]

@@ -1,6 +1,6 @@
 //! Sign-In with Ethereum over real connections: replays, and logins that must commit.
 
-use identity_bindings_client_tests::wallet::TestWallet;
+use identity_bindings_client_tests::wallet::{siwe_message, TestWallet};
 use identity_bindings_client_tests::{
     integrity_is_clean, server_message, sqlstate, transaction_with_snapshot, TestDatabase,
 };
@@ -95,6 +95,55 @@ fn a_wallet_logs_in_again_as_the_same_user_and_its_evidence_reverifies() {
         .unwrap()
         .get(0);
     assert_eq!(resolved, Some(user));
+    let reverified: Option<bool> = client
+        .query_one(
+            "SELECT identity.verify_binding(id) FROM identity.user_bindings",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(reverified, Some(true));
+}
+
+#[test]
+fn a_login_in_a_transaction_begun_before_its_not_before_reverifies() {
+    let database = TestDatabase::create("siwe_not_before");
+    let mut client = database.connect();
+    let wallet = TestWallet::from_seed(7);
+    let mut transaction = client.transaction().unwrap();
+    // The bind event is stamped with the transaction's start; the login checks at its statement's
+    // start, a second later, after the message's Not Before.
+    let rfc3339 = |instant: &str| {
+        format!("to_char(({instant}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+    };
+    let row = transaction
+        .query_one(
+            &format!(
+                "SELECT identity.issue_nonce(), {}, {}, {}",
+                rfc3339("now()"),
+                rfc3339("now() + interval '5 minutes'"),
+                rfc3339("now() + interval '500 ms'")
+            ),
+            &[],
+        )
+        .unwrap();
+    let message = format!(
+        "{}\nNot Before: {}",
+        siwe_message(
+            DOMAIN,
+            &wallet.address(),
+            row.get(0),
+            row.get(1),
+            row.get(2)
+        ),
+        row.get::<_, &str>(3)
+    );
+    let signature = wallet.personal_sign(&message);
+    transaction.execute("SELECT pg_sleep(1)", &[]).unwrap();
+    let (_, status) = login(&mut transaction, &message, &signature).unwrap();
+    assert_eq!(status, "created");
+    transaction.commit().unwrap();
+
     let reverified: Option<bool> = client
         .query_one(
             "SELECT identity.verify_binding(id) FROM identity.user_bindings",
