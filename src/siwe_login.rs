@@ -359,17 +359,16 @@ fn verify_binding(binding_id: pgrx::Uuid) -> Result<Option<bool>, ErrorReport> {
 }
 
 /// When the login that wrote `evidence` checked its message: the `verified_at` it records, the
-/// start of its statement. Its `bind` event is stamped `bound_at`, its transaction's start, which
-/// can be earlier: a Not Before between the two held for the login, but not at `bound_at`. A
-/// `verified_at` before the event is not believed (no login checks before its transaction).
+/// start of its statement. The `bind` event's own time, `bound_at`, is another instant: its
+/// transaction's start, which can precede the login (a Not Before between the two held for the
+/// login), or a queue's run long after it (when the message may have expired). Evidence without
+/// a `verified_at` is checked at `bound_at`.
 fn verification_instant(evidence: &Value, bound_at: TimestampWithTimeZone) -> i128 {
-    let bound_at = unix_nanos(bound_at);
     evidence["verified_at"]
         .as_str()
         .and_then(|text| OffsetDateTime::parse(text, &Rfc3339).ok())
         .map(OffsetDateTime::unix_timestamp_nanos)
-        .filter(|&verified_at| verified_at >= bound_at)
-        .unwrap_or(bound_at)
+        .unwrap_or_else(|| unix_nanos(bound_at))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -620,7 +619,7 @@ mod tests {
     fn verify_binding_checks_the_message_at_the_instant_its_login_did() {
         crate::testing::take_turns();
         // spruceid's "not yet valid" vector: valid from 2100 on. A login recorded as verified in
-        // 2101 proved it, though its bind event is stamped with its transaction's start (now).
+        // 2101 proved it, though its bind event is stamped otherwise (now).
         const VALID_FROM_2100: &str = "login.xyz wants you to sign in with your Ethereum account:\n0xE6D3Aa1F561A215E5eb1f02Ba8705385F03fCaFB\n\nSign-In With Ethereum Example Statement\n\nURI: https://login.xyz\nVersion: 1\nChain ID: 1\nNonce: lx2nx4so\nIssued At: 2022-01-05T14:27:30.883Z\nNot Before: 2100-01-07T14:31:43.952Z";
         const SIGNED_FROM_2100: &str = "0xc2539ace78f13c7eb8c0852d38d269a6f97bebd9f7872097d2e3137b541f8bf50176062a46eeea83086bd2721423fb5755a932ff6ccc046ed482d14e4576042f1c";
         let address = "0xE6D3Aa1F561A215E5eb1f02Ba8705385F03fCaFB";
@@ -638,19 +637,26 @@ mod tests {
             bind_and_verify(address, VALID_FROM_2100, SIGNED_FROM_2100, None),
             Some(false)
         );
-        // spruceid's "expired message" vector: expired in 2021. A verified_at before the bind event
-        // is not believed, so it does not make an expired message prove a binding made now.
+        // spruceid's "expired message" vector: expired in 2021, checked by a login on its last
+        // day, whose binding was queued and made by the queue now.
         const EXPIRED_IN_2021: &str = "login.xyz wants you to sign in with your Ethereum account:\n0x2ecA0068307e706741445764A3D6A4402aC2A5a9\n\nSign-In With Ethereum Example Statement\n\nURI: https://login.xyz\nVersion: 1\nChain ID: 1\nNonce: lx2nx4so\nIssued At: 2022-01-05T14:27:30.883Z\nExpiration Time: 2021-01-05T00:00:00Z";
         const SIGNED_EXPIRING_2021: &str = "0x7337bc2826c7678cd6bc84f5b3b236efc969b0451f9feca2328b1d3401b030c113f19bdba359ba3f52762c66e9147311fa95fe598a1a4ec9bb383a7b4e3874241b";
-        assert_eq!(
-            bind_and_verify(
-                "0x2ecA0068307e706741445764A3D6A4402aC2A5a9",
-                EXPIRED_IN_2021,
-                SIGNED_EXPIRING_2021,
-                Some("2020-01-01T00:00:00Z"),
-            ),
-            Some(false)
+        Spi::run_with_args(
+            "SELECT identity.enqueue_binding('00000000-0000-4000-8000-000000000b0b', 'wallet',
+                        '0x2ecA0068307e706741445764A3D6A4402aC2A5a9',
+                        jsonb_build_object('method', 'siwe', 'message', $1, 'signature', $2,
+                                           'domain', 'login.xyz', 'nonce', 'lx2nx4so',
+                                           'verified_at', '2021-01-04T12:00:00Z'))",
+            &[EXPIRED_IN_2021.into(), SIGNED_EXPIRING_2021.into()],
+        )
+        .unwrap();
+        let job = Spi::get_one::<String>("SELECT state FROM identity.run_binding_jobs()");
+        assert_eq!(job.unwrap().as_deref(), Some("succeeded"));
+        let verified = Spi::get_one::<bool>(
+            "SELECT identity.verify_binding(id) FROM identity.user_bindings
+              WHERE external_id = '0x2ecA0068307e706741445764A3D6A4402aC2A5a9'",
         );
+        assert_eq!(verified, Ok(Some(true)));
     }
 
     #[pg_test]
