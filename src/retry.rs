@@ -160,7 +160,9 @@ fn jitter() -> f64 {
     }
 }
 
-/// Tries one job in its own subtransaction and records what happened.
+/// Tries one job in its own subtransaction and records what happened. A cancel or statement
+/// timeout is not the job's outcome but the pass's end: raised again, it rolls the pass back,
+/// and every job it took is due as before.
 fn run_job(job: Job, policy: &RetryPolicy) -> Result<JobOutcome, IdentityError> {
     let attempts = job.attempts.saturating_add(1);
     let result = in_subtransaction(|| {
@@ -176,6 +178,7 @@ fn run_job(job: Job, policy: &RetryPolicy) -> Result<JobOutcome, IdentityError> 
     });
     let (state, last_error, delay_ms) = match result {
         Ok(_) => ("succeeded", None, 0),
+        Err(failure) if failure.is_query_canceled() => return Err(failure.into()),
         Err(failure) if failure.is_transient() && policy.may_retry(attempts) => (
             "pending",
             Some(failure.to_string()),

@@ -44,6 +44,12 @@ impl StepFailure {
         self.sqlstate == SERIALIZATION_FAILURE
     }
 
+    /// A cancel request or a statement timeout (57014). PostgreSQL raises it once, for the whole
+    /// statement: caught and not raised again, the rest of the statement would run on, unbounded.
+    pub fn is_query_canceled(&self) -> bool {
+        self.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+    }
+
     /// Failures that are worth retrying later: lock and serialization conflicts, deadlocks,
     /// timeouts, exhausted resources, lost connections. Everything else (another user owns the
     /// id, invalid input, a broken invariant) fails the same way every time.

@@ -3,7 +3,7 @@
 
 use identity_bindings_client_tests::wallet::{siwe_message, TestWallet};
 use identity_bindings_client_tests::{
-    backend_pid, integrity_is_clean, run_behind, soon_waits_for_a_lock, TestDatabase,
+    backend_pid, integrity_is_clean, run_behind, soon_waits_for_a_lock, sqlstate, TestDatabase,
 };
 use postgres::Client;
 use std::collections::HashSet;
@@ -319,6 +319,57 @@ fn enqueue(client: &mut Client, user: Uuid, external_id: &str) {
             &[&user, &external_id],
         )
         .unwrap();
+}
+
+#[test]
+fn a_statement_timeout_ends_the_whole_pass_and_every_job_stays_due() {
+    let database = TestDatabase::create("queue_timeout");
+    let (mut holder, mut runner) = (database.connect(), database.connect());
+    let users = [Uuid::new_v4(), Uuid::new_v4()];
+    for (user, external_id) in users.iter().zip(["81", "82"]) {
+        enqueue(&mut runner, *user, external_id);
+    }
+    holder.batch_execute("BEGIN").unwrap();
+    for (user, discord_id) in users.iter().zip(["91", "92"]) {
+        holder
+            .execute(
+                "SELECT identity.create_binding($1, 'discord', $2, '{\"method\": \"lock holder\"}')",
+                &[user, &discord_id],
+            )
+            .unwrap();
+    }
+    // The first job waits for its user's chain until the statement times out. Were that caught as
+    // the job's failure, the second job would wait on, unbounded (here until lock_timeout).
+    runner
+        .batch_execute("SET statement_timeout = '500ms'; SET lock_timeout = '3s'")
+        .unwrap();
+    let error = runner
+        .query("SELECT * FROM identity.run_binding_jobs()", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "57014", "{error:?}");
+    runner
+        .batch_execute("RESET statement_timeout; RESET lock_timeout")
+        .unwrap();
+    holder.batch_execute("COMMIT").unwrap();
+
+    let jobs: Vec<(String, i32)> = runner
+        .query(
+            "SELECT state, attempts FROM identity.binding_jobs ORDER BY job_key",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(jobs, vec![("pending".to_owned(), 0); 2]);
+    let made = runner
+        .query("SELECT state FROM identity.run_binding_jobs()", &[])
+        .unwrap()
+        .iter()
+        .filter(|row| row.get::<_, &str>(0) == "succeeded")
+        .count();
+    assert_eq!(made, 2);
+    assert!(integrity_is_clean(&mut runner));
 }
 
 #[test]
