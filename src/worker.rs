@@ -1,8 +1,9 @@
 //! The background worker: with `shared_preload_libraries = 'identity_bindings'` and
 //! `identity.worker_database` set, it runs due binding jobs every `identity.worker_poll_interval`
 //! and the backstop every `identity.backstop_interval`. Each pass is its own transaction; a pass
-//! that fails is rolled back and logged, and the worker goes on. SIGTERM ends it cleanly; after a
-//! crash the postmaster starts it again.
+//! that fails is rolled back and logged, and the worker goes on. SIGTERM ends it as it ends any
+//! backend, even in the middle of a pass (rolled back); the postmaster starts it again 5 s after
+//! that or a crash, unless the server is shutting down.
 
 use crate::gucs::{BACKSTOP_INTERVAL_S, WORKER_DATABASE, WORKER_POLL_INTERVAL_MS};
 use crate::subtransaction::failure_of;
@@ -57,6 +58,26 @@ pub(crate) fn in_transaction<T>(body: impl FnOnce() -> Result<T, String>) -> Res
     outcome
 }
 
+/// SIGTERM (a shutdown, `pg_terminate_backend`) is handled by PostgreSQL's own handler for
+/// backends, as its worker_spi example does: the worker exits at its next interrupt check, inside
+/// a pass too. pgrx's handler only sets a flag read between passes, and a shutdown waited for the
+/// pass: 32 s for a backstop that queued a million users.
+fn exit_on_sigterm() {
+    // pg_sys::die is pgrx's Rust wrapper for calling it; a signal handler must be the C function.
+    unsafe extern "C-unwind" {
+        /// tcop/postgres.c: notes the request to die and sets the latch.
+        #[link_name = "die"]
+        fn postgres_die(signal: std::ffi::c_int);
+    }
+    // SAFETY: installs the signal handler PostgreSQL provides for this purpose.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
+}
+
 /// Logs a failed pass once, not once a second while the cause lasts.
 fn report(what: &str, outcome: Result<(), String>, last_error: &mut Option<String>) {
     match outcome {
@@ -72,7 +93,8 @@ fn report(what: &str, outcome: Result<(), String>, last_error: &mut Option<Strin
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    exit_on_sigterm();
     let database = WORKER_DATABASE
         .get()
         .and_then(|d| d.into_string().ok())
@@ -88,7 +110,10 @@ pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum)
     let (mut jobs_error, mut backstop_error) = (None, None);
     let poll =
         || Duration::from_millis(u64::try_from(WORKER_POLL_INTERVAL_MS.get()).unwrap_or(1000));
+    // Returns only when the postmaster has died.
     while BackgroundWorker::wait_latch(Some(poll())) {
+        // A SIGTERM that came while waiting ends the worker here.
+        pgrx::check_for_interrupts!();
         if BackgroundWorker::sighup_received() {
             // SAFETY: re-reads postgresql.conf, as any backend does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -101,5 +126,4 @@ pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum)
             last_backstop = Some(Instant::now());
         }
     }
-    log!("identity_bindings worker: stopping (SIGTERM)");
 }

@@ -1,5 +1,5 @@
 //! The background worker, in a cluster that preloads the library: it binds queued jobs without
-//! anyone calling a function, comes back after a crash, and stops cleanly on SIGTERM.
+//! anyone calling a function, comes back after a crash, and ends at SIGTERM even in a long pass.
 
 use identity_bindings_client_tests::{eventually, Cluster};
 use std::time::Duration;
@@ -39,7 +39,7 @@ fn worker_pid(cluster: &Cluster) -> Option<i32> {
 }
 
 #[test]
-fn the_worker_binds_queued_jobs_survives_a_crash_and_stops_on_sigterm() {
+fn the_worker_binds_queued_jobs_and_comes_back_after_a_crash_or_a_sigterm() {
     let cluster = Cluster::start(
         "worker",
         &[
@@ -85,15 +85,72 @@ fn the_worker_binds_queued_jobs_survives_a_crash_and_stops_on_sigterm() {
         "the restarted worker works"
     );
 
-    // SIGTERM: a clean stop.
+    // SIGTERM (pg_terminate_backend, or a shutdown) ends it as it ends any backend; outside a
+    // shutdown the postmaster starts it again.
     let running = worker_pid(&cluster).unwrap();
+    terminate(&cluster, running);
+    assert!(
+        eventually(Duration::from_secs(30), || worker_pid(&cluster)
+            .is_some_and(|pid| pid != running)),
+        "the worker came back after SIGTERM"
+    );
+    assert!(cluster.server_log().contains(
+        "terminating background worker \"identity_bindings worker\" due to administrator command"
+    ));
+}
+
+fn terminate(cluster: &Cluster, pid: i32) {
     cluster
         .connect("postgres")
-        .execute("SELECT pg_terminate_backend($1)", &[&running])
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .unwrap();
-    assert!(eventually(Duration::from_secs(10), || cluster
-        .server_log()
-        .contains("identity_bindings worker: stopping (SIGTERM)")));
+}
+
+#[test]
+fn sigterm_ends_the_worker_in_the_middle_of_a_long_pass() {
+    let cluster = Cluster::start(
+        "worker_sigterm",
+        &[
+            "shared_preload_libraries=identity_bindings",
+            "identity.worker_database=worker_sigterm",
+            "identity.worker_poll_interval=200ms",
+        ],
+    );
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE worker_sigterm")
+        .unwrap();
+    // Reading public.users takes ten minutes, and the worker's first backstop reads it: a pass
+    // as long as a backstop over tens of millions of users. A shutdown must not wait for it.
+    cluster
+        .connect("worker_sigterm")
+        .batch_execute(
+            "CREATE EXTENSION identity_bindings;
+             CREATE FUNCTION public.slow_users() RETURNS TABLE (id uuid, wallet_address text)
+                 LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(600); END $$;
+             CREATE VIEW public.users AS SELECT * FROM public.slow_users();",
+        )
+        .unwrap();
+    let mut observer = cluster.connect("postgres");
+    let in_the_pass = eventually(Duration::from_secs(30), || {
+        observer
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity
+                  WHERE backend_type = 'identity_bindings worker' AND wait_event = 'PgSleep'",
+                &[],
+            )
+            .unwrap()
+            .is_some()
+    });
+    assert!(in_the_pass, "the worker's backstop reads the slow table");
+
+    let reading = worker_pid(&cluster).unwrap();
+    terminate(&cluster, reading);
+    assert!(
+        eventually(Duration::from_secs(30), || worker_pid(&cluster)
+            .is_some_and(|pid| pid != reading)),
+        "the worker left its pass at SIGTERM (and was started again)"
+    );
 }
 
 #[test]
