@@ -14,9 +14,7 @@ use crate::gucs::MAX_PARALLEL_BACKFILL_WORKERS;
 use crate::statements::free_last_result;
 use crate::subtransaction::{in_subtransaction, SERIALIZATION_FAILURE};
 use crate::worker::in_transaction;
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -669,11 +667,11 @@ impl WorkerIdentity {
 /// A backfill worker: steps through the run's parts, a transaction per batch, until no part is
 /// left to it. A failed batch is logged and ends the worker; its part is then free, and the
 /// calling session takes it up (and reports the error, should it happen again). SIGTERM ends the
-/// worker after the batch in hand.
+/// worker at once, its batch in hand rolled back, however large the batch.
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn identity_bindings_backfill_main(argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    crate::worker::exit_on_sigterm();
     let run_id = argument.value() as i64;
     let Some(identity) = WorkerIdentity::from_extra(BackgroundWorker::get_extra()) else {
         warning!("identity_bindings backfill worker: malformed worker arguments");
@@ -693,7 +691,7 @@ pub extern "C-unwind" fn identity_bindings_backfill_main(argument: pg_sys::Datum
             return;
         }
     }
-    while !BackgroundWorker::sigterm_received() {
+    loop {
         let step = in_transaction(|| {
             Spi::get_one_with_args::<String>("SELECT identity.backfill_step($1)", &[run_id.into()])
                 .map_err(|e| e.to_string())

@@ -59,22 +59,25 @@ pub(crate) fn in_transaction<T>(body: impl FnOnce() -> Result<T, String>) -> Res
 }
 
 /// SIGTERM (a shutdown, `pg_terminate_backend`) is handled by PostgreSQL's own handler for
-/// backends, as its worker_spi example does: the worker exits at its next interrupt check, inside
-/// a pass too. pgrx's handler only sets a flag read between passes, and a shutdown waited for the
-/// pass: 32 s for a backstop that queued a million users.
-fn exit_on_sigterm() {
+/// backends, as its worker_spi example does: a worker of this library exits at its next interrupt
+/// check, in the middle of a pass or a backfill batch too. pgrx's handler only sets a flag read
+/// between passes, and a shutdown waited for the pass: 32 s for a backstop that queued a million
+/// users.
+pub(crate) fn exit_on_sigterm() {
     // pg_sys::die is pgrx's Rust wrapper for calling it; a signal handler must be the C function.
     unsafe extern "C-unwind" {
         /// tcop/postgres.c: notes the request to die and sets the latch.
         #[link_name = "die"]
         fn postgres_die(signal: std::ffi::c_int);
     }
-    // SAFETY: installs the signal handler PostgreSQL provides for this purpose.
+    // SAFETY: installs the signal handler PostgreSQL provides for this purpose, then lets signals
+    // in (a background worker starts with them blocked).
     unsafe {
         #[cfg(not(feature = "pg18"))]
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
         #[cfg(feature = "pg18")]
         pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
+        pg_sys::BackgroundWorkerUnblockSignals();
     }
 }
 
