@@ -216,6 +216,10 @@ fn siwe_login(
                     owner_of("wallet", &address)?.ok_or_else(|| IdentityError::from(failure))?;
                 Ok((owner, address, chain_id, "existing"))
             }
+            // A cancel request is for the whole login, which fails and spends nothing: a client
+            // that gave up may send the same message again. (A statement timeout is the wait
+            // the step was allowed, and queues the binding like a lock timeout, below.)
+            Err(failure) if failure.is_cancel_request() => Err(failure.into()),
             // This transaction's snapshot is older than what the binding ran into (under
             // REPEATABLE READ or SERIALIZABLE; most likely a first login of the same wallet that
             // committed meanwhile). Queued, the wallet would wait for a new user while it may

@@ -13,6 +13,13 @@ use std::panic::AssertUnwindSafe;
 /// SQLSTATE serialization_failure.
 pub const SERIALIZATION_FAILURE: &str = "40001";
 
+// utils/timeout.h, which pgrx does not bind. STATEMENT_TIMEOUT has been TimeoutId 3 since
+// PostgreSQL 9.3.
+const STATEMENT_TIMEOUT: std::ffi::c_int = 3;
+unsafe extern "C-unwind" {
+    fn get_timeout_active(id: std::ffi::c_int) -> bool;
+}
+
 /// Why a step failed: its error code (and the SQLSTATE text of it) and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepFailure {
@@ -48,6 +55,15 @@ impl StepFailure {
     /// statement: caught and not raised again, the rest of the statement would run on, unbounded.
     pub fn is_query_canceled(&self) -> bool {
         self.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+    }
+
+    /// A 57014 sent by a cancel request (`pg_cancel_backend`, a client that gave up), not by
+    /// `statement_timeout`: the statement's timer is spent once it has fired, and a cancel leaves
+    /// it armed.
+    pub fn is_cancel_request(&self) -> bool {
+        // SAFETY: reads the setting and the state of this backend's statement timer.
+        self.is_query_canceled()
+            && unsafe { pg_sys::StatementTimeout == 0 || get_timeout_active(STATEMENT_TIMEOUT) }
     }
 
     /// Failures that are worth retrying later: lock and serialization conflicts, deadlocks,

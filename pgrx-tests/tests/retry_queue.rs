@@ -1,7 +1,7 @@
 //! The binding queue over real connections: transient failures are queued and retried with the
 //! policy's backoff, a SIWE login survives its binding step failing, runners never share a job.
 
-use identity_bindings_client_tests::wallet::{siwe_message, TestWallet};
+use identity_bindings_client_tests::wallet::{signed_login, siwe_message, TestWallet};
 use identity_bindings_client_tests::{
     backend_pid, integrity_is_clean, run_behind, soon_waits_for_a_lock, sqlstate, TestDatabase,
 };
@@ -79,6 +79,79 @@ fn owner_of(client: &mut Client, wallet: &TestWallet) -> Option<Uuid> {
         )
         .unwrap()
         .get(0)
+}
+
+fn try_login(
+    app: &mut Client,
+    message: &str,
+    signature: &str,
+    new_user_id: Uuid,
+) -> Result<(Uuid, String), postgres::Error> {
+    app.query_one(
+        "SELECT user_id, status FROM identity.siwe_login($1, $2, 'app.example', $3)",
+        &[&message, &signature, &new_user_id],
+    )
+    .map(|row| (row.get(0), row.get(1)))
+}
+
+#[test]
+fn a_statement_timeout_in_a_logins_binding_step_queues_the_binding() {
+    let database = TestDatabase::create("login_statement_timeout");
+    let (mut holder, mut app) = (database.connect(), database.connect());
+    let (user, wallet) = (Uuid::new_v4(), TestWallet::from_seed(13));
+    let (message, signature) = signed_login(&mut app, &wallet, "app.example");
+    hold_chain_lock(&mut holder, user);
+    app.batch_execute("SET statement_timeout = '500ms'")
+        .unwrap();
+    assert_eq!(
+        try_login(&mut app, &message, &signature, user).unwrap(),
+        (user, "queued".to_owned())
+    );
+    app.batch_execute("RESET statement_timeout").unwrap();
+    holder.batch_execute("COMMIT").unwrap();
+    let state: String = app
+        .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "succeeded");
+    assert_eq!(owner_of(&mut app, &wallet), Some(user));
+}
+
+#[test]
+fn a_cancelled_login_fails_whole_and_its_message_logs_in_afterwards() {
+    let database = TestDatabase::create("login_cancel");
+    let (mut holder, mut app, mut observer) =
+        (database.connect(), database.connect(), database.connect());
+    let (user, wallet) = (Uuid::new_v4(), TestWallet::from_seed(14));
+    let (message, signature) = signed_login(&mut app, &wallet, "app.example");
+    hold_chain_lock(&mut holder, user);
+    // A statement_timeout far off is armed: the cancel must not be taken for it.
+    app.batch_execute("SET statement_timeout = '5min'").unwrap();
+    let pid = backend_pid(&mut app);
+    let sent = (message.clone(), signature.clone());
+    let login = thread::spawn(move || {
+        let outcome =
+            try_login(&mut app, &sent.0, &sent.1, user).map_err(|e| sqlstate(&e).to_owned());
+        (app, outcome)
+    });
+    assert!(soon_waits_for_a_lock(&mut observer, pid));
+    observer
+        .execute("SELECT pg_cancel_backend($1)", &[&pid])
+        .unwrap();
+    let (mut app, outcome) = login.join().unwrap();
+    assert_eq!(outcome, Err("57014".to_owned()), "the login was cancelled");
+    let jobs: i64 = app
+        .query_one("SELECT count(*) FROM identity.binding_jobs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(jobs, 0, "nothing was queued");
+
+    holder.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        try_login(&mut app, &message, &signature, user).unwrap(),
+        (user, "created".to_owned()),
+        "the nonce was not spent"
+    );
 }
 
 #[test]
