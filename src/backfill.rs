@@ -4,7 +4,7 @@
 //! form (backfill_run.rs) commits after each batch, in parallel.
 
 use crate::bindings::{bind_many, BatchOutcome};
-use crate::errors::{required, required_or_left_out, IdentityError};
+use crate::errors::{echo, required, required_or_left_out, IdentityError};
 use crate::providers::Builtin;
 use crate::retry::enqueue;
 use crate::statements::free_last_result;
@@ -90,7 +90,9 @@ impl Source {
         let (Some(id_type), Some(true)) = (row.get::<String>(2)?, row.get::<bool>(3)?) else {
             return Err(IdentityError::InvalidParameter {
                 reason: format!(
-                    "{table_name} has no column \"{id_column}\" or \"{wallet_column}\""
+                    "{table_name} has no column \"{}\" or \"{}\"",
+                    echo(id_column),
+                    echo(wallet_column)
                 ),
             });
         };

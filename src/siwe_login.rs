@@ -3,7 +3,7 @@
 
 use crate::binding_index::{claim_on, Claim};
 use crate::bindings::{bind, bind_queued, owner_of, where_merges_end, BindOutcome};
-use crate::errors::{required, required_or_left_out, IdentityError};
+use crate::errors::{echo, required, required_or_left_out, IdentityError};
 use crate::events::{pg_uuid, rust_uuid, with_binding_owners};
 use crate::nonces::consume;
 use crate::retry::{enqueue, pending_job_user};
@@ -50,9 +50,32 @@ impl From<VerifyError> for IdentityError {
                 reason: parse.to_string(),
             },
             refusal => IdentityError::SiweRefused {
-                reason: refusal.to_string(),
+                reason: with_texts_echoed(refusal).to_string(),
             },
         }
+    }
+}
+
+/// The refusal with the texts it repeats from the message or the caller cut as `echo` cuts all
+/// input in messages: a domain or a timestamp's fraction can be megabytes long, and refusals of
+/// unsigned messages land in the server log.
+fn with_texts_echoed(refusal: VerifyError) -> VerifyError {
+    match refusal {
+        VerifyError::DomainMismatch { expected, found } => VerifyError::DomainMismatch {
+            expected: echo(&expected),
+            found: echo(&found),
+        },
+        VerifyError::NonceMismatch { expected, found } => VerifyError::NonceMismatch {
+            expected: echo(&expected),
+            found: echo(&found),
+        },
+        VerifyError::Expired { expiration_time } => VerifyError::Expired {
+            expiration_time: echo(&expiration_time),
+        },
+        VerifyError::NotYetValid { not_before } => VerifyError::NotYetValid {
+            not_before: echo(&not_before),
+        },
+        other => other,
     }
 }
 
@@ -577,6 +600,33 @@ mod tests {
             sqlstate_of(&bind("00000000-0000-4000-8000-000000000b0b")),
             "23505"
         );
+    }
+
+    #[pg_test]
+    fn a_refusal_repeats_only_the_start_of_a_huge_domain_or_timestamp() {
+        let unsigned = |domain: &str, expiry: &str| {
+            format!(
+                "SELECT identity.verify_siwe($m${domain} wants you to sign in with your Ethereum account:\n{ADDRESS}\n\n\nURI: https://login.xyz\nVersion: 1\nChain ID: 1\nNonce: bTyXgcQxn2htgkjJn\nIssued At: 2022-01-27T17:09:38.578Z\nExpiration Time: {expiry}$m$, '0x00', 'login.xyz')"
+            )
+        };
+        let huge_domain = format!("{}.com", "a".repeat(100_000));
+        let huge_expiry = format!("2021-01-27T17:09:38.{}Z", "5".repeat(100_000));
+        for (statement, refusal) in [
+            (
+                unsigned(&huge_domain, "2100-01-01T00:00:00Z"),
+                "domain mismatch",
+            ),
+            (unsigned("login.xyz", &huge_expiry), "expired"),
+        ] {
+            let (sqlstate, message) = error_of(&statement);
+            assert_eq!(sqlstate, "28000", "{refusal}");
+            assert!(message.contains(refusal), "{message}");
+            assert!(
+                message.len() < 400 && message.contains('…'),
+                "{refusal}: {} bytes",
+                message.len()
+            );
+        }
     }
 
     #[pg_test]
