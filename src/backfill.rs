@@ -424,8 +424,8 @@ impl std::fmt::Display for InvalidRow {
         write!(
             f,
             "{}: invalid user id or wallet address \"{}\"",
-            self.id.as_deref().unwrap_or("NULL"),
-            crate::errors::echo(&self.wallet)
+            self.id.as_deref().map_or("NULL".into(), echo),
+            echo(&self.wallet)
         )
     }
 }
