@@ -101,8 +101,7 @@ fn a_statement_timeout_in_a_logins_binding_step_queues_the_binding() {
     let (user, wallet) = (Uuid::new_v4(), TestWallet::from_seed(13));
     let (message, signature) = signed_login(&mut app, &wallet, "app.example");
     hold_chain_lock(&mut holder, user);
-    app.batch_execute("SET statement_timeout = '500ms'")
-        .unwrap();
+    app.batch_execute("SET statement_timeout = '1s'").unwrap();
     assert_eq!(
         try_login(&mut app, &message, &signature, user).unwrap(),
         (user, "queued".to_owned())

@@ -114,6 +114,8 @@ fn sigterm_ends_the_worker_in_the_middle_of_a_long_pass() {
             "shared_preload_libraries=identity_bindings",
             "identity.worker_database=worker_sigterm",
             "identity.worker_poll_interval=200ms",
+            // Should the worker start before the view exists, its next backstop is 1 s later.
+            "identity.backstop_interval=1s",
         ],
     );
     cluster
