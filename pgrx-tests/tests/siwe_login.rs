@@ -29,6 +29,17 @@ fn login(
         .map(|row| (row.get(0), row.get(1)))
 }
 
+/// `verify_binding` of the database's one binding.
+fn the_binding_reverifies(client: &mut postgres::Client) -> Option<bool> {
+    client
+        .query_one(
+            "SELECT identity.verify_binding(id) FROM identity.user_bindings",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
 #[test]
 fn eight_concurrent_replays_of_one_signed_message_log_in_exactly_once() {
     let database = TestDatabase::create("siwe_replay");
@@ -95,14 +106,7 @@ fn a_wallet_logs_in_again_as_the_same_user_and_its_evidence_reverifies() {
         .unwrap()
         .get(0);
     assert_eq!(resolved, Some(user));
-    let reverified: Option<bool> = client
-        .query_one(
-            "SELECT identity.verify_binding(id) FROM identity.user_bindings",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(reverified, Some(true));
+    assert_eq!(the_binding_reverifies(&mut client), Some(true));
 }
 
 #[test]
@@ -144,14 +148,7 @@ fn a_login_in_a_transaction_begun_before_its_not_before_reverifies() {
     assert_eq!(status, "created");
     transaction.commit().unwrap();
 
-    let reverified: Option<bool> = client
-        .query_one(
-            "SELECT identity.verify_binding(id) FROM identity.user_bindings",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(reverified, Some(true));
+    assert_eq!(the_binding_reverifies(&mut client), Some(true));
 }
 
 #[test]
