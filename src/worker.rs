@@ -24,9 +24,11 @@ pub fn register() {
         .load();
 }
 
-const RUN_JOBS: &str = "SELECT count(*) FROM identity.run_binding_jobs(100)";
+// Every name qualified, as well as the search_path pinned (`pin_search_path`).
+const RUN_JOBS: &str = "SELECT pg_catalog.count(*) FROM identity.run_binding_jobs(100)";
 // The backstop's defaults read public.users; without that table there is nothing to check.
-const BACKSTOP: &str = "SELECT identity.backstop() WHERE to_regclass('public.users') IS NOT NULL";
+const BACKSTOP: &str =
+    "SELECT identity.backstop() WHERE pg_catalog.to_regclass('public.users') IS NOT NULL";
 
 /// Runs `sql` in a transaction of its own: committed if it succeeds, rolled back if it raises.
 fn run_pass(sql: &str) -> Result<(), String> {
@@ -81,6 +83,24 @@ pub(crate) fn exit_on_sigterm() {
     }
 }
 
+/// A worker starts with the settings `ALTER DATABASE … SET` and `ALTER ROLE … SET` gave its
+/// database and role, and a database's owner may give it any search_path. One listing a schema of
+/// theirs before pg_catalog would put their functions and operators (a `count`, an `=`) in the
+/// worker's queries, and the main worker is a superuser: a database owner made themselves one at
+/// its next start. The search_path is pinned past those settings, as autovacuum pins its own.
+pub(crate) fn pin_search_path() {
+    // SAFETY: sets a GUC, as autovacuum does at its start; PGC_S_OVERRIDE outranks every setting
+    // a database, a role or a reload of postgresql.conf may give.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
 /// Logs a failed pass once, not once a second while the cause lasts.
 fn report(what: &str, outcome: Result<(), String>, last_error: &mut Option<String>) {
     match outcome {
@@ -107,6 +127,7 @@ pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum)
         return;
     };
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    pin_search_path();
     log!("identity_bindings worker: started in database \"{database}\"");
 
     let mut last_backstop: Option<Instant> = None;

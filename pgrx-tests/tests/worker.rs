@@ -1,5 +1,6 @@
 //! The background worker, in a cluster that preloads the library: it binds queued jobs without
-//! anyone calling a function, comes back after a crash, and ends at SIGTERM even in a long pass.
+//! anyone calling a function, comes back after a crash, ends at SIGTERM even in a long pass, and
+//! calls none of the functions a database's owner puts in its search_path.
 
 use identity_bindings_client_tests::{eventually, Cluster};
 use std::time::Duration;
@@ -251,4 +252,102 @@ fn the_workers_backstop_reads_the_users_table_as_its_owner_not_as_a_superuser() 
         .unwrap()
         .get(0);
     assert!(!superuser, "the view's owner stayed an ordinary role");
+}
+
+#[test]
+fn a_database_owners_search_path_does_not_reach_the_worker() {
+    let cluster = Cluster::start(
+        "worker_search_path",
+        &[
+            "shared_preload_libraries=identity_bindings",
+            "identity.worker_database=worker_search_path",
+            "identity.worker_poll_interval=200ms",
+        ],
+    );
+    // The database's owner, an ordinary role, lists a schema of theirs before pg_catalog in the
+    // database's search_path, with a count(*) and a to_regclass that note who calls them and try
+    // to make the owner a superuser. The worker (a superuser) connects with the database's
+    // settings, and its passes call count(*) and to_regclass: it must call PostgreSQL's own.
+    // The database is built under another name and renamed when complete, so that the worker
+    // (retrying every 5 s until it exists) connects to it finished.
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE ROLE app_owner").unwrap();
+    admin
+        .batch_execute("CREATE DATABASE staging OWNER app_owner")
+        .unwrap();
+    cluster
+        .connect("staging")
+        .batch_execute(
+            "CREATE EXTENSION identity_bindings;
+             SET ROLE app_owner;
+             CREATE SCHEMA app;
+             CREATE TABLE app.calls (caller name, shadowed text);
+             CREATE FUNCTION app.note(shadowed text) RETURNS void LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO app.calls VALUES (current_user, shadowed);
+                 BEGIN
+                     EXECUTE 'ALTER ROLE app_owner SUPERUSER';
+                 EXCEPTION WHEN insufficient_privilege THEN
+                     NULL;
+                 END;
+             END $$;
+             CREATE FUNCTION app.count_row(bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM app.note('count');
+                 RETURN $1 + 1;
+             END $$;
+             CREATE AGGREGATE app.count(*) (sfunc = app.count_row, stype = bigint, initcond = '0');
+             CREATE FUNCTION app.to_regclass(text) RETURNS regclass LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM app.note('to_regclass');
+                 RETURN pg_catalog.to_regclass($1);
+             END $$;
+             CREATE TABLE public.users (id uuid PRIMARY KEY, wallet_address text);
+             INSERT INTO public.users
+             VALUES ('00000000-0000-4000-8000-0000000000c6', '0x00000000000000000000000000000000000000c6');
+             ALTER DATABASE staging SET search_path = app, pg_catalog;",
+        )
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || admin
+            .batch_execute("ALTER DATABASE staging RENAME TO worker_search_path")
+            .is_ok()),
+        "the database was renamed once its set-up session had left"
+    );
+
+    // The worker's backstop queued the wallet (to_regclass), its queue bound it (count).
+    let wallet = "0x00000000000000000000000000000000000000C6";
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let Ok(mut client) = cluster
+                .config("worker_search_path")
+                .connect(postgres::NoTls)
+            else {
+                return false;
+            };
+            client
+                .query_one(
+                    "SELECT identity.resolve('wallet', $1) IS NOT NULL",
+                    &[&wallet],
+                )
+                .is_ok_and(|row| row.get(0))
+        }),
+        "the worker's backstop and queue bound the wallet"
+    );
+    let mut client = cluster.connect("worker_search_path");
+    let calls: Vec<(String, String)> = client
+        .query("SELECT caller::text, shadowed FROM app.calls", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(calls, [], "the worker called none of the owner's functions");
+    let superuser: bool = client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'app_owner'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "the database's owner stayed an ordinary role");
 }
