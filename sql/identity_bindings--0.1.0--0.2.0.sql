@@ -91,7 +91,8 @@ REVOKE ALL ON FUNCTION identity.backfill_plan(regclass, text, text, integer, tex
 -- again on the same table; resume_after_id starts a new run after that id instead. CALL it outside
 -- a transaction block.
 -- No SET search_path here: PostgreSQL forbids COMMIT in a procedure with SET clauses. It runs
--- with the caller's rights and calls only schema-qualified objects, so nothing is at stake.
+-- with the caller's rights and search_path, so it names every object with its schema, operators
+-- too: a schema listed before pg_catalog would otherwise give a superuser's call its own `=`.
 CREATE OR REPLACE PROCEDURE identity.backfill_wallet_bindings_in_batches(
     users regclass DEFAULT to_regclass('public.users'),
     id_column name DEFAULT 'id',
@@ -111,8 +112,8 @@ BEGIN
     LOOP
         outcome := identity.backfill_step(run);
         COMMIT;
-        EXIT WHEN outcome = 'done';
-        IF outcome = 'waiting' THEN
+        EXIT WHEN outcome OPERATOR(pg_catalog.=) 'done';
+        IF outcome OPERATOR(pg_catalog.=) 'waiting' THEN
             PERFORM pg_catalog.pg_sleep(0.05);
         END IF;
     END LOOP;

@@ -678,10 +678,11 @@ pub extern "C-unwind" fn identity_bindings_backfill_main(argument: pg_sys::Datum
         return;
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(identity.database), Some(identity.login));
+    crate::worker::pin_search_path();
     if identity.role != identity.login {
         let acting = in_transaction(|| {
             Spi::run_with_args(
-                "SELECT pg_catalog.set_config('role', (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $1), false)",
+                "SELECT pg_catalog.set_config('role', (SELECT rolname FROM pg_catalog.pg_roles WHERE oid OPERATOR(pg_catalog.=) $1), false)",
                 &[identity.role.into()],
             )
             .map_err(|e| e.to_string())
@@ -715,7 +716,8 @@ extension_sql!(
 -- again on the same table; resume_after_id starts a new run after that id instead. CALL it outside
 -- a transaction block.
 -- No SET search_path here: PostgreSQL forbids COMMIT in a procedure with SET clauses. It runs
--- with the caller's rights and calls only schema-qualified objects, so nothing is at stake.
+-- with the caller's rights and search_path, so it names every object with its schema, operators
+-- too: a schema listed before pg_catalog would otherwise give a superuser's call its own `=`.
 CREATE PROCEDURE identity.backfill_wallet_bindings_in_batches(
     users regclass DEFAULT to_regclass('public.users'),
     id_column name DEFAULT 'id',
@@ -735,8 +737,8 @@ BEGIN
     LOOP
         outcome := identity.backfill_step(run);
         COMMIT;
-        EXIT WHEN outcome = 'done';
-        IF outcome = 'waiting' THEN
+        EXIT WHEN outcome OPERATOR(pg_catalog.=) 'done';
+        IF outcome OPERATOR(pg_catalog.=) 'waiting' THEN
             PERFORM pg_catalog.pg_sleep(0.05);
         END IF;
     END LOOP;

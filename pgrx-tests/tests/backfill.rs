@@ -172,10 +172,9 @@ fn backfill_workers_running(client: &mut Client) -> i64 {
         .get(0)
 }
 
-/// Backend types of the backfill's background workers seen in pg_stat_activity while `busy` runs.
-fn workers_seen_while(database: &TestDatabase, busy: impl FnOnce()) -> usize {
+/// The most backfill background workers `observer` saw in pg_stat_activity while `busy` ran.
+fn workers_seen_while(mut observer: Client, busy: impl FnOnce()) -> usize {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut observer = database.connect();
     let watching = {
         let stop = std::sync::Arc::clone(&stop);
         std::thread::spawn(move || {
@@ -236,7 +235,7 @@ fn background_workers_share_the_batched_backfill_with_exact_counts() {
     let mut client = database.connect();
     let (created, conflicts, invalid) = application_users_and_a_conflict(&mut client);
 
-    let workers = workers_seen_while(&database, || {
+    let workers = workers_seen_while(database.connect(), || {
         client
             .batch_execute("SET identity.max_parallel_backfill_workers = 2")
             .unwrap();
@@ -263,6 +262,95 @@ fn background_workers_share_the_batched_backfill_with_exact_counts() {
         .unwrap()
         .get(0);
     assert_eq!(events, created + 1, "one bind event per binding created");
+    assert!(integrity_is_clean(&mut client));
+}
+
+/// Who called which of the `shadow` schema's operators so far: (caller, operator), each once.
+fn shadow_calls(client: &mut Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT DISTINCT caller::text, operator FROM shadow.calls ORDER BY 1, 2",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[test]
+fn operators_a_search_path_puts_before_pg_catalog_reach_neither_the_procedure_nor_its_workers() {
+    let database = TestDatabase::create("backfill_search_path");
+    let mut client = database.connect();
+    let (created, conflicts, invalid) = application_users_and_a_conflict(&mut client);
+    // The database's search_path lists a schema before pg_catalog whose `=` for text and for oid
+    // note who calls them. The procedure runs with its caller's search_path (it cannot pin one);
+    // its workers connect with the database's. Both compare with `=`: a text, an oid. The test's
+    // own sessions connect before the search_path is set.
+    let runner = format!("{}_runner", database.name());
+    let observer = database.connect();
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA shadow;
+             CREATE TABLE shadow.calls (caller name, operator text);
+             CREATE FUNCTION shadow.text_eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO shadow.calls VALUES (current_user, 'text = text');
+                 RETURN $1 OPERATOR(pg_catalog.=) $2;
+             END $$;
+             CREATE OPERATOR shadow.= (leftarg = text, rightarg = text, function = shadow.text_eq);
+             CREATE FUNCTION shadow.oid_eq(oid, oid) RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO shadow.calls VALUES (current_user, 'oid = oid');
+                 RETURN $1 OPERATOR(pg_catalog.=) $2;
+             END $$;
+             CREATE OPERATOR shadow.= (leftarg = oid, rightarg = oid, function = shadow.oid_eq);
+             CREATE ROLE {runner};
+             GRANT USAGE ON SCHEMA shadow TO {runner};
+             GRANT INSERT ON shadow.calls TO {runner};
+             GRANT SELECT ON public.users TO {runner};
+             GRANT USAGE ON SCHEMA identity TO {runner};
+             GRANT EXECUTE ON PROCEDURE identity.backfill_wallet_bindings_in_batches TO {runner};
+             GRANT EXECUTE ON FUNCTION identity.backfill_plan, identity.backfill_launch_workers,
+                 identity.backfill_step TO {runner};
+             ALTER DATABASE {} SET search_path = shadow, pg_catalog;",
+            database.name()
+        ))
+        .unwrap();
+
+    // A superuser runs the backfill as the role, in a session with the database's search_path,
+    // and that search_path does reach the role's own comparisons.
+    let mut caller = database.connect();
+    caller
+        .batch_execute(&format!(
+            "SET ROLE {runner};
+             SET identity.max_parallel_backfill_workers = 2;
+             SELECT 'a'::text = 'a', 1::oid = 1;"
+        ))
+        .unwrap();
+    assert_eq!(
+        shadow_calls(&mut client).len(),
+        2,
+        "the shadowing operators are live"
+    );
+    client.batch_execute("TRUNCATE shadow.calls").unwrap();
+
+    let workers = workers_seen_while(observer, || {
+        caller
+            .batch_execute("CALL identity.backfill_wallet_bindings_in_batches(batch_size => 1000)")
+            .unwrap();
+    });
+    assert!(workers >= 1, "background workers bound parts");
+    assert_eq!(
+        shadow_calls(&mut client),
+        [],
+        "neither the procedure nor its workers called the shadowing operators"
+    );
+    assert_one_finished_run(
+        &mut client,
+        (created, conflicts, invalid),
+        "the backfill ran to its end",
+    );
     assert!(integrity_is_clean(&mut client));
 }
 
