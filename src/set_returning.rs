@@ -18,6 +18,70 @@ pub unsafe fn return_rows<const COLUMNS: usize>(
     fcinfo: pg_sys::FunctionCallInfo,
     rows: impl IntoIterator<Item = [Option<pg_sys::Datum>; COLUMNS]>,
 ) -> pg_sys::Datum {
+    // SAFETY: as the caller promises.
+    let result = unsafe { materialized_result(fcinfo) };
+    for row in rows {
+        // SAFETY: the tuplestore was built just now, for rows of this shape.
+        unsafe { put_row(result, row) };
+    }
+    pg_sys::Datum::from(0)
+}
+
+/// Where a set-returning function puts its rows one at a time, as it makes them: each row goes
+/// to the tuplestore (which spills to disk past work_mem), and the memory its datums took is
+/// freed at once, so a function that returns a row per user needs no memory per user.
+pub struct RowSink<const COLUMNS: usize> {
+    result: *mut pg_sys::ReturnSetInfo,
+    scratch: pg_sys::MemoryContext,
+}
+
+impl<const COLUMNS: usize> RowSink<COLUMNS> {
+    /// # Safety
+    /// `fcinfo` is the call of a set-returning function declared with exactly `COLUMNS` output
+    /// columns, and every row put has the declared types.
+    pub unsafe fn new(fcinfo: pg_sys::FunctionCallInfo) -> Self {
+        // SAFETY: as the caller promises; the scratch context is a child of the function's
+        // context, so it goes with that context should the function raise.
+        unsafe {
+            RowSink {
+                result: materialized_result(fcinfo),
+                scratch: pg_sys::AllocSetContextCreateExtended(
+                    pg_sys::CurrentMemoryContext,
+                    c"identity_bindings rows".as_ptr(),
+                    pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+                    pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+                ),
+            }
+        }
+    }
+
+    /// Builds one row's datums with `row`, in memory freed once the tuplestore has copied them.
+    pub fn put(&mut self, row: impl FnOnce() -> [Option<pg_sys::Datum>; COLUMNS]) {
+        // SAFETY: the datums are made in the scratch context and copied by tuplestore_putvalues
+        // before the context is reset; the tuplestore is of rows of this shape (see `new`).
+        unsafe {
+            let caller = pg_sys::MemoryContextSwitchTo(self.scratch);
+            let datums = row();
+            pg_sys::MemoryContextSwitchTo(caller);
+            put_row(self.result, datums);
+            pg_sys::MemoryContextReset(self.scratch);
+        }
+    }
+
+    /// The datum the function returns, its rows all put.
+    pub fn finish(self) -> pg_sys::Datum {
+        // SAFETY: nothing refers to the scratch context any more.
+        unsafe { pg_sys::MemoryContextDelete(self.scratch) };
+        pg_sys::Datum::from(0)
+    }
+}
+
+/// Switches the call to materialize mode and returns its result info, with the tuplestore built.
+///
+/// # Safety
+/// `fcinfo` is the call of a set-returning function.
+unsafe fn materialized_result(fcinfo: pg_sys::FunctionCallInfo) -> *mut pg_sys::ReturnSetInfo {
     // SAFETY: as the caller promises; InitMaterializedSRF checks that the caller accepts
     // materialize mode and builds the tuplestore. Its descriptor is a copy of the one the caller
     // expects when there is one (a function scan's): building it from the function's declared
@@ -33,18 +97,27 @@ pub unsafe fn return_rows<const COLUMNS: usize>(
             0
         };
         pg_sys::InitMaterializedSRF(fcinfo, flags);
-        for row in rows {
-            let mut nulls = row.map(|column| column.is_none());
-            let mut values = row.map(|column| column.unwrap_or(pg_sys::Datum::from(0)));
-            pg_sys::tuplestore_putvalues(
-                (*result).setResult,
-                (*result).setDesc,
-                values.as_mut_ptr(),
-                nulls.as_mut_ptr(),
-            );
-        }
+        result
     }
-    pg_sys::Datum::from(0)
+}
+
+/// # Safety
+/// `result`'s tuplestore holds rows of `COLUMNS` columns of the types of `row`'s datums.
+unsafe fn put_row<const COLUMNS: usize>(
+    result: *mut pg_sys::ReturnSetInfo,
+    row: [Option<pg_sys::Datum>; COLUMNS],
+) {
+    let mut nulls = row.map(|column| column.is_none());
+    let mut values = row.map(|column| column.unwrap_or(pg_sys::Datum::from(0)));
+    // SAFETY: as the caller promises; tuplestore_putvalues copies the values into the store.
+    unsafe {
+        pg_sys::tuplestore_putvalues(
+            (*result).setResult,
+            (*result).setDesc,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
+    }
 }
 
 /// The `pg_finfo_<symbol>` record PostgreSQL looks up for every C-language function: version 1.
