@@ -70,6 +70,7 @@ bench: install
 	benches/scaling.sh
 	USER_IDS=time-ordered benches/scaling.sh
 	benches/backfill.sh
+	benches/audit.sh
 	benches/upgrade.sh
 	$(MAKE) bench-siwe
 

@@ -41,23 +41,10 @@ VACUUM ANALYZE;
 SQL
 
 timed() {  # timed <name> <settings> <sql>: in a fresh copy of the data, prints "seconds peak_rss_kib"
-    local database="bench_$1" ms
+    local database="bench_$1"
     "${psql[@]}" -d postgres -c "CREATE DATABASE $database TEMPLATE template_users" -c "CHECKPOINT"
-    rm -f "$work/$1.rss"
-    ms=$("${psql[@]}" -d "$database" -At <<SQL | awk '/^Time:/ {t = $2} END {print t}'
-SET client_min_messages = warning;
-$2
-SELECT pg_backend_pid() AS pid \gset
-\setenv BACKEND_PID :pid
-\! scripts/peak_rss.sh \$BACKEND_PID > $work/$1.rss &
-\o /dev/null
-\timing on
-$3
-SQL
-)
-    while [ ! -s "$work/$1.rss" ]; do sleep 0.2; done  # the sampler ends with the backend
+    seconds_and_peak "$database" "$2" "$3"
     "${psql[@]}" -d postgres -c "DROP DATABASE $database"
-    printf '%s %s\n' "$(python3 -c "print(f'{$ms / 1000:.1f}')")" "$(cat "$work/$1.rss")"
 }
 
 CTE="WITH inserted AS (

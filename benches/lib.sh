@@ -19,3 +19,25 @@ seconds_of() {
     end=$(date +%s.%N)
     python3 -c "print(f'{$end - $start:.1f}')"
 }
+
+# seconds_and_peak <database> <settings> <statement>: runs the statement in a fresh session of
+# "${psql[@]}" on that database, after the settings; prints its wall time in seconds (0.01 s) and
+# the peak private memory of its backend in KiB (RssAnon, sampled five times a second: VmHWM
+# would count the shared buffers it touched). Needs $work (throwaway_cluster) and the psql array.
+seconds_and_peak() {
+    local ms rss="$work/peak_rss.$RANDOM"
+    ms=$("${psql[@]}" -d "$1" -At <<SQL | awk '/^Time:/ {t = $2} END {print t}'
+SET client_min_messages = warning;
+$2
+SELECT pg_backend_pid() AS pid \gset
+\setenv BACKEND_PID :pid
+\! scripts/peak_rss.sh \$BACKEND_PID > $rss &
+\o /dev/null
+\timing on
+$3
+SQL
+)
+    while [ ! -s "$rss" ]; do sleep 0.2; done  # the sampler ends with the backend
+    printf '%s %s\n' "$(python3 -c "print(f'{$ms / 1000:.2f}')")" "$(cat "$rss")"
+    rm -f "$rss"
+}
