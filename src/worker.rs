@@ -1,9 +1,10 @@
 //! The background worker: with `shared_preload_libraries = 'identity_bindings'` and
 //! `identity.worker_database` set, it runs due binding jobs every `identity.worker_poll_interval`
-//! and the backstop every `identity.backstop_interval`. Each pass is its own transaction; a pass
-//! that fails is rolled back and logged, and the worker goes on. SIGTERM ends it as it ends any
-//! backend, even in the middle of a pass (rolled back); the postmaster starts it again 5 s after
-//! that or a crash, unless the server is shutting down.
+//! (at once again after a pass that took its full 100) and the backstop every
+//! `identity.backstop_interval`. Each pass is its own transaction; a pass that fails is rolled
+//! back and logged, and the worker goes on. SIGTERM ends it as it ends any backend, even in the
+//! middle of a pass (rolled back); the postmaster starts it again 5 s after that or a crash,
+//! unless the server is shutting down.
 
 use crate::gucs::{BACKSTOP_INTERVAL_S, WORKER_DATABASE, WORKER_POLL_INTERVAL_MS};
 use crate::subtransaction::failure_of;
@@ -24,8 +25,10 @@ pub fn register() {
         .load();
 }
 
+/// Jobs one pass takes at most: a pass is one transaction, so it holds the locks of this many.
+const JOBS_PER_PASS: i32 = 100;
 // Every name qualified, as well as the search_path pinned (`pin_search_path`).
-const RUN_JOBS: &str = "SELECT pg_catalog.count(*) FROM identity.run_binding_jobs(100)";
+const RUN_JOBS: &str = "SELECT pg_catalog.count(*) FROM identity.run_binding_jobs($1)";
 // The backstop's defaults read public.users; without that table there is nothing to check.
 const BACKSTOP: &str =
     "SELECT identity.backstop() WHERE pg_catalog.to_regclass('public.users') IS NOT NULL";
@@ -33,6 +36,15 @@ const BACKSTOP: &str =
 /// Runs `sql` in a transaction of its own: committed if it succeeds, rolled back if it raises.
 fn run_pass(sql: &str) -> Result<(), String> {
     in_transaction(|| Spi::run(sql).map_err(|e| e.to_string()))
+}
+
+/// Runs one pass of due jobs in a transaction of its own; how many jobs it took.
+fn run_jobs_pass() -> Result<i64, String> {
+    in_transaction(|| {
+        Spi::get_one_with_args::<i64>(RUN_JOBS, &[JOBS_PER_PASS.into()])
+            .map(Option::unwrap_or_default)
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// Runs `body` in a transaction of its own (a background worker's unit of work): committed if it
@@ -102,9 +114,9 @@ pub(crate) fn pin_search_path() {
 }
 
 /// Logs a failed pass once, not once a second while the cause lasts.
-fn report(what: &str, outcome: Result<(), String>, last_error: &mut Option<String>) {
+fn report<T>(what: &str, outcome: Result<T, String>, last_error: &mut Option<String>) {
     match outcome {
-        Ok(()) => *last_error = None,
+        Ok(_) => *last_error = None,
         Err(error) if last_error.as_deref() != Some(error.as_str()) => {
             warning!("identity_bindings worker: {what} failed: {error}");
             *last_error = Some(error);
@@ -134,15 +146,23 @@ pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum)
     let (mut jobs_error, mut backstop_error) = (None, None);
     let poll =
         || Duration::from_millis(u64::try_from(WORKER_POLL_INTERVAL_MS.get()).unwrap_or(1000));
+    // A pass that took all it may take leaves more jobs due, most likely: the next pass follows
+    // at once, so a backlog (the bindings queued while logins could not bind, a backstop's)
+    // drains at the speed of binding, not at 100 jobs per poll interval.
+    let mut more_due = false;
     // Returns only when the postmaster has died.
-    while BackgroundWorker::wait_latch(Some(poll())) {
+    while BackgroundWorker::wait_latch(Some(if more_due { Duration::ZERO } else { poll() })) {
         // A SIGTERM that came while waiting ends the worker here.
         pgrx::check_for_interrupts!();
         if BackgroundWorker::sighup_received() {
             // SAFETY: re-reads postgresql.conf, as any backend does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        report("running binding jobs", run_pass(RUN_JOBS), &mut jobs_error);
+        let jobs = run_jobs_pass();
+        more_due = jobs
+            .as_ref()
+            .is_ok_and(|&taken| taken == i64::from(JOBS_PER_PASS));
+        report("running binding jobs", jobs, &mut jobs_error);
         let backstop_every =
             Duration::from_secs(u64::try_from(BACKSTOP_INTERVAL_S.get()).unwrap_or(3600));
         if last_backstop.is_none_or(|at| at.elapsed() >= backstop_every) {

@@ -351,3 +351,56 @@ fn a_database_owners_search_path_does_not_reach_the_worker() {
         .get(0);
     assert!(!superuser, "the database's owner stayed an ordinary role");
 }
+
+#[test]
+fn a_backlog_drains_in_passes_that_follow_each_other_not_one_pass_per_poll() {
+    // Polls an hour apart: after the first pass, only a full pass's own follow-up can run more.
+    let cluster = Cluster::start(
+        "worker_backlog",
+        &[
+            "shared_preload_libraries=identity_bindings",
+            "identity.worker_database=worker_backlog",
+            "identity.worker_poll_interval=1h",
+        ],
+    );
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE worker_backlog")
+        .unwrap();
+    cluster
+        .connect("worker_backlog")
+        .batch_execute("CREATE EXTENSION identity_bindings")
+        .unwrap();
+    let mut observer = cluster.connect("postgres");
+    assert!(
+        eventually(Duration::from_secs(30), || observer
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity
+                  WHERE backend_type = 'identity_bindings worker' AND wait_event = 'Extension'",
+                &[],
+            )
+            .unwrap()
+            .is_some()),
+        "the worker waits for its first poll, an hour away"
+    );
+
+    // A backlog of two and a half passes, then a reload, which wakes the worker for one poll.
+    cluster
+        .connect("worker_backlog")
+        .batch_execute(
+            "SELECT identity.enqueue_binding(gen_random_uuid(), 'github', (8000 + i)::text,
+                                             '{\"method\": \"backlog\"}')
+               FROM generate_series(1, 250) i",
+        )
+        .unwrap();
+    observer.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let mut client = cluster.connect("worker_backlog");
+    assert!(
+        eventually(Duration::from_secs(30), || client
+            .query_one("SELECT count(*) FROM identity.user_bindings", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+            == 250),
+        "one wake-up bound the whole backlog"
+    );
+}
