@@ -1,6 +1,6 @@
 //! The background worker: with `shared_preload_libraries = 'identity_bindings'` and
 //! `identity.worker_database` set, it runs due binding jobs every `identity.worker_poll_interval`
-//! (at once again after a pass that took its full 100) and the backstop every
+//! (at once again after a pass that took its full 64) and the backstop every
 //! `identity.backstop_interval`. Each pass is its own transaction; a pass that fails is rolled
 //! back and logged, and the worker goes on. SIGTERM ends it as it ends any backend, even in the
 //! middle of a pass (rolled back); the postmaster starts it again 5 s after that or a crash,
@@ -25,8 +25,12 @@ pub fn register() {
         .load();
 }
 
-/// Jobs one pass takes at most: a pass is one transaction, so it holds the locks of this many.
-const JOBS_PER_PASS: i32 = 100;
+/// Jobs one pass takes at most. A pass is one transaction, and each job a subtransaction with
+/// an id of its own: PostgreSQL caches 64 such ids per backend, and past them every snapshot
+/// taken while the pass runs is marked overflowed, so other sessions' visibility checks of recent
+/// rows go to pg_subtrans (PostgreSQL's docs, "Subtransactions"). Passes that follow each other
+/// while a backlog drains would keep that so.
+const JOBS_PER_PASS: i32 = 64;
 // Every name qualified, as well as the search_path pinned (`pin_search_path`).
 const RUN_JOBS: &str = "SELECT pg_catalog.count(*) FROM identity.run_binding_jobs($1)";
 // The backstop's defaults read public.users; without that table there is nothing to check.
@@ -148,7 +152,7 @@ pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum)
         || Duration::from_millis(u64::try_from(WORKER_POLL_INTERVAL_MS.get()).unwrap_or(1000));
     // A pass that took all it may take leaves more jobs due, most likely: the next pass follows
     // at once, so a backlog (the bindings queued while logins could not bind, a backstop's)
-    // drains at the speed of binding, not at 100 jobs per poll interval.
+    // drains at the speed of binding, not at one pass per poll interval.
     let mut more_due = false;
     // Returns only when the postmaster has died.
     while BackgroundWorker::wait_latch(Some(if more_due { Duration::ZERO } else { poll() })) {

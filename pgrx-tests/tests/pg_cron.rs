@@ -26,7 +26,7 @@ fn pg_cron_runs_the_binding_queue() {
         .batch_execute(
             "CREATE EXTENSION pg_cron;
              CREATE EXTENSION identity_bindings;
-             SELECT cron.schedule('identity-bindings', '* * * * *', 'SELECT identity.run_binding_jobs()');",
+             SELECT cron.schedule('identity-bindings', '* * * * *', 'SELECT identity.run_binding_jobs(64)');",
         )
         .unwrap();
     let user = Uuid::new_v4();
