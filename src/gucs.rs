@@ -13,7 +13,7 @@ pub static RETRY_MAX_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(3_600)
 /// Attempts before a job is failed for good; 0 retries forever (`identity.retry_max_attempts`).
 pub static RETRY_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
-/// Database the background worker works in (`identity.worker_database`); unset: idle.
+/// Database the background worker works in (`identity.worker_database`); unset: it waits.
 pub static WORKER_DATABASE: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 /// How often the worker runs due jobs, milliseconds (`identity.worker_poll_interval`, 1s).
@@ -76,7 +76,7 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"identity.worker_database",
         c"Database the identity_bindings background worker runs binding jobs and the backstop in.",
-        c"Read when the worker starts (with shared_preload_libraries = 'identity_bindings'); unset, the worker stays idle.",
+        c"The worker (with shared_preload_libraries = 'identity_bindings') follows it on a reload: to another database, or, unset, to waiting until it is set.",
         &WORKER_DATABASE,
         GucContext::Sighup,
         GucFlags::default(),

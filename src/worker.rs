@@ -4,7 +4,8 @@
 //! `identity.backstop_interval`. Each pass is its own transaction; a pass that fails is rolled
 //! back and logged, and the worker goes on. SIGTERM ends it as it ends any backend, even in the
 //! middle of a pass (rolled back); the postmaster starts it again 5 s after that or a crash,
-//! unless the server is shutting down.
+//! unless the server is shutting down. It follows `identity.worker_database` on a reload: to
+//! another database (by a restart), or, unset, to waiting until a reload sets it again.
 
 use crate::gucs::{BACKSTOP_INTERVAL_S, WORKER_DATABASE, WORKER_POLL_INTERVAL_MS};
 use crate::subtransaction::failure_of;
@@ -129,17 +130,48 @@ fn report<T>(what: &str, outcome: Result<T, String>, last_error: &mut Option<Str
     }
 }
 
+/// `identity.worker_database` as the configuration now has it; `None` when unset or empty.
+fn configured_database() -> Option<String> {
+    WORKER_DATABASE
+        .get()
+        .and_then(|d| d.into_string().ok())
+        .filter(|d| !d.is_empty())
+}
+
+/// Re-reads the configuration if a reload (SIGHUP) came since the last call.
+fn reload_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: re-reads postgresql.conf, as any backend does on SIGHUP.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+/// The database to work in: `identity.worker_database`, or, while it is unset, the one a reload
+/// sets it to. `None` when the postmaster died first.
+fn database_to_work_in() -> Option<String> {
+    let mut logged = false;
+    loop {
+        reload_if_asked();
+        if let Some(database) = configured_database() {
+            return Some(database);
+        }
+        if !logged {
+            log!("identity_bindings worker: identity.worker_database is not set; the worker waits until a reload sets it");
+            logged = true;
+        }
+        if !BackgroundWorker::wait_latch(None) {
+            return None;
+        }
+        pgrx::check_for_interrupts!();
+    }
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     exit_on_sigterm();
-    let database = WORKER_DATABASE
-        .get()
-        .and_then(|d| d.into_string().ok())
-        .filter(|d| !d.is_empty());
-    let Some(database) = database else {
-        log!("identity_bindings worker: identity.worker_database is not set; the worker stays idle (set it and restart)");
+    let Some(database) = database_to_work_in() else {
         return;
     };
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
@@ -158,9 +190,13 @@ pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum)
     while BackgroundWorker::wait_latch(Some(if more_due { Duration::ZERO } else { poll() })) {
         // A SIGTERM that came while waiting ends the worker here.
         pgrx::check_for_interrupts!();
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: re-reads postgresql.conf, as any backend does on SIGHUP.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        reload_if_asked();
+        if configured_database().as_deref() != Some(database.as_str()) {
+            // A backend cannot change databases: exit, and the postmaster starts the worker
+            // again 5 s later, to work where the setting now says (or to wait while it is unset).
+            log!("identity_bindings worker: identity.worker_database no longer names \"{database}\"; restarting");
+            // SAFETY: ends this process as any backend ends; exit code 1 asks for a restart.
+            unsafe { pg_sys::proc_exit(1) };
         }
         let jobs = run_jobs_pass();
         more_due = jobs

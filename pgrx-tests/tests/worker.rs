@@ -415,3 +415,111 @@ fn a_backlog_drains_in_passes_that_follow_each_other_not_one_pass_per_poll() {
         "one wake-up bound the whole backlog"
     );
 }
+
+/// The database the worker is connected to, if it is connected to one.
+fn worker_database(cluster: &Cluster) -> Option<String> {
+    let mut client = cluster.config("postgres").connect(postgres::NoTls).ok()?;
+    client
+        .query_opt(
+            "SELECT datname::text FROM pg_stat_activity
+              WHERE backend_type = 'identity_bindings worker'",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .and_then(|row| row.get(0))
+}
+
+/// `ALTER SYSTEM <change>`, then a reload.
+fn set_worker_database(cluster: &Cluster, change: &str) {
+    let mut admin = cluster.connect("postgres");
+    admin
+        .batch_execute(&format!("ALTER SYSTEM {change}"))
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+#[test]
+fn the_worker_follows_worker_database_on_a_reload() {
+    // identity.worker_database only by ALTER SYSTEM: a setting on the command line outranks it.
+    let cluster = Cluster::start(
+        "worker_follows",
+        &[
+            "shared_preload_libraries=identity_bindings",
+            "identity.worker_poll_interval=200ms",
+        ],
+    );
+    for database in ["follow_a", "follow_b"] {
+        cluster
+            .connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .unwrap();
+        cluster
+            .connect(database)
+            .batch_execute("CREATE EXTENSION identity_bindings")
+            .unwrap();
+    }
+    let queued_in = |database: &str, external_id: &str| {
+        cluster
+            .connect(database)
+            .execute(
+                "SELECT identity.enqueue_binding(gen_random_uuid(), 'github', $1, '{}')",
+                &[&external_id],
+            )
+            .unwrap();
+    };
+    let bound_in = |database: &str, external_id: &str| {
+        cluster
+            .connect(database)
+            .query_one(
+                "SELECT identity.resolve('github', $1) IS NOT NULL",
+                &[&external_id],
+            )
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    let soon = |check: &dyn Fn() -> bool| eventually(Duration::from_secs(30), check);
+
+    // Started with the setting unset, the worker waits; a reload that sets it puts it to work.
+    queued_in("follow_a", "9001");
+    set_worker_database(&cluster, "SET identity.worker_database = 'follow_a'");
+    assert!(
+        soon(&|| bound_in("follow_a", "9001")),
+        "the worker serves follow_a"
+    );
+
+    // Another database, by a reload alone.
+    set_worker_database(&cluster, "SET identity.worker_database = 'follow_b'");
+    assert!(
+        soon(&|| worker_database(&cluster).as_deref() == Some("follow_b")),
+        "the worker moved to follow_b"
+    );
+    queued_in("follow_b", "9002");
+    assert!(
+        soon(&|| bound_in("follow_b", "9002")),
+        "the worker serves follow_b"
+    );
+
+    // Unset: it stops working, and waits.
+    set_worker_database(&cluster, "RESET identity.worker_database");
+    assert!(
+        soon(&|| worker_database(&cluster).is_none()),
+        "the worker left follow_b"
+    );
+    queued_in("follow_b", "9003");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !bound_in("follow_b", "9003"),
+        "no worker runs the queue while unset"
+    );
+    assert!(cluster
+        .server_log()
+        .contains("identity.worker_database is not set; the worker waits until a reload sets it"));
+
+    // Set again: the waiting worker goes to work, no restart of the server needed.
+    set_worker_database(&cluster, "SET identity.worker_database = 'follow_b'");
+    assert!(
+        soon(&|| bound_in("follow_b", "9003")),
+        "the worker came back to follow_b and ran what was queued meanwhile"
+    );
+}
