@@ -89,6 +89,23 @@ SELECT DISTINCT reader FROM regress_attack.readers;
 RESET ROLE;
 SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_app';
 
+-- The batched backfill cannot pin its search_path (a procedure that commits may not have one), so
+-- it names pg_catalog's operators itself. A caller's search_path that puts another `=` first
+-- (regress_attack's above, for which every text equals every other) does not end its run after
+-- the first batch as if it were done: every row is bound.
+CREATE TABLE regress_attack.more_users (id uuid PRIMARY KEY, wallet_address text);
+INSERT INTO regress_attack.more_users VALUES
+    ('00000000-0000-4000-8000-00000000f001', '0x000000000000000000000000000000000000f001'),
+    ('00000000-0000-4000-8000-00000000f002', '0x000000000000000000000000000000000000f002'),
+    ('00000000-0000-4000-8000-00000000f003', '0x000000000000000000000000000000000000f003');
+SET identity.max_parallel_backfill_workers = 0;
+SET search_path = regress_attack, pg_catalog;
+CALL identity.backfill_wallet_bindings_in_batches('regress_attack.more_users', batch_size => 1);
+RESET search_path;
+RESET identity.max_parallel_backfill_workers;
+SELECT count(*) AS bound FROM regress_attack.more_users u
+ WHERE identity.resolve('wallet', u.wallet_address) = u.id;
+
 DROP SCHEMA regress_attack CASCADE;
 DROP OWNED BY regress_app;
 DROP ROLE regress_app;
