@@ -7,6 +7,7 @@
 //! to PostgreSQL here, in one tuplestore.
 
 use pgrx::pg_sys;
+use pgrx::PgMemoryContexts;
 
 /// Puts `rows` (one datum or NULL per declared output column) into the tuplestore of the
 /// set-returning function called with `fcinfo`, and returns the datum the function returns.
@@ -32,7 +33,8 @@ pub unsafe fn return_rows<const COLUMNS: usize>(
 /// freed at once, so a function that returns a row per user needs no memory per user.
 pub struct RowSink<const COLUMNS: usize> {
     result: *mut pg_sys::ReturnSetInfo,
-    scratch: pg_sys::MemoryContext,
+    /// A child of the function's context, deleted when the sink is (or with its parent).
+    scratch: PgMemoryContexts,
 }
 
 impl<const COLUMNS: usize> RowSink<COLUMNS> {
@@ -40,39 +42,27 @@ impl<const COLUMNS: usize> RowSink<COLUMNS> {
     /// `fcinfo` is the call of a set-returning function declared with exactly `COLUMNS` output
     /// columns, and every row put has the declared types.
     pub unsafe fn new(fcinfo: pg_sys::FunctionCallInfo) -> Self {
-        // SAFETY: as the caller promises; the scratch context is a child of the function's
-        // context, so it goes with that context should the function raise.
-        unsafe {
-            RowSink {
-                result: materialized_result(fcinfo),
-                scratch: pg_sys::AllocSetContextCreateExtended(
-                    pg_sys::CurrentMemoryContext,
-                    c"identity_bindings rows".as_ptr(),
-                    pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
-                    pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
-                    pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-                ),
-            }
+        RowSink {
+            // SAFETY: as the caller promises.
+            result: unsafe { materialized_result(fcinfo) },
+            scratch: PgMemoryContexts::new("identity_bindings rows"),
         }
     }
 
     /// Builds one row's datums with `row`, in memory freed once the tuplestore has copied them.
     pub fn put(&mut self, row: impl FnOnce() -> [Option<pg_sys::Datum>; COLUMNS]) {
-        // SAFETY: the datums are made in the scratch context and copied by tuplestore_putvalues
-        // before the context is reset; the tuplestore is of rows of this shape (see `new`).
+        // SAFETY: the scratch context is alive (the sink owns it); the datums made in it are
+        // copied by tuplestore_putvalues, whose tuplestore is of rows of this shape (see `new`),
+        // before the context is reset.
         unsafe {
-            let caller = pg_sys::MemoryContextSwitchTo(self.scratch);
-            let datums = row();
-            pg_sys::MemoryContextSwitchTo(caller);
+            let datums = self.scratch.switch_to(|_| row());
             put_row(self.result, datums);
-            pg_sys::MemoryContextReset(self.scratch);
+            self.scratch.reset();
         }
     }
 
-    /// The datum the function returns, its rows all put.
+    /// The datum the function returns, its rows all put (the scratch context goes with the sink).
     pub fn finish(self) -> pg_sys::Datum {
-        // SAFETY: nothing refers to the scratch context any more.
-        unsafe { pg_sys::MemoryContextDelete(self.scratch) };
         pg_sys::Datum::from(0)
     }
 }
