@@ -872,6 +872,12 @@ const HEADS_WITHOUT_EVENTS: &str = "
        AND NOT EXISTS (SELECT 1 FROM identity.identity_events e WHERE e.user_id = h.user_id)
      ORDER BY h.user_id";
 
+/// The user a row of CHAIN_SCAN or HEADS_WITHOUT_EVENTS is about: its first column.
+fn user_at(row: &SpiHeapTupleData<'_>) -> Result<Uuid, IdentityError> {
+    let user_id = row.get::<pgrx::Uuid>(1)?;
+    Ok(rust_uuid(user_id.ok_or_else(|| null_column("user_id"))?))
+}
+
 /// The head on a row of CHAIN_SCAN (at `first`: last_seq, last_hash, last_event_id) or of
 /// HEADS_WITHOUT_EVENTS, if the user has one.
 fn head_at(row: &SpiHeapTupleData<'_>, first: usize) -> Result<Option<ChainHead>, IdentityError> {
@@ -939,10 +945,7 @@ pub fn verify_chains(
     let mut reports = 0_usize;
     let mut current: Option<(ChainVerifier, Option<ChainHead>)> = None;
     for_each_row(client, CHAIN_SCAN, only_user, |row| {
-        let user_id = rust_uuid(
-            row.get::<pgrx::Uuid>(1)?
-                .ok_or_else(|| null_column("user_id"))?,
-        );
+        let user_id = user_at(row)?;
         if current.as_ref().map(|(v, _)| v.user_id) != Some(user_id) {
             if let Some((verifier, head)) = current.take() {
                 report(verifier.finish(head.as_ref()));
@@ -960,11 +963,7 @@ pub fn verify_chains(
         reports += 1;
     }
     for_each_row(client, HEADS_WITHOUT_EVENTS, only_user, |row| {
-        let user_id = rust_uuid(
-            row.get::<pgrx::Uuid>(1)?
-                .ok_or_else(|| null_column("user_id"))?,
-        );
-        report(ChainVerifier::new(user_id).finish(head_at(row, 2)?.as_ref()));
+        report(ChainVerifier::new(user_at(row)?).finish(head_at(row, 2)?.as_ref()));
         reports += 1;
         Ok(())
     })?;
