@@ -80,9 +80,25 @@ pub fn is_valid_provider_name(name: &str) -> bool {
         && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
 }
 
+/// `($pattern)` as a custom provider's ids are matched with it: against the whole id. Both the
+/// match and register_provider's check of a new pattern use it, so the check compiles exactly
+/// what matching will.
+macro_rules! whole_id_pattern {
+    ($pattern:literal) => {
+        concat!(
+            "('^(?:' OPERATOR(pg_catalog.||) ",
+            $pattern,
+            " OPERATOR(pg_catalog.||) ')$')"
+        )
+    };
+}
+
 static CUSTOM_PATTERN_MATCH: Statement = Statement::read(
-    "SELECT $2 OPERATOR(pg_catalog.~) ('^(?:' OPERATOR(pg_catalog.||) p.pattern OPERATOR(pg_catalog.||) ')$')
-       FROM identity.providers p WHERE p.name OPERATOR(pg_catalog.=) $1 AND NOT p.builtin",
+    concat!(
+        "SELECT $2 OPERATOR(pg_catalog.~) ",
+        whole_id_pattern!("p.pattern"),
+        " FROM identity.providers p WHERE p.name OPERATOR(pg_catalog.=) $1 AND NOT p.builtin"
+    ),
     &[TEXTOID, TEXTOID],
 );
 
@@ -162,8 +178,10 @@ static PROVIDER_DEFINITION: Statement = Statement::read(
 // The pattern alone first, so an invalid one fails with PostgreSQL's own message naming the
 // fault; then as CUSTOM_PATTERN_MATCH uses it, which a provider must be able to do for good.
 static CHECK_PATTERN: Statement = Statement::read(
-    "SELECT '' OPERATOR(pg_catalog.~) $1,
-            '' OPERATOR(pg_catalog.~) ('^(?:' OPERATOR(pg_catalog.||) $1 OPERATOR(pg_catalog.||) ')$')",
+    concat!(
+        "SELECT '' OPERATOR(pg_catalog.~) $1, '' OPERATOR(pg_catalog.~) ",
+        whole_id_pattern!("$1")
+    ),
     &[TEXTOID],
 );
 
