@@ -98,8 +98,7 @@ fn the_worker_binds_queued_jobs_and_comes_back_after_a_crash_or_a_sigterm() {
         .unwrap();
     assert!(killed.success());
     assert!(
-        eventually(Duration::from_secs(30), || worker_pid(&cluster)
-            .is_some_and(|pid| pid != crashed)),
+        another_worker_soon(&cluster, crashed),
         "the worker came back after the crash"
     );
     enqueue(&cluster, second, "7002");
@@ -114,13 +113,19 @@ fn the_worker_binds_queued_jobs_and_comes_back_after_a_crash_or_a_sigterm() {
     let running = worker_pid(&cluster).unwrap();
     terminate(&cluster, running);
     assert!(
-        eventually(Duration::from_secs(30), || worker_pid(&cluster)
-            .is_some_and(|pid| pid != running)),
+        another_worker_soon(&cluster, running),
         "the worker came back after SIGTERM"
     );
     assert!(cluster.server_log().contains(
         "terminating background worker \"identity_bindings worker\" due to administrator command"
     ));
+}
+
+/// Whether a worker other than `gone` runs within 30 s: the postmaster started it again.
+fn another_worker_soon(cluster: &Cluster, gone: i32) -> bool {
+    eventually(Duration::from_secs(30), || {
+        worker_pid(cluster).is_some_and(|pid| pid != gone)
+    })
 }
 
 fn terminate(cluster: &Cluster, pid: i32) {
@@ -173,8 +178,7 @@ fn sigterm_ends_the_worker_in_the_middle_of_a_long_pass() {
     let reading = worker_pid(&cluster).unwrap();
     terminate(&cluster, reading);
     assert!(
-        eventually(Duration::from_secs(30), || worker_pid(&cluster)
-            .is_some_and(|pid| pid != reading)),
+        another_worker_soon(&cluster, reading),
         "the worker left its pass at SIGTERM (and was started again)"
     );
 }
