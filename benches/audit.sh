@@ -28,6 +28,8 @@ declare -A label=(
     [chains]="\`identity.verify_event_chain()\`"
     [integrity]="\`identity.check_integrity()\`")
 
+audit() { seconds_and_peak "$database" "" "${statement[$1]}"; }
+
 users_database() {  # users_database <users>: a database of that many bound users, a thousand merged
     local database="audit_$1"
     "${psql[@]}" -d postgres -c "CREATE DATABASE $database"
@@ -54,14 +56,7 @@ echo "|---:|---|---:|---:|---:|"
 for users in "${sizes[@]}"; do
     database=$(users_database "$users")
     declare -A times=() peaks=()
-    for round in $(seq "$rounds"); do
-        for name in "${contestants[@]}"; do
-            read -r seconds kib < <(seconds_and_peak "$database" "" "${statement[$name]}")
-            echo "$users users, round $round: $name ${seconds}s, RssAnon $((kib / 1024)) MiB" >&2
-            times[$name]="${times[$name]:-} $seconds"
-            [ "$kib" -gt "${peaks[$name]:-0}" ] && peaks[$name]=$kib
-        done
-    done
+    take_turns "$rounds" "$users users, " audit "${contestants[@]}"
     for name in "${contestants[@]}"; do
         # shellcheck disable=SC2086 # the list of times is meant to split into arguments
         seconds=$(median 2 ${times[$name]})

@@ -65,15 +65,9 @@ declare -A statement=(
     [cte]="$CTE" [function]="SELECT * FROM identity.backfill_wallet_bindings();"
     [session]="CALL identity.backfill_wallet_bindings_in_batches();"
     [workers]="CALL identity.backfill_wallet_bindings_in_batches();")
+contestant() { timed "$1" "${setting[$1]}" "${statement[$1]}"; }
 declare -A times peaks
-for round in $(seq "$rounds"); do
-    for name in "${contestants[@]}"; do
-        read -r seconds kib < <(timed "$name" "${setting[$name]}" "${statement[$name]}")
-        echo "round $round: $name ${seconds}s, RssAnon $((kib / 1024)) MiB" >&2
-        times[$name]="${times[$name]:-} $seconds"
-        [ "$kib" -gt "${peaks[$name]:-0}" ] && peaks[$name]=$kib
-    done
-done
+take_turns "$rounds" "" contestant "${contestants[@]}"
 
 declare -A med
 for name in "${contestants[@]}"; do

@@ -41,3 +41,20 @@ SQL
     printf '%s %s\n' "$(python3 -c "print(f'{$ms / 1000:.2f}')")" "$(cat "$rss")"
     rm -f "$rss"
 }
+
+# take_turns <rounds> <log prefix> <run> <contestant...>: runs `<run> <contestant>`, which prints
+# "seconds peak_kib", for each contestant in turn, <rounds> times, logging each run to stderr.
+# Adds each contestant's seconds to the caller's associative array `times` (space-separated) and
+# keeps its highest peak in `peaks`.
+take_turns() {
+    local rounds=$1 prefix=$2 run=$3 round name seconds kib
+    shift 3
+    for round in $(seq "$rounds"); do
+        for name in "$@"; do
+            read -r seconds kib < <("$run" "$name")
+            echo "${prefix}round $round: $name ${seconds}s, RssAnon $((kib / 1024)) MiB" >&2
+            times[$name]="${times[$name]:-} $seconds"
+            [ "$kib" -gt "${peaks[$name]:-0}" ] && peaks[$name]=$kib
+        done
+    done
+}
