@@ -391,7 +391,9 @@ const EVENT_PARAMETERS: &[pg_sys::Oid] = &[
 /// A payload as a jsonb datum, with the text PostgreSQL prints for it: the hash commits to that
 /// text, so the verifier can recompute it from `payload::text` byte for byte. The parser's and
 /// printer's work space lives in a context of its own, freed at once: a batch of ten thousand
-/// payloads keeps only their datums, not ten thousand parses' garbage.
+/// payloads keeps only their datums, not ten thousand parses' garbage. (It is made by hand, not
+/// by pgrx's `PgMemoryContexts::new`, which copies the context's name into the caller's context
+/// on every call: ten thousand names a batch would keep.)
 fn jsonb_with_text(payload: &serde_json::Value) -> (pg_sys::Datum, String) {
     let json = CString::new(payload.to_string()).expect("serialized JSON escapes every NUL");
     // SAFETY: jsonb_in takes one cstring and returns a jsonb datum in the current memory context
