@@ -665,7 +665,7 @@ fn owners_in_order(
         owner_of.extend(canonical.iter().flatten().map(|id| (id.as_bytes(), None)));
         let args = [provider.into(), wanted];
         RESOLVE_MANY.read_in_batches(client, &args, RESOLVE_BATCH_ROWS, |rows| {
-            for (id, owner) in text_uuid_rows(rows)? {
+            for (id, owner) in text_uuid_rows(&rows)? {
                 if let Some(slot) = owner_of.get_mut(id) {
                     *slot = Some(owner);
                 }

@@ -916,24 +916,18 @@ fn stored_event(row: &SpiHeapTupleData<'_>) -> Result<StoredEvent, IdentityError
 }
 
 /// Runs `query` (one uuid parameter) through a cursor, handing each row to `each`, a batch of
-/// rows in memory at a time.
+/// rows in memory at a time. Not a kept `Statement`: a generic plan of `$1 IS NULL OR
+/// e.user_id = $1` would read the whole log for one user.
 fn for_each_row(
     client: &mut SpiClient<'_>,
     query: &str,
     only_user: Option<Uuid>,
     mut each: impl FnMut(&SpiHeapTupleData<'_>) -> Result<(), IdentityError>,
 ) -> Result<(), IdentityError> {
-    let mut cursor = client.try_open_cursor(query, &[only_user.map(pg_uuid).into()])?;
-    loop {
-        let batch = cursor.fetch(1000)?;
-        if batch.is_empty() {
-            return Ok(());
-        }
-        for row in batch {
-            each(&row)?;
-        }
-        crate::statements::free_last_result();
-    }
+    let cursor = client.try_open_cursor(query, &[only_user.map(pg_uuid).into()])?;
+    crate::statements::fetch_in_batches(cursor, 1000, |rows| {
+        rows.into_iter().try_for_each(|row| each(&row))
+    })
 }
 
 /// Verifies every chain (or one user's), reading the log in batches so memory stays flat, and

@@ -8,7 +8,7 @@
 use crate::errors::IdentityError;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult, SpiTupleTable};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiCursor, SpiResult, SpiTupleTable};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -93,29 +93,37 @@ impl Statement {
     }
 
     /// Runs the statement (a read) with `args` and hands its rows to `each_batch`, up to `batch`
-    /// rows at a time, freeing each batch before fetching the next. A large result is never held
-    /// whole: its memory is reused from batch to batch instead of being taken from the operating
-    /// system (page faults and all) and given back on every call.
+    /// rows at a time (see `fetch_in_batches`).
     pub fn read_in_batches(
         &'static self,
         client: &mut SpiClient<'_>,
         args: &[DatumWithOid<'_>],
         batch: i64,
-        mut each_batch: impl FnMut(&SpiTupleTable<'_>) -> Result<(), IdentityError>,
+        each_batch: impl FnMut(SpiTupleTable<'_>) -> Result<(), IdentityError>,
     ) -> Result<(), IdentityError> {
         debug_assert!(!self.writes, "a write is never read in batches");
         let prepared = self.prepared(client)?;
-        let mut cursor = client.try_open_cursor(&*prepared, args)?;
-        loop {
-            let fetched = {
-                let rows = cursor.fetch(batch)?;
-                each_batch(&rows)?;
-                rows.len()
-            };
-            free_last_result();
-            if fetched < batch as usize {
-                return Ok(());
-            }
+        let cursor = client.try_open_cursor(&*prepared, args)?;
+        fetch_in_batches(cursor, batch, each_batch)
+    }
+}
+
+/// Hands the rows of `cursor` to `each_batch`, up to `batch` rows at a time, freeing each batch
+/// before fetching the next. A large result is never held whole: its memory is reused from batch
+/// to batch instead of being taken from the operating system (page faults and all) and given
+/// back on every call.
+pub fn fetch_in_batches(
+    mut cursor: SpiCursor<'_>,
+    batch: i64,
+    mut each_batch: impl FnMut(SpiTupleTable<'_>) -> Result<(), IdentityError>,
+) -> Result<(), IdentityError> {
+    loop {
+        let rows = cursor.fetch(batch)?;
+        let fetched = rows.len();
+        each_batch(rows)?;
+        free_last_result();
+        if fetched < batch as usize {
+            return Ok(());
         }
     }
 }
