@@ -7,7 +7,7 @@ use crate::bindings::{bind_many, BatchOutcome};
 use crate::errors::{echo, required, required_or_left_out, IdentityError};
 use crate::providers::Builtin;
 use crate::retry::enqueue;
-use crate::statements::free_last_result;
+use crate::statements::{free_last_result, update, writable};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -401,9 +401,9 @@ impl StatisticsKeeper {
     fn created(&mut self, client: &mut SpiClient<'_>, count: i64) -> Result<(), IdentityError> {
         self.created_since += count;
         if self.created_since >= self.bindings_at_last_analyze.max(1000) {
-            client.update(
+            update(
+                client,
                 "ANALYZE identity.user_bindings, identity.event_chain_heads",
-                None,
                 &[],
             )?;
             self.bindings_at_last_analyze += self.created_since;
@@ -549,6 +549,7 @@ fn backfill_wallet_bindings(
     >,
     ErrorReport,
 > {
+    writable()?;
     let id_column = required_or_left_out(id_column, "id_column", "'id'")?;
     let wallet_column = required_or_left_out(wallet_column, "wallet_column", "'wallet_address'")?;
     let size = checked_batch_size(required_or_left_out(batch_size, "batch_size", "10000")?)?;
@@ -601,6 +602,7 @@ fn backfill_wallet_batch(
     >,
     ErrorReport,
 > {
+    writable()?;
     let id_column = required(id_column, "id_column")?;
     let wallet_column = required(wallet_column, "wallet_column")?;
     let size = checked_batch_size(required(batch_size, "batch_size")?)?;
@@ -636,6 +638,7 @@ fn backstop(
     id_column: default!(Option<&str>, "'id'"),
     wallet_column: default!(Option<&str>, "'wallet_address'"),
 ) -> Result<i64, ErrorReport> {
+    writable()?;
     let id_column = required_or_left_out(id_column, "id_column", "'id'")?;
     let wallet_column = required_or_left_out(wallet_column, "wallet_column", "'wallet_address'")?;
     Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {

@@ -11,7 +11,7 @@ use crate::backfill::{
 };
 use crate::errors::{required, IdentityError};
 use crate::gucs::MAX_PARALLEL_BACKFILL_WORKERS;
-use crate::statements::free_last_result;
+use crate::statements::{free_last_result, update, writable};
 use crate::subtransaction::{in_subtransaction, SERIALIZATION_FAILURE};
 use crate::worker::in_transaction;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
@@ -83,6 +83,7 @@ fn backfill_plan(
     batch_size: Option<i32>,
     resume_after_id: Option<&str>,
 ) -> Result<i64, ErrorReport> {
+    writable()?;
     let id_column = required(id_column, "id_column")?;
     let wallet_column = required(wallet_column, "wallet_column")?;
     let size = checked_batch_size(required(batch_size, "batch_size")?)?;
@@ -225,7 +226,7 @@ impl RunKey {
             Self::MATCHES
         );
         let [a, b, c, d] = self.args();
-        let run = client.update(&sql, None, &[a, b, c, d, (size as i32).into()])?;
+        let run = update(client, &sql, &[a, b, c, d, (size as i32).into()])?;
         Ok(run.first().get_one::<i64>().unwrap_or(None))
     }
 
@@ -242,27 +243,26 @@ impl RunKey {
                (SELECT run_id FROM identity.backfill_parts WHERE {} AND NOT done)",
             Self::MATCHES
         );
-        client.update(&superseded, None, &self.args())?;
+        update(client, &superseded, &self.args())?;
         let mut afters: Vec<Option<String>> = vec![after.map(str::to_owned)];
         afters.extend(upper_bounds.iter().cloned().map(Some));
         let mut uptos: Vec<Option<String>> = upper_bounds.into_iter().map(Some).collect();
         uptos.push(None);
         let parts = afters.len();
         let [a, b, c, d] = self.args();
-        let run = client
-            .update(
-                "INSERT INTO identity.backfill_parts
-                        (run_id, part, source, id_column, wallet_column, run_as, batch_size, after_id, upto_id)
-                 SELECT r.id, p.part, $1, $2, $3, $4, $5, p.after_id, p.upto_id
-                   FROM (SELECT nextval('identity.backfill_run_id_seq') AS id) r,
-                        unnest($6::text[], $7::text[]) WITH ORDINALITY AS p (after_id, upto_id, part)
-                 RETURNING run_id",
-                None,
-                &[a, b, c, d, (size as i32).into(), afters.into(), uptos.into()],
-            )?
-            .first()
-            .get_one::<i64>()?
-            .ok_or_else(|| IdentityError::Internal("a new backfill run has no parts".into()))?;
+        let run = update(
+            client,
+            "INSERT INTO identity.backfill_parts
+                    (run_id, part, source, id_column, wallet_column, run_as, batch_size, after_id, upto_id)
+             SELECT r.id, p.part, $1, $2, $3, $4, $5, p.after_id, p.upto_id
+               FROM (SELECT nextval('identity.backfill_run_id_seq') AS id) r,
+                    unnest($6::text[], $7::text[]) WITH ORDINALITY AS p (after_id, upto_id, part)
+             RETURNING run_id",
+            &[a, b, c, d, (size as i32).into(), afters.into(), uptos.into()],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .ok_or_else(|| IdentityError::Internal("a new backfill run has no parts".into()))?;
         notice!("backfill: run {run} in {parts} part(s)");
         Ok(run)
     }
@@ -328,15 +328,14 @@ impl Part {
     /// COMMITTED that reads the newest committed row; under REPEATABLE READ, where the snapshot
     /// cannot move, a newer row is a serialization failure (40001) instead of a stale resume point.
     fn load(client: &mut SpiClient<'_>, run: i64, number: i32) -> Result<Part, IdentityError> {
-        let row = client
-            .update(
-                "SELECT source, id_column::text, wallet_column::text, batch_size, run_as::text,
-                        after_id, upto_id, scanned, created, existing, conflicts, invalid, done
-                   FROM identity.backfill_parts WHERE run_id = $1 AND part = $2 FOR UPDATE",
-                None,
-                &[run.into(), number.into()],
-            )?
-            .first();
+        let row = update(
+            client,
+            "SELECT source, id_column::text, wallet_column::text, batch_size, run_as::text,
+                    after_id, upto_id, scanned, created, existing, conflicts, invalid, done
+               FROM identity.backfill_parts WHERE run_id = $1 AND part = $2 FOR UPDATE",
+            &[run.into(), number.into()],
+        )?
+        .first();
         let text =
             |i| -> Result<String, IdentityError> { Ok(row.get::<String>(i)?.unwrap_or_default()) };
         let count = |i| -> Result<i64, IdentityError> { Ok(row.get::<i64>(i)?.unwrap_or(0)) };
@@ -394,13 +393,13 @@ impl Part {
             batch.scanned += without_id.scanned;
             batch.invalid += without_id.invalid;
         }
-        client.update(
+        update(
+            client,
             "UPDATE identity.backfill_parts
                 SET after_id = coalesce($3, after_id), done = $4, scanned = scanned + $5,
                     created = created + $6, existing = existing + $7, conflicts = conflicts + $8,
                     invalid = invalid + $9, updated_at = clock_timestamp()
               WHERE run_id = $1 AND part = $2",
-            None,
             &[
                 run.into(),
                 self.number.into(),
@@ -514,6 +513,7 @@ fn part_to_work_on(client: &mut SpiClient<'_>, run: i64) -> Result<Option<i32>, 
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn backfill_step(run_id: i64) -> Result<&'static str, ErrorReport> {
+    writable()?;
     let outcome = Spi::connect_mut(|client| -> Result<StepOutcome, IdentityError> {
         let Some(number) = part_to_work_on(client, run_id)? else {
             return finished_or_waiting(client, run_id);
@@ -589,10 +589,18 @@ fn finished_or_waiting(client: &mut SpiClient<'_>, run: i64) -> Result<StepOutco
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn backfill_launch_workers(run_id: i64) -> Result<i32, ErrorReport> {
-    let unfinished = Spi::get_one_with_args::<i64>(
-        "SELECT count(*) FROM identity.backfill_parts WHERE run_id = $1 AND NOT done",
-        &[run_id.into()],
-    )
+    // The workers write: on a standby they would wait, unstarted, for a promotion.
+    writable()?;
+    let unfinished = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT count(*) FROM identity.backfill_parts WHERE run_id = $1 AND NOT done",
+                None,
+                &[run_id.into()],
+            )?
+            .first()
+            .get_one::<i64>()
+    })
     .map_err(IdentityError::from)?
     .unwrap_or(0);
     let wanted = (unfinished - 1).clamp(0, i64::from(MAX_PARALLEL_BACKFILL_WORKERS.get()));

@@ -11,7 +11,7 @@ use crate::events::{
 };
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::set_returning::{return_rows, V1_API};
-use crate::statements::{text_uuid_rows, Statement};
+use crate::statements::{text_uuid_rows, writable, Statement};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, TEXTARRAYOID, TEXTOID, UUIDARRAYOID, UUIDOID};
@@ -285,6 +285,7 @@ fn create_binding(
     external_id: Option<&str>,
     evidence: Option<pgrx::JsonB>,
 ) -> Result<BindOutcome, IdentityError> {
+    writable()?;
     let user_id = rust_uuid(required(user_id, "user_id")?);
     let provider = required(provider, "provider")?;
     let external_id = required(external_id, "external_id")?;
@@ -359,6 +360,7 @@ fn revoke_binding(
     TableIterator<'static, (name!(binding_id, pgrx::Uuid), name!(user_id, pgrx::Uuid))>,
     ErrorReport,
 > {
+    writable()?;
     let provider = required(provider, "provider")?;
     let external_id = required(external_id, "external_id")?;
     let evidence = evidence_object(required(evidence, "evidence")?)?;
@@ -416,6 +418,7 @@ fn merge_users(
     into_user: Option<pgrx::Uuid>,
     evidence: Option<pgrx::JsonB>,
 ) -> Result<i32, ErrorReport> {
+    writable()?;
     let from_user = rust_uuid(required(from_user, "from_user")?);
     let into_user = rust_uuid(required(into_user, "into_user")?);
     let evidence = evidence_object(required(evidence, "evidence")?)?;

@@ -90,6 +90,9 @@ pub enum IdentityError {
     AppendOnly { operation: &'static str },
     /// 42501: identity.providers refuses UPDATE, DELETE and TRUNCATE: a provider is permanent.
     ProviderIsPermanent { operation: &'static str },
+    /// 25006: a write in a read-only transaction; `in_recovery` when the server is a hot standby,
+    /// where every transaction is read-only.
+    ReadOnly { in_recovery: bool },
     /// XX000: a bug or an unexpected SPI condition; never caused by input.
     Internal(String),
 }
@@ -129,6 +132,7 @@ impl IdentityError {
             | NotYourBackfillRun { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             NoUsersTable => ERRCODE_UNDEFINED_TABLE,
             TooManyOutstandingNonces { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            ReadOnly { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -210,6 +214,12 @@ impl IdentityError {
             }
             ProviderIsPermanent { .. } => {
                 "Bindings name their provider for good: register a provider with a new definition under a new name (identity.register_provider).".into()
+            }
+            ReadOnly { in_recovery: true } => {
+                "Send writes (binds, revokes, merges, nonces, logins, queued jobs, backfills) to the primary. A standby answers identity.resolve, resolve_many, verify_siwe, verify_binding, verify_event_chain and check_integrity.".into()
+            }
+            ReadOnly { in_recovery: false } => {
+                "Call it in a read-write transaction (BEGIN READ WRITE, or with default_transaction_read_only off).".into()
             }
             Internal(_) => return None,
         })
@@ -335,6 +345,14 @@ impl fmt::Display for IdentityError {
             ProviderIsPermanent { operation } => write!(
                 f,
                 "a registered provider is permanent: {operation} of identity.providers is refused for every role"
+            ),
+            ReadOnly { in_recovery: true } => write!(
+                f,
+                "identity_bindings cannot write on a hot standby: this server is in recovery"
+            ),
+            ReadOnly { in_recovery: false } => write!(
+                f,
+                "identity_bindings cannot write in a read-only transaction"
             ),
             Internal(what) => write!(f, "identity_bindings internal error: {what}"),
         }

@@ -3,7 +3,7 @@
 //! second waits for the first and then finds nothing to delete.
 
 use crate::errors::IdentityError;
-use crate::statements::Statement;
+use crate::statements::{writable, Statement};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, INTERVALOID, TEXTOID, TIMESTAMPTZOID};
 use pgrx::prelude::*;
@@ -90,6 +90,7 @@ fn check_nonce_capacity(client: &mut SpiClient<'_>) -> Result<(), IdentityError>
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn issue_nonce(ttl: default!(Option<Interval>, "'10 minutes'")) -> Result<String, ErrorReport> {
+    writable()?;
     let ttl = crate::errors::required_or_left_out(ttl, "ttl", "'10 minutes'")?;
     let nonce = random_nonce()?;
     Spi::connect_mut(|client| -> Result<(), IdentityError> {

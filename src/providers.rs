@@ -6,7 +6,7 @@
 
 use crate::eip55::Address;
 use crate::errors::{required, IdentityError};
-use crate::statements::Statement;
+use crate::statements::{writable, Statement};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::TEXTOID;
 use pgrx::prelude::*;
@@ -207,6 +207,7 @@ fn register_provider(
     pattern: Option<&str>,
     description: default!(Option<&str>, "NULL"),
 ) -> Result<bool, ErrorReport> {
+    writable()?;
     let name = required(name, "name")?;
     let pattern = required(pattern, "pattern")?;
     if !is_valid_provider_name(name) {

@@ -9,7 +9,7 @@ use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::events::{pg_uuid, rust_uuid};
 use crate::gucs::RetryPolicy;
 use crate::providers::canonical_external_id;
-use crate::statements::Statement;
+use crate::statements::{writable, Statement};
 use crate::subtransaction::in_subtransaction;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, INT4OID, INT8OID, JSONBOID, TEXTOID, UUIDOID};
@@ -68,6 +68,7 @@ fn enqueue_binding(
     external_id: Option<&str>,
     evidence: default!(Option<pgrx::JsonB>, "'{}'"),
 ) -> Result<String, ErrorReport> {
+    writable()?;
     let user_id = rust_uuid(required(user_id, "user_id")?);
     let provider = required(provider, "provider")?;
     let external_id = required(external_id, "external_id")?;
@@ -237,6 +238,7 @@ fn run_binding_jobs(
     >,
     ErrorReport,
 > {
+    writable()?;
     let max_jobs = required_or_left_out(max_jobs, "max_jobs", "100")?;
     if max_jobs < 1 {
         return Err(IdentityError::InvalidParameter {

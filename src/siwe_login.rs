@@ -8,7 +8,7 @@ use crate::events::{pg_uuid, rust_uuid, with_binding_owners};
 use crate::nonces::consume;
 use crate::retry::{enqueue, pending_job_user};
 use crate::siwe::{self, Expectations, Message, VerifyError, VERIFIER_VERSION};
-use crate::statements::Statement;
+use crate::statements::{writable, Statement};
 use crate::subtransaction::in_subtransaction;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, UUIDOID};
@@ -200,6 +200,7 @@ fn siwe_login(
     >,
     ErrorReport,
 > {
+    writable()?;
     let message = required(message, "message")?;
     let signature = required(signature, "signature")?;
     let domain = required(domain, "domain")?;
@@ -305,6 +306,7 @@ fn siwe_bind(
     >,
     ErrorReport,
 > {
+    writable()?;
     let user_id = rust_uuid(required(user_id, "user_id")?);
     let message = required(message, "message")?;
     let signature = required(signature, "signature")?;

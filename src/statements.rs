@@ -8,7 +8,7 @@
 use crate::errors::IdentityError;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiCursor, SpiResult, SpiTupleTable};
+use pgrx::spi::{OwnedPreparedStatement, Query, SpiClient, SpiCursor, SpiResult, SpiTupleTable};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -69,12 +69,12 @@ impl Statement {
         &'static self,
         client: &mut SpiClient<'conn>,
         args: &[DatumWithOid<'_>],
-    ) -> SpiResult<SpiTupleTable<'conn>> {
+    ) -> Result<SpiTupleTable<'conn>, IdentityError> {
         let prepared = self.prepared(client)?;
         if self.writes {
-            client.update(&*prepared, None, args)
+            update(client, &*prepared, args)
         } else {
-            client.select(&*prepared, None, args)
+            Ok(client.select(&*prepared, None, args)?)
         }
     }
 
@@ -106,6 +106,34 @@ impl Statement {
         let cursor = client.try_open_cursor(&*prepared, args)?;
         fetch_in_batches(cursor, batch, each_batch)
     }
+}
+
+/// Runs a write (or a locking read) through pgrx's `update`, which first takes a transaction id
+/// (so that later reads of this transaction see what it writes). Refused first where the
+/// transaction is read-only (`writable`).
+pub fn update<'conn, 'mcx>(
+    client: &mut SpiClient<'conn>,
+    query: impl Query<'conn>,
+    args: &[DatumWithOid<'mcx>],
+) -> Result<SpiTupleTable<'conn>, IdentityError> {
+    writable()?;
+    Ok(client.update(query, None, args)?)
+}
+
+/// Refuses to write where the transaction is read-only, with PostgreSQL's own SQLSTATE for it
+/// (25006) and a message that says where to write. Every function that writes calls it first, so
+/// it is refused whatever it would find, as PostgreSQL refuses an `INSERT … ON CONFLICT DO
+/// NOTHING` that would insert nothing: an idempotent repeat on a standby is refused too, not
+/// answered from what the standby has replayed so far. Without it, a write on a hot standby,
+/// where every transaction is read-only, failed as an internal error (XX000, "cannot assign
+/// TransactionIds during recovery") that named neither the cause nor the fix.
+pub fn writable() -> Result<(), IdentityError> {
+    // SAFETY: reads the backend's transaction state and the recovery flag; no preconditions.
+    if unsafe { pg_sys::XactReadOnly } {
+        let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
+        return Err(IdentityError::ReadOnly { in_recovery });
+    }
+    Ok(())
 }
 
 /// Hands the rows of `cursor` to `each_batch`, up to `batch` rows at a time, freeing each batch
@@ -185,5 +213,81 @@ pub fn text_uuid_rows<'conn>(
             ));
         }
         Ok(pairs)
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::testing::{error_of, six_app_users, take_turns};
+    use pgrx::prelude::*;
+
+    const ALICE: &str = "00000000-0000-4000-8000-00000000a11c";
+    const BOB: &str = "00000000-0000-4000-8000-000000000b0b";
+
+    /// The SQLSTATE and message of `call` (an item of a SELECT list) in a read-only transaction.
+    fn read_only_error_of(call: &str) -> (String, String) {
+        error_of(&format!(
+            "SELECT {call} FROM (SELECT set_config('transaction_read_only', 'on', true)) AS read_only"
+        ))
+    }
+
+    fn bind_alice() {
+        take_turns();
+        Spi::run(&format!(
+            "SELECT identity.create_binding('{ALICE}', 'github', '42', '{{}}')"
+        ))
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn every_write_in_a_read_only_transaction_is_25006_and_says_so() {
+        bind_alice();
+        six_app_users();
+        let refused = (
+            "25006".to_owned(),
+            "identity_bindings cannot write in a read-only transaction".to_owned(),
+        );
+        for call in [
+            format!("identity.create_binding('{BOB}', 'github', '43')"),
+            // A repeat would write nothing, and is refused all the same.
+            format!("identity.create_binding('{ALICE}', 'github', '42')"),
+            "identity.revoke_binding('github', '42', '{}')".into(),
+            format!("identity.merge_users('{ALICE}', '{BOB}', '{{}}')"),
+            "identity.issue_nonce()".into(),
+            format!("identity.enqueue_binding('{BOB}', 'github', '43')"),
+            "identity.run_binding_jobs()".into(),
+            "identity.register_provider('read_only_test', '[a-z]+')".into(),
+            "identity.backfill_wallet_bindings('app_users', 'uid', 'eth')".into(),
+            "identity.backstop('app_users', 'uid', 'eth')".into(),
+            "identity.backfill_wallet_batch('app_users', 'uid', 'eth', 10, NULL)".into(),
+            "identity.backfill_plan('app_users', 'uid', 'eth', 10, NULL)".into(),
+            "identity.backfill_step(1)".into(),
+            "identity.backfill_launch_workers(1)".into(),
+            // Refused before the message is read: the login would spend its nonce.
+            "identity.siwe_login('a message', '0x00', 'example.com')".into(),
+            format!("identity.siwe_bind('{BOB}', 'a message', '0x00', 'example.com')"),
+        ] {
+            assert_eq!(read_only_error_of(&call), refused, "{call}");
+        }
+    }
+
+    #[pg_test]
+    fn reads_answer_in_a_read_only_transaction() {
+        bind_alice();
+        for call in [
+            "identity.resolve('github', '42')",
+            "identity.resolve_many('github', ARRAY['42', '43'])",
+            "identity.canonical_external_id('github', '42')",
+            "identity.verify_event_chain()",
+            "identity.check_integrity()",
+            "identity.verify_binding((SELECT id FROM identity.user_bindings WHERE external_id = '42'))",
+        ] {
+            assert_eq!(
+                read_only_error_of(call),
+                ("00000".to_owned(), String::new()),
+                "{call}"
+            );
+        }
     }
 }

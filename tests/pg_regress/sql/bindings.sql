@@ -53,6 +53,15 @@ SELECT identity.resolve('github', '7') IS NULL AS unbound;
 SELECT external_id, user_id
   FROM identity.resolve_many('github', ARRAY['7', '42', NULL, '42']);
 
+-- Reads answer in a read-only transaction, as on a hot standby, where every transaction is one.
+-- Every function that writes is refused there with 25006 (read_only_sql_transaction), even a
+-- repeat that would write nothing; on a standby the message and hint say to use the primary.
+BEGIN READ ONLY;
+SELECT identity.resolve('github', '42') = :alice AS alice_reads;
+SELECT created FROM identity.create_binding(:alice, 'github', '42');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+
 -- Revoking removes the live binding and records why; the account can then be bound again,
 -- to anyone. This is how an account moves between users: revoke, then bind, both evidenced.
 SELECT user_id = :alice AS was_alice
