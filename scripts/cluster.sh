@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL 15 cluster, run as the postgres user (initdb refuses root).
 #
 #   scripts/cluster.sh start DIR [extra postgres -c settings...]   # prints nothing; socket in DIR
+#   scripts/cluster.sh standby DIR PRIMARY_DIR [settings...]   # a hot standby of PRIMARY_DIR's cluster
 #   scripts/cluster.sh restart DIR   # starts it again (after a crash or a halt) with the same settings
 #   scripts/cluster.sh halt DIR      # stops it cleanly (a shutdown checkpoint) and keeps its data
 #   scripts/cluster.sh stop DIR      # stops it at once and removes it
@@ -49,6 +50,19 @@ launch() {
     chmod 0755 "$dir"
 }
 
+# A hot standby of the cluster in $2: a base backup of it, streaming from it (pg_basebackup -R
+# writes primary_conninfo and standby.signal), started with its own settings.
+standby() {
+    local dir=$1 primary=$2; shift 2
+    local settings=(-c "listen_addresses=" -c "unix_socket_directories=$dir" -p "$PORT")
+    for setting in "$@"; do settings+=(-c "$setting"); done
+    install -d -o postgres -g postgres -m 0700 "$dir"
+    runuser -u postgres -- "$BIN/pg_basebackup" -h "$primary" -p "$PORT" -U postgres \
+        -D "$dir/data" -R -X stream --checkpoint=fast --no-sync
+    printf '%q ' "${settings[@]}" > "$dir/settings"
+    launch "$dir"
+}
+
 halt() {
     runuser -u postgres -- "$BIN/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null
 }
@@ -63,8 +77,9 @@ stop() {
 
 case "${1:-}" in
     start) shift; start "$@" ;;
+    standby) shift; standby "$@" ;;
     restart) shift; launch "$@" ;;
     halt) shift; halt "$@" ;;
     stop) shift; stop "$@" ;;
-    *) echo "usage: $0 start DIR [setting=value...] | restart DIR | halt DIR | stop DIR" >&2; exit 2 ;;
+    *) echo "usage: $0 start DIR [setting=value...] | standby DIR PRIMARY_DIR [setting=value...] | restart DIR | halt DIR | stop DIR" >&2; exit 2 ;;
 esac

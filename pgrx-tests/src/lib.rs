@@ -163,6 +163,17 @@ impl Cluster {
         Cluster { dir }
     }
 
+    /// A hot standby of `primary`, streaming from it, started with `settings` of its own.
+    pub fn standby_of(primary: &Cluster, name: &str, settings: &[&str]) -> Cluster {
+        let dir = Cluster::path_for(name);
+        let started = cluster_script("standby", &dir)
+            .arg(&primary.dir)
+            .args(settings)
+            .status();
+        assert!(started.unwrap().success(), "standby {name} started");
+        Cluster { dir }
+    }
+
     pub fn config(&self, database: &str) -> Config {
         let mut config = Config::new();
         config
