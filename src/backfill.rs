@@ -7,7 +7,7 @@ use crate::bindings::{bind_many, BatchOutcome};
 use crate::errors::{echo, required, required_or_left_out, IdentityError};
 use crate::providers::Builtin;
 use crate::retry::enqueue;
-use crate::statements::{free_last_result, update, writable};
+use crate::statements::{free_last_result, writable};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -401,9 +401,9 @@ impl StatisticsKeeper {
     fn created(&mut self, client: &mut SpiClient<'_>, count: i64) -> Result<(), IdentityError> {
         self.created_since += count;
         if self.created_since >= self.bindings_at_last_analyze.max(1000) {
-            update(
-                client,
+            client.update(
                 "ANALYZE identity.user_bindings, identity.event_chain_heads",
+                None,
                 &[],
             )?;
             self.bindings_at_last_analyze += self.created_since;

@@ -11,7 +11,7 @@ use crate::backfill::{
 };
 use crate::errors::{required, IdentityError};
 use crate::gucs::MAX_PARALLEL_BACKFILL_WORKERS;
-use crate::statements::{free_last_result, update, writable};
+use crate::statements::{free_last_result, writable};
 use crate::subtransaction::{in_subtransaction, SERIALIZATION_FAILURE};
 use crate::worker::in_transaction;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
@@ -226,7 +226,7 @@ impl RunKey {
             Self::MATCHES
         );
         let [a, b, c, d] = self.args();
-        let run = update(client, &sql, &[a, b, c, d, (size as i32).into()])?;
+        let run = client.update(&sql, None, &[a, b, c, d, (size as i32).into()])?;
         Ok(run.first().get_one::<i64>().unwrap_or(None))
     }
 
@@ -243,26 +243,27 @@ impl RunKey {
                (SELECT run_id FROM identity.backfill_parts WHERE {} AND NOT done)",
             Self::MATCHES
         );
-        update(client, &superseded, &self.args())?;
+        client.update(&superseded, None, &self.args())?;
         let mut afters: Vec<Option<String>> = vec![after.map(str::to_owned)];
         afters.extend(upper_bounds.iter().cloned().map(Some));
         let mut uptos: Vec<Option<String>> = upper_bounds.into_iter().map(Some).collect();
         uptos.push(None);
         let parts = afters.len();
         let [a, b, c, d] = self.args();
-        let run = update(
-            client,
-            "INSERT INTO identity.backfill_parts
-                    (run_id, part, source, id_column, wallet_column, run_as, batch_size, after_id, upto_id)
-             SELECT r.id, p.part, $1, $2, $3, $4, $5, p.after_id, p.upto_id
-               FROM (SELECT nextval('identity.backfill_run_id_seq') AS id) r,
-                    unnest($6::text[], $7::text[]) WITH ORDINALITY AS p (after_id, upto_id, part)
-             RETURNING run_id",
-            &[a, b, c, d, (size as i32).into(), afters.into(), uptos.into()],
-        )?
-        .first()
-        .get_one::<i64>()?
-        .ok_or_else(|| IdentityError::Internal("a new backfill run has no parts".into()))?;
+        let run = client
+            .update(
+                "INSERT INTO identity.backfill_parts
+                        (run_id, part, source, id_column, wallet_column, run_as, batch_size, after_id, upto_id)
+                 SELECT r.id, p.part, $1, $2, $3, $4, $5, p.after_id, p.upto_id
+                   FROM (SELECT nextval('identity.backfill_run_id_seq') AS id) r,
+                        unnest($6::text[], $7::text[]) WITH ORDINALITY AS p (after_id, upto_id, part)
+                 RETURNING run_id",
+                None,
+                &[a, b, c, d, (size as i32).into(), afters.into(), uptos.into()],
+            )?
+            .first()
+            .get_one::<i64>()?
+            .ok_or_else(|| IdentityError::Internal("a new backfill run has no parts".into()))?;
         notice!("backfill: run {run} in {parts} part(s)");
         Ok(run)
     }
@@ -328,14 +329,15 @@ impl Part {
     /// COMMITTED that reads the newest committed row; under REPEATABLE READ, where the snapshot
     /// cannot move, a newer row is a serialization failure (40001) instead of a stale resume point.
     fn load(client: &mut SpiClient<'_>, run: i64, number: i32) -> Result<Part, IdentityError> {
-        let row = update(
-            client,
-            "SELECT source, id_column::text, wallet_column::text, batch_size, run_as::text,
-                    after_id, upto_id, scanned, created, existing, conflicts, invalid, done
-               FROM identity.backfill_parts WHERE run_id = $1 AND part = $2 FOR UPDATE",
-            &[run.into(), number.into()],
-        )?
-        .first();
+        let row = client
+            .update(
+                "SELECT source, id_column::text, wallet_column::text, batch_size, run_as::text,
+                        after_id, upto_id, scanned, created, existing, conflicts, invalid, done
+                   FROM identity.backfill_parts WHERE run_id = $1 AND part = $2 FOR UPDATE",
+                None,
+                &[run.into(), number.into()],
+            )?
+            .first();
         let text =
             |i| -> Result<String, IdentityError> { Ok(row.get::<String>(i)?.unwrap_or_default()) };
         let count = |i| -> Result<i64, IdentityError> { Ok(row.get::<i64>(i)?.unwrap_or(0)) };
@@ -393,13 +395,13 @@ impl Part {
             batch.scanned += without_id.scanned;
             batch.invalid += without_id.invalid;
         }
-        update(
-            client,
+        client.update(
             "UPDATE identity.backfill_parts
                 SET after_id = coalesce($3, after_id), done = $4, scanned = scanned + $5,
                     created = created + $6, existing = existing + $7, conflicts = conflicts + $8,
                     invalid = invalid + $9, updated_at = clock_timestamp()
               WHERE run_id = $1 AND part = $2",
+            None,
             &[
                 run.into(),
                 self.number.into(),

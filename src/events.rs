@@ -362,6 +362,7 @@ fn run_linking<'conn>(
             caught.rethrow()
         })
         .execute()
+        .map_err(IdentityError::from)
 }
 
 /// Whether `caught` names `constraint` (in any language of lc_messages: the name is quoted as is).

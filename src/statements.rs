@@ -8,7 +8,7 @@
 use crate::errors::IdentityError;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
-use pgrx::spi::{OwnedPreparedStatement, Query, SpiClient, SpiCursor, SpiResult, SpiTupleTable};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiCursor, SpiResult, SpiTupleTable};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -69,12 +69,12 @@ impl Statement {
         &'static self,
         client: &mut SpiClient<'conn>,
         args: &[DatumWithOid<'_>],
-    ) -> Result<SpiTupleTable<'conn>, IdentityError> {
+    ) -> SpiResult<SpiTupleTable<'conn>> {
         let prepared = self.prepared(client)?;
         if self.writes {
-            update(client, &*prepared, args)
+            client.update(&*prepared, None, args)
         } else {
-            Ok(client.select(&*prepared, None, args)?)
+            client.select(&*prepared, None, args)
         }
     }
 
@@ -108,25 +108,14 @@ impl Statement {
     }
 }
 
-/// Runs a write (or a locking read) through pgrx's `update`, which first takes a transaction id
-/// (so that later reads of this transaction see what it writes). Refused first where the
-/// transaction is read-only (`writable`).
-pub fn update<'conn, 'mcx>(
-    client: &mut SpiClient<'conn>,
-    query: impl Query<'conn>,
-    args: &[DatumWithOid<'mcx>],
-) -> Result<SpiTupleTable<'conn>, IdentityError> {
-    writable()?;
-    Ok(client.update(query, None, args)?)
-}
-
 /// Refuses to write where the transaction is read-only, with PostgreSQL's own SQLSTATE for it
 /// (25006) and a message that says where to write. Every function that writes calls it first, so
 /// it is refused whatever it would find, as PostgreSQL refuses an `INSERT … ON CONFLICT DO
 /// NOTHING` that would insert nothing: an idempotent repeat on a standby is refused too, not
 /// answered from what the standby has replayed so far. Without it, a write on a hot standby,
 /// where every transaction is read-only, failed as an internal error (XX000, "cannot assign
-/// TransactionIds during recovery") that named neither the cause nor the fix.
+/// TransactionIds during recovery") that named neither the cause nor the fix: pgrx's `update`
+/// takes a transaction id before PostgreSQL's own read-only check runs.
 pub fn writable() -> Result<(), IdentityError> {
     // SAFETY: reads the backend's transaction state and the recovery flag; no preconditions.
     if unsafe { pg_sys::XactReadOnly } {
