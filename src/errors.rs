@@ -49,6 +49,8 @@ pub enum IdentityError {
     PatternNotAnchorable { prefix: String },
     /// 22P02: the text is not an EIP-4361 message; names the line and field.
     SiweMalformed { reason: String },
+    /// 22P02: a SIWE message longer than `siwe::MAX_MESSAGE_BYTES`; refused before it is parsed.
+    SiweTooLong { bytes: usize },
     /// 28000: a well-formed SIWE message or signature that is refused; names the reason.
     SiweRefused { reason: String },
     /// 28000: the message's nonce was never issued, has expired, or was used already.
@@ -111,7 +113,7 @@ impl IdentityError {
             | InvalidNonceLifetime
             | InvalidParameter { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             StepFailed { code, .. } => *code,
-            SiweMalformed { .. } => ERRCODE_INVALID_TEXT_REPRESENTATION,
+            SiweMalformed { .. } | SiweTooLong { .. } => ERRCODE_INVALID_TEXT_REPRESENTATION,
             SiweRefused { .. } | NonceUnusable { .. } => {
                 ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
             }
@@ -176,6 +178,9 @@ impl IdentityError {
             }
             SiweMalformed { .. } => {
                 "Send the message exactly as the wallet signed it: EIP-4361 layout, LF line ends, no trailing newline.".into()
+            }
+            SiweTooLong { .. } => {
+                "A wallet's sign-in message is a few hundred bytes: refuse longer sign-in requests in the application, before they reach the database.".into()
             }
             SiweRefused { .. } => "Ask the wallet to sign a fresh message for this domain with a new nonce.".into(),
             NonceUnusable { .. } => {
@@ -282,6 +287,11 @@ impl fmt::Display for IdentityError {
                 echo(prefix)
             ),
             SiweMalformed { reason } => write!(f, "malformed SIWE message: {reason}"),
+            SiweTooLong { bytes } => write!(
+                f,
+                "SIWE message too long: {bytes} bytes, more than the {} a sign-in may submit",
+                crate::siwe::MAX_MESSAGE_BYTES
+            ),
             SiweRefused { reason } => write!(f, "SIWE verification failed: {reason}"),
             NonceUnusable { nonce } => write!(
                 f,

@@ -79,6 +79,16 @@ fn with_texts_echoed(refusal: VerifyError) -> VerifyError {
     }
 }
 
+/// A message as submitted for sign-in, if it is not longer than a sign-in may submit.
+fn submitted(message: &str) -> Result<&str, IdentityError> {
+    if message.len() > siwe::MAX_MESSAGE_BYTES {
+        return Err(IdentityError::SiweTooLong {
+            bytes: message.len(),
+        });
+    }
+    Ok(message)
+}
+
 /// `identity.verify_siwe(...)`: parses and verifies, consuming nothing.
 #[pg_extern(immutable, parallel_safe, requires = ["siwe_schema"])]
 #[search_path(pg_catalog, pg_temp)]
@@ -89,7 +99,7 @@ fn verify_siwe(
     nonce: default!(Option<&str>, "NULL"),
     at: default!(Option<TimestampWithTimeZone>, "now()"),
 ) -> Result<pgrx::composite_type!('static, "identity.siwe_message"), ErrorReport> {
-    let message = required(message, "message")?;
+    let message = submitted(required(message, "message")?)?;
     let signature = required(signature, "signature")?;
     let at = required_or_left_out(at, "at", "now()")?;
     let expect = Expectations {
@@ -158,7 +168,7 @@ fn accept_login(
         nonce: None,
         at_unix_nanos: unix_nanos(at),
     };
-    let parsed = siwe::verify(message, signature, &expect)?;
+    let parsed = siwe::verify(submitted(message)?, signature, &expect)?;
     consume(client, &parsed.nonce, at)?;
     let verified_at = OffsetDateTime::from_unix_timestamp_nanos(unix_nanos(at))
         .ok()
@@ -459,6 +469,35 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_message_is_refused_for_its_length_from_one_byte_over_the_limit_before_it_is_parsed() {
+        let limit = crate::siwe::MAX_MESSAGE_BYTES;
+        let statement = "Sign-In With Ethereum Example Statement";
+        let of_length = |bytes: usize| {
+            let padding = "x".repeat(bytes - (MESSAGE.len() - statement.len()));
+            MESSAGE.replacen(statement, &padding, 1)
+        };
+        let verify =
+            |message: &str| format!("SELECT identity.verify_siwe($m${message}$m$, '{SIGNATURE}')");
+        // At the limit the message is verified: the padding changed what was signed.
+        let (sqlstate, message) = error_of(&verify(&of_length(limit)));
+        assert_eq!(sqlstate, "28000");
+        assert!(message.contains("wrong signer"), "{message}");
+        let (sqlstate, message) = error_of(&verify(&of_length(limit + 1)));
+        assert_eq!(sqlstate, "22P02");
+        assert_eq!(
+            message,
+            format!(
+                "SIWE message too long: {} bytes, more than the {limit} a sign-in may submit",
+                limit + 1
+            )
+        );
+        // Not parsed first: what is too long is refused for that, whatever else is wrong with it.
+        let (sqlstate, message) = error_of(&verify(&"\r".repeat(limit + 1)));
+        assert_eq!(sqlstate, "22P02");
+        assert!(message.starts_with("SIWE message too long"), "{message}");
+    }
+
+    #[pg_test]
     fn verify_siwe_refusals_have_their_sqlstates() {
         let verify = |args: &str| format!("SELECT identity.verify_siwe({args})");
         assert_eq!(sqlstate_of(&verify("'hello', '0x00'")), "22P02");
@@ -611,8 +650,9 @@ mod tests {
                 "SELECT identity.verify_siwe($m${domain} wants you to sign in with your Ethereum account:\n{ADDRESS}\n\n\nURI: https://login.xyz\nVersion: 1\nChain ID: 1\nNonce: bTyXgcQxn2htgkjJn\nIssued At: 2022-01-27T17:09:38.578Z\nExpiration Time: {expiry}$m$, '0x00', 'login.xyz')"
             )
         };
-        let huge_domain = format!("{}.com", "a".repeat(100_000));
-        let huge_expiry = format!("2021-01-27T17:09:38.{}Z", "5".repeat(100_000));
+        // As long as a message may be: each fills most of the 16 kB.
+        let huge_domain = format!("{}.com", "a".repeat(15_000));
+        let huge_expiry = format!("2021-01-27T17:09:38.{}Z", "5".repeat(15_000));
         for (statement, refusal) in [
             (
                 unsigned(&huge_domain, "2100-01-01T00:00:00Z"),

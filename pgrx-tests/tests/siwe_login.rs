@@ -244,3 +244,90 @@ fn a_first_login_that_times_out_behind_another_first_login_is_retried_not_given_
     let retry = (late_message.as_str(), late_signature.as_str());
     assert_the_retry_logs_in_as_the_owner(&mut late, &mut client, retry, owner);
 }
+
+/// What a sign-in may submit: `siwe::MAX_MESSAGE_BYTES` in the extension.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// A login message signed by `wallet`, its statement padded so that it is exactly `bytes` long.
+fn signed_login_of_length(
+    client: &mut postgres::Client,
+    wallet: &TestWallet,
+    bytes: usize,
+) -> (String, String) {
+    let (message, _) = signed_login(client, wallet);
+    pad_statement(&message, wallet, bytes)
+}
+
+/// `message` with its statement (the fourth line) replaced to make it `bytes` long, signed again.
+fn pad_statement(message: &str, wallet: &TestWallet, bytes: usize) -> (String, String) {
+    let mut lines: Vec<&str> = message.split('\n').collect();
+    let statement = "x".repeat(bytes - (message.len() - lines[3].len()));
+    lines[3] = &statement;
+    let message = lines.join("\n");
+    assert_eq!(message.len(), bytes);
+    let signature = wallet.personal_sign(&message);
+    (message, signature)
+}
+
+#[test]
+fn a_message_longer_than_a_sign_in_may_submit_is_refused_and_spends_nothing() {
+    let database = TestDatabase::create("siwe_too_long");
+    let mut client = database.connect();
+    let wallet = TestWallet::from_seed(8);
+    let (too_long, signature) = signed_login_of_length(&mut client, &wallet, MAX_MESSAGE_BYTES + 1);
+    let submissions = [
+        "SELECT identity.verify_siwe($1, $2, $3) IS NOT NULL".to_owned(),
+        "SELECT true FROM identity.siwe_login($1, $2, $3)".to_owned(),
+        format!(
+            "SELECT true FROM identity.siwe_bind('{}', $1, $2, $3)",
+            Uuid::new_v4()
+        ),
+    ];
+    for submission in submissions {
+        let error = client
+            .query_one(&submission, &[&too_long, &signature, &DOMAIN])
+            .expect_err("a message one byte over the limit is refused, though well signed");
+        assert_eq!(sqlstate(&error), "22P02", "{submission}: {error:?}");
+        assert!(
+            server_message(&error).contains(&format!(
+                "SIWE message too long: {} bytes, more than the {MAX_MESSAGE_BYTES}",
+                MAX_MESSAGE_BYTES + 1
+            )),
+            "{submission}: {error:?}"
+        );
+    }
+    let bindings: i64 = client
+        .query_one("SELECT count(*) FROM identity.user_bindings", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(bindings, 0);
+
+    // The same nonce, in a message exactly at the limit: it was not spent, and the login binds.
+    let (at_limit, signature) = pad_statement(&too_long, &wallet, MAX_MESSAGE_BYTES);
+    let (_, status) = login(&mut client, &at_limit, &signature).expect("at the limit, accepted");
+    assert_eq!(status, "created");
+    assert_eq!(the_binding_reverifies(&mut client), Some(true));
+}
+
+#[test]
+fn stored_evidence_longer_than_a_sign_in_may_submit_still_reverifies() {
+    // Evidence from before the limit (0.1.0 had none): the limit is on what is submitted, and a
+    // proof that was accepted stays a proof.
+    let database = TestDatabase::create("siwe_long_evidence");
+    let mut client = database.connect();
+    let wallet = TestWallet::from_seed(9);
+    let (message, signature) = signed_login_of_length(&mut client, &wallet, 3 * MAX_MESSAGE_BYTES);
+    let nonce = message
+        .lines()
+        .find_map(|line| line.strip_prefix("Nonce: "))
+        .unwrap();
+    client
+        .execute(
+            "SELECT identity.create_binding(gen_random_uuid(), 'wallet', $1,
+                    jsonb_build_object('method', 'siwe', 'message', $2::text,
+                                       'signature', $3::text, 'domain', $4::text, 'nonce', $5::text))",
+            &[&wallet.address(), &message, &signature, &DOMAIN, &nonce],
+        )
+        .unwrap();
+    assert_eq!(the_binding_reverifies(&mut client), Some(true));
+}

@@ -20,6 +20,13 @@ use std::fmt;
 /// Version of these rules, recorded in binding evidence so a later re-check knows what passed.
 pub const VERIFIER_VERSION: &str = "identity_bindings-siwe/1";
 
+/// Longest message a sign-in may submit, in bytes. EIP-4361 sets no limit, and a wallet's
+/// message is a few hundred bytes (a long ReCap resource a few thousand). A login's message is
+/// kept in its `bind` event, which can never be deleted, so without a limit anyone with a fresh
+/// wallet could store megabytes there per sign-in. Checked where messages are submitted
+/// (`verify_siwe`, `siwe_login`, `siwe_bind`), not when stored evidence is re-verified.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
 /// What the caller expects of a message, besides a valid signature by its address.
 #[derive(Debug, Clone, Copy)]
 pub struct Expectations<'a> {

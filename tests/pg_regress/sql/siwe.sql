@@ -24,6 +24,10 @@ SELECT identity.verify_siwe(replace(E:message, 'Example Statement', 'Sample Stat
 \echo :LAST_ERROR_SQLSTATE
 SELECT identity.verify_siwe(E:message, '0x' || repeat('ab', 66));
 \echo :LAST_ERROR_SQLSTATE
+-- A message longer than 16 kB is refused for that before it is parsed (22P02): a wallet's
+-- message is a few hundred bytes, and a login's message is kept for good in its bind event.
+SELECT identity.verify_siwe(replace(E:message, 'Example Statement', repeat('x', 16384)), :signature);
+\echo :LAST_ERROR_SQLSTATE
 
 -- Nonces come from PostgreSQL's CSPRNG, are single use, and expire (10 minutes by default).
 SELECT identity.issue_nonce() ~ '^[A-Za-z0-9]{22}$' AS nonce_shape;
