@@ -121,33 +121,45 @@ pub fn canonical_external_id(
         external_id: external_id.to_owned(),
         reason,
     };
-    if external_id.is_empty() {
-        return Err(malformed("an external id is never empty".into()));
-    }
-    if external_id.len() > MAX_EXTERNAL_ID_BYTES {
-        return Err(malformed(format!(
-            "longer than {MAX_EXTERNAL_ID_BYTES} bytes"
-        )));
-    }
-    if let Some(builtin) = Builtin::named(provider) {
-        return builtin.canonicalize(external_id).map_err(malformed);
-    }
+    // Which provider first: an empty id of a misspelt provider is an unknown provider.
     let unknown = || IdentityError::UnknownProvider {
         provider: provider.to_owned(),
     };
-    if !is_valid_provider_name(provider) {
+    let builtin = Builtin::named(provider);
+    if builtin.is_none() && !is_valid_provider_name(provider) {
         return Err(unknown());
     }
-    let rows = CUSTOM_PATTERN_MATCH.run(client, &[provider.into(), external_id.into()])?;
+    let shape = well_shaped(external_id);
+    if let Some(builtin) = builtin {
+        return builtin
+            .canonicalize(shape.map_err(malformed)?)
+            .map_err(malformed);
+    }
+    // An id of the wrong shape never meets the pattern (no regular expression runs over a huge
+    // one): NULL asks only whether the provider is registered.
+    let candidate = shape.as_ref().ok().copied();
+    let rows = CUSTOM_PATTERN_MATCH.run(client, &[provider.into(), candidate.into()])?;
     if rows.is_empty() {
         return Err(unknown());
     }
+    let external_id = shape.map_err(malformed)?;
     match rows.first().get_one::<bool>()? {
         Some(true) => Ok(external_id.to_owned()),
         _ => Err(malformed(
             "does not match the provider's registered pattern".into(),
         )),
     }
+}
+
+/// What every provider's ids have in common: never empty, and short enough for an index entry.
+fn well_shaped(external_id: &str) -> Result<&str, String> {
+    if external_id.is_empty() {
+        return Err("an external id is never empty".into());
+    }
+    if external_id.len() > MAX_EXTERNAL_ID_BYTES {
+        return Err(format!("longer than {MAX_EXTERNAL_ID_BYTES} bytes"));
+    }
+    Ok(external_id)
 }
 
 /// `identity.canonical_external_id(provider, external_id)`: the form the id is stored under.
@@ -358,7 +370,7 @@ mod unit_tests {
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::testing::sqlstate_of;
+    use crate::testing::{error_of, sqlstate_of};
     use pgrx::prelude::*;
 
     fn canonical(provider: &str, external_id: &str) -> Option<String> {
@@ -396,6 +408,38 @@ mod tests {
             "a".repeat(600)
         );
         assert_eq!(sqlstate_of(&huge), "22023");
+    }
+
+    #[pg_test]
+    fn an_empty_or_huge_id_of_an_unknown_provider_is_an_unknown_provider() {
+        Spi::run("SELECT identity.register_provider('acme', '[a-z]+')").unwrap();
+        let huge = "a".repeat(600);
+        for (provider, id, complaint) in [
+            ("githb", "", "unknown provider \"githb\""),
+            ("Nope", "", "unknown provider \"Nope\""),
+            ("acmee", &huge, "unknown provider \"acmee\""),
+            (
+                "github",
+                "",
+                "malformed github external id \"\": an external id is never empty",
+            ),
+            (
+                "acme",
+                "",
+                "malformed acme external id \"\": an external id is never empty",
+            ),
+            ("acme", &huge, "malformed acme external id"),
+        ] {
+            let (sqlstate, message) = error_of(&format!(
+                "SELECT identity.canonical_external_id('{provider}', '{id}')"
+            ));
+            assert_eq!(sqlstate, "22023", "{provider}");
+            assert!(message.starts_with(complaint), "{provider}: {message}");
+        }
+        let (_, message) = error_of(&format!(
+            "SELECT identity.canonical_external_id('acme', '{huge}')"
+        ));
+        assert!(message.contains("longer than 512 bytes"), "{message}");
     }
 
     #[pg_test]
