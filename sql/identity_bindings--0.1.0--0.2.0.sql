@@ -7,6 +7,8 @@
 --   - identity.max_parallel_backfill_workers (a new setting) lets the batched backfill start
 --     background workers.
 -- SQL object changes, below:
+--   - the backfill and backstop functions take their id_column and wallet_column as `name`, as
+--     the SQL contract declares them (0.1.0 declared text): replaced, keeping their EXECUTE grants;
 --   - the batched backfill becomes resumable and parallel: its progress table, the three
 --     functions its procedure calls, and the procedure's new body;
 --   - the single-column CHECK constraints of user_bindings, identity_events and
@@ -53,8 +55,8 @@ SELECT pg_catalog.pg_extension_config_dump('identity.backfill_run_id_seq', '');
 
 CREATE FUNCTION identity.backfill_plan(
 	"users" regclass, /* Option < PgRelation > */
-	"id_column" TEXT, /* Option < & str > */
-	"wallet_column" TEXT, /* Option < & str > */
+	"id_column" name, /* Option < ColumnName > */
+	"wallet_column" name, /* Option < ColumnName > */
 	"batch_size" INT, /* Option < i32 > */
 	"resume_after_id" TEXT /* Option < & str > */
 ) RETURNS bigint /* Result < i64, ErrorReport > */
@@ -81,9 +83,93 @@ AS 'MODULE_PATHNAME', 'backfill_step_wrapper';
 
 -- As privileges.sql does at install: nothing is reachable by default.
 REVOKE ALL ON TABLE identity.backfill_parts FROM PUBLIC;
-REVOKE ALL ON FUNCTION identity.backfill_plan(regclass, text, text, integer, text),
+REVOKE ALL ON FUNCTION identity.backfill_plan(regclass, name, name, integer, text),
                        identity.backfill_launch_workers(bigint),
                        identity.backfill_step(bigint) FROM PUBLIC;
+
+-- The backfill and the backstop take their columns as `name`, as the contract declares them.
+-- A function's argument types cannot be altered: each is created anew, granted EXECUTE to whoever
+-- could execute the one it replaces, and the old one dropped.
+CREATE FUNCTION identity.backfill_wallet_batch(
+	"users" regclass, /* Option < PgRelation > */
+	"id_column" name, /* Option < ColumnName > */
+	"wallet_column" name, /* Option < ColumnName > */
+	"batch_size" INT, /* Option < i32 > */
+	"after_id" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"scanned" bigint,  /* i64 */
+	"created" bigint,  /* i64 */
+	"existing" bigint,  /* i64 */
+	"conflicts" bigint,  /* i64 */
+	"invalid" bigint,  /* i64 */
+	"last_id" TEXT  /* Option < String > */
+)
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'backfill_wallet_batch_wrapper';
+
+CREATE FUNCTION identity.backfill_wallet_bindings(
+	"users" regclass DEFAULT to_regclass('public.users'), /* Option < PgRelation > */
+	"id_column" name DEFAULT 'id', /* Option < ColumnName > */
+	"wallet_column" name DEFAULT 'wallet_address', /* Option < ColumnName > */
+	"batch_size" INT DEFAULT 10000 /* Option < i32 > */
+) RETURNS TABLE (
+	"scanned" bigint,  /* i64 */
+	"created" bigint,  /* i64 */
+	"existing" bigint,  /* i64 */
+	"conflicts" bigint,  /* i64 */
+	"invalid" bigint  /* i64 */
+)
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'backfill_wallet_bindings_wrapper';
+
+CREATE FUNCTION identity.backstop(
+	"users" regclass DEFAULT to_regclass('public.users'), /* Option < PgRelation > */
+	"id_column" name DEFAULT 'id', /* Option < ColumnName > */
+	"wallet_column" name DEFAULT 'wallet_address' /* Option < ColumnName > */
+) RETURNS bigint /* Result < i64, ErrorReport > */
+VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'backstop_wrapper';
+
+DO $$
+DECLARE
+    replaced record;
+    grant_ record;
+BEGIN
+    FOR replaced IN
+        SELECT r.new, p.oid::regprocedure AS old, p.proacl, p.proowner
+          FROM (VALUES
+                ('identity.backfill_wallet_batch(regclass, text, text, integer, text)',
+                 'identity.backfill_wallet_batch(regclass, name, name, integer, text)'),
+                ('identity.backfill_wallet_bindings(regclass, text, text, integer)',
+                 'identity.backfill_wallet_bindings(regclass, name, name, integer)'),
+                ('identity.backstop(regclass, text, text)',
+                 'identity.backstop(regclass, name, name)')) AS r (old, new)
+          JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) r.old::regprocedure
+    LOOP
+        -- As privileges.sql does at install; then every EXECUTE the old function granted.
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', replaced.new);
+        FOR grant_ IN
+            SELECT acl.grantee, acl.is_grantable
+              FROM pg_catalog.aclexplode(COALESCE(replaced.proacl,
+                                                  pg_catalog.acldefault('f', replaced.proowner))) acl
+             WHERE acl.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+               AND acl.grantee OPERATOR(pg_catalog.<>) replaced.proowner
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s%s', replaced.new,
+                           CASE WHEN grant_.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                ELSE grant_.grantee::regrole::text END,
+                           CASE WHEN grant_.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+        EXECUTE format('DROP FUNCTION %s', replaced.old);
+    END LOOP;
+END
+$$;
 
 -- The batched form: commits after each batch, so a table of tens of millions of users never
 -- needs one long transaction. Background workers (identity.max_parallel_backfill_workers, 2 by
@@ -131,7 +217,7 @@ BEGIN
          WHERE p.oid = 'identity.backfill_wallet_bindings_in_batches(regclass, name, name, integer, text)'::regprocedure
            AND acl.privilege_type = 'EXECUTE' AND acl.grantee <> 0 AND acl.grantee <> p.proowner
     LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION identity.backfill_plan(regclass, text, text, integer, text),
+        EXECUTE format('GRANT EXECUTE ON FUNCTION identity.backfill_plan(regclass, name, name, integer, text),
                         identity.backfill_launch_workers(bigint), identity.backfill_step(bigint) TO %s', grantee);
     END LOOP;
 END

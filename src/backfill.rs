@@ -16,6 +16,57 @@ use pgrx::PgRelation;
 use serde_json::json;
 use uuid::Uuid;
 
+/// A column of the users table, passed as SQL `name`, as the contract declares `id_column` and
+/// `wallet_column` (and as `attname` is): a DBA's `GRANT EXECUTE ON FUNCTION
+/// identity.backstop(regclass, name, name)` then names the function. pgrx maps no Rust type to
+/// `name`, whose datum is a pointer to a fixed, NUL-padded `NameData`, not a `text` varlena.
+pub struct ColumnName(String);
+
+impl ColumnName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromDatum for ColumnName {
+    // The library serves the declarations of the installed version, and 0.1.0 declared these
+    // arguments `text`: until ALTER EXTENSION UPDATE replaces them, a call passes text here.
+    const GET_TYPOID: bool = true;
+
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        type_oid: Oid,
+    ) -> Option<Self> {
+        if is_null {
+            return None;
+        }
+        if type_oid == pg_sys::TEXTOID {
+            // SAFETY: a non-NULL text datum.
+            return unsafe { String::from_datum(datum, false) }.map(ColumnName);
+        }
+        // SAFETY: a non-NULL `name` datum points to a NameData, whose bytes end with a NUL.
+        let name = unsafe {
+            let data = datum.cast_mut_ptr::<pg_sys::NameData>();
+            std::ffi::CStr::from_ptr((*data).data.as_ptr())
+        };
+        // Not UTF-8 (a server in another encoding): a name no column of a UTF-8 catalog has.
+        Some(ColumnName(name.to_string_lossy().into_owned()))
+    }
+}
+
+// SAFETY: `name` (or 0.1.0's `text`) is passed by reference, as FromDatum above reads it.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for ColumnName {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        // SAFETY: as the caller promises: the argument is a `name`.
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be NULL"))
+    }
+}
+
+pgrx::impl_sql_translatable!(ColumnName, arg_only = "name");
+
 /// How many rows of each kind a run reports by id as a NOTICE.
 const NOTICED_PER_KIND: i64 = 5;
 
@@ -49,11 +100,11 @@ impl Source {
     pub(crate) fn from_arguments(
         client: &mut SpiClient<'_>,
         users: Option<PgRelation>,
-        id_column: &str,
-        wallet_column: &str,
+        id_column: &ColumnName,
+        wallet_column: &ColumnName,
     ) -> Result<Source, IdentityError> {
         let table = users_table(users)?;
-        Source::resolve(client, table, id_column, wallet_column)
+        Source::resolve(client, table, id_column.as_str(), wallet_column.as_str())
     }
 
     pub(crate) fn resolve(
@@ -533,8 +584,8 @@ fn row(t: &Tally) -> TallyRow {
 #[search_path(pg_catalog, pg_temp)]
 fn backfill_wallet_bindings(
     users: default!(Option<PgRelation>, "to_regclass('public.users')"),
-    id_column: default!(Option<&str>, "'id'"),
-    wallet_column: default!(Option<&str>, "'wallet_address'"),
+    id_column: default!(Option<ColumnName>, "'id'"),
+    wallet_column: default!(Option<ColumnName>, "'wallet_address'"),
     batch_size: default!(Option<i32>, 10000),
 ) -> Result<
     TableIterator<
@@ -554,7 +605,7 @@ fn backfill_wallet_bindings(
     let wallet_column = required_or_left_out(wallet_column, "wallet_column", "'wallet_address'")?;
     let size = checked_batch_size(required_or_left_out(batch_size, "batch_size", "10000")?)?;
     let total = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
-        let source = Source::from_arguments(client, users, id_column, wallet_column)?;
+        let source = Source::from_arguments(client, users, &id_column, &wallet_column)?;
         source.warn_when_unindexed();
         let mut total = Tally::default();
         let mut statistics = StatisticsKeeper::new(client)?;
@@ -584,8 +635,8 @@ fn backfill_wallet_bindings(
 #[search_path(pg_catalog, pg_temp)]
 fn backfill_wallet_batch(
     users: Option<PgRelation>,
-    id_column: Option<&str>,
-    wallet_column: Option<&str>,
+    id_column: Option<ColumnName>,
+    wallet_column: Option<ColumnName>,
     batch_size: Option<i32>,
     after_id: Option<&str>,
 ) -> Result<
@@ -607,7 +658,7 @@ fn backfill_wallet_batch(
     let wallet_column = required(wallet_column, "wallet_column")?;
     let size = checked_batch_size(required(batch_size, "batch_size")?)?;
     let batch = Spi::connect_mut(|client| -> Result<Tally, IdentityError> {
-        let source = Source::from_arguments(client, users, id_column, wallet_column)?;
+        let source = Source::from_arguments(client, users, &id_column, &wallet_column)?;
         let mut statistics = StatisticsKeeper::new(client)?;
         backfill_batch(
             client,
@@ -635,14 +686,14 @@ fn backfill_wallet_batch(
 #[search_path(pg_catalog, pg_temp)]
 fn backstop(
     users: default!(Option<PgRelation>, "to_regclass('public.users')"),
-    id_column: default!(Option<&str>, "'id'"),
-    wallet_column: default!(Option<&str>, "'wallet_address'"),
+    id_column: default!(Option<ColumnName>, "'id'"),
+    wallet_column: default!(Option<ColumnName>, "'wallet_address'"),
 ) -> Result<i64, ErrorReport> {
     writable()?;
     let id_column = required_or_left_out(id_column, "id_column", "'id'")?;
     let wallet_column = required_or_left_out(wallet_column, "wallet_column", "'wallet_address'")?;
     Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {
-        let source = Source::from_arguments(client, users, id_column, wallet_column)?;
+        let source = Source::from_arguments(client, users, &id_column, &wallet_column)?;
         source.warn_when_unindexed();
         let mut queued = 0;
         let mut after: Option<String> = None;
@@ -902,7 +953,7 @@ mod tests {
         reader_noting_function_of("id_domain_owner");
         Spi::run(
             "GRANT USAGE ON SCHEMA identity TO id_domain_owner;
-             GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer)
+             GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, name, name, integer)
                 TO id_domain_owner;
              SET LOCAL ROLE id_domain_owner;
              CREATE DOMAIN public.noted_id AS text CHECK (public.note_reader());
@@ -949,8 +1000,8 @@ mod tests {
         Spi::run(
             "CREATE ROLE app_owner;
              GRANT USAGE ON SCHEMA identity TO app_owner;
-             GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer),
-                                       identity.backfill_plan(regclass, text, text, integer, text)
+             GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, name, name, integer),
+                                       identity.backfill_plan(regclass, name, name, integer, text)
                 TO app_owner;
              ALTER TABLE app_users OWNER TO app_owner;
              ALTER TABLE app_users ENABLE ROW LEVEL SECURITY;

@@ -7,7 +7,7 @@
 //! a source with an unfinished run resumes that run.
 
 use crate::backfill::{
-    backfill_batch, checked_batch_size, role_name, Source, StatisticsKeeper, Tally,
+    backfill_batch, checked_batch_size, role_name, ColumnName, Source, StatisticsKeeper, Tally,
 };
 use crate::errors::{required, IdentityError};
 use crate::gucs::MAX_PARALLEL_BACKFILL_WORKERS;
@@ -78,8 +78,8 @@ fn caller_name() -> String {
 #[search_path(pg_catalog, pg_temp)]
 fn backfill_plan(
     users: Option<PgRelation>,
-    id_column: Option<&str>,
-    wallet_column: Option<&str>,
+    id_column: Option<ColumnName>,
+    wallet_column: Option<ColumnName>,
     batch_size: Option<i32>,
     resume_after_id: Option<&str>,
 ) -> Result<i64, ErrorReport> {
@@ -88,12 +88,12 @@ fn backfill_plan(
     let wallet_column = required(wallet_column, "wallet_column")?;
     let size = checked_batch_size(required(batch_size, "batch_size")?)?;
     Ok(Spi::connect_mut(|client| -> Result<i64, IdentityError> {
-        let source = Source::from_arguments(client, users, id_column, wallet_column)?;
+        let source = Source::from_arguments(client, users, &id_column, &wallet_column)?;
         source.warn_when_unindexed();
         let key = RunKey {
             source: source.table.clone(),
-            id_column: id_column.to_owned(),
-            wallet_column: wallet_column.to_owned(),
+            id_column: id_column.as_str().to_owned(),
+            wallet_column: wallet_column.as_str().to_owned(),
             run_as: caller_name(),
         };
         key.lock_until_commit(client)?;

@@ -42,8 +42,8 @@ SELECT * FROM identity.backfill_wallet_bindings('public.legacy_wallets', 'user_i
 -- row: the id and wallet columns, with no row hidden by row-level security.
 CREATE ROLE regress_tenant_admin;
 GRANT USAGE ON SCHEMA identity TO regress_tenant_admin;
-GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer),
-                          identity.backstop(regclass, text, text) TO regress_tenant_admin;
+GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, name, name, integer),
+                          identity.backstop(regclass, name, name) TO regress_tenant_admin;
 CREATE TABLE public.tenant_users (id uuid PRIMARY KEY, tenant text, wallet text);
 INSERT INTO public.tenant_users VALUES
     ('00000000-0000-4000-8000-00000000c001', 'north', '0x1111111111111111111111111111111111111111'),

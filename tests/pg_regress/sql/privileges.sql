@@ -67,7 +67,7 @@ SELECT external_id, created_at > 'epoch'::timestamptz + interval '1 day' AS real
 -- A table the caller controls: the backfill and the backstop are SECURITY DEFINER, but they read
 -- the table with the caller's rights, so code that reading it runs (a view's functions, a CHECK of
 -- the id column's domain) runs as the caller, never as the extension's owner.
-GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, text, text, integer)
+GRANT EXECUTE ON FUNCTION identity.backfill_wallet_bindings(regclass, name, name, integer)
     TO regress_app;
 SET ROLE regress_app;
 CREATE TABLE regress_attack.readers (reader name);
