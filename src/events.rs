@@ -1429,7 +1429,9 @@ mod tests {
             (user, json!({"n": 2})),
             (other, json!({"n": 3})), // a user's second event of the batch links to its first
         ];
-        Spi::connect_mut(|client| append_many(client, EventType::Bind, &events)).unwrap();
+        // Revokes: these payloads name no binding, and a bind event that names none is one the
+        // integrity check would find without a live binding.
+        Spi::connect_mut(|client| append_many(client, EventType::Revoke, &events)).unwrap();
         let chains: Option<String> = Spi::get_one(
             "SELECT string_agg(format('%s:%s:%s', right(user_id::text, 1), seq, coalesce(payload->>'n', '-')), ' '
                               ORDER BY user_id, seq)

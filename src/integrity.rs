@@ -79,6 +79,46 @@ fn bindings_have_bind_events(client: &mut SpiClient<'_>) -> Result<Check, Identi
     })
 }
 
+// Bindings the history leaves bound (a bind event, and no revoke of the same binding id; merges
+// keep a binding's id) that are not live. Compared as text: a payload is checked, never cast.
+const VANISHED_BINDINGS: &str = "
+    SELECT count(*) OVER (), e.payload->>'binding_id'
+      FROM identity.identity_events e
+     WHERE e.event_type = 'bind'
+       AND NOT EXISTS (SELECT 1 FROM identity.user_bindings b
+                        WHERE b.id::text = e.payload->>'binding_id')
+       AND NOT EXISTS (SELECT 1 FROM identity.identity_events r
+                        WHERE r.event_type = 'revoke'
+                          AND r.payload->>'binding_id' = e.payload->>'binding_id')
+     ORDER BY 2 LIMIT $1";
+
+/// Every binding the history leaves bound is live: a binding row deleted other than by
+/// `revoke_binding` (by its table's owner, a TRUNCATE, a partial restore) fails this. Its id could
+/// otherwise be bound to another user with no revoke in the trail.
+fn bound_bindings_are_live(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
+    let mut vanished = Examples::default();
+    let examples = i64::try_from(EXAMPLES).expect("a handful of examples");
+    for row in client.select(VANISHED_BINDINGS, None, &[examples.into()])? {
+        vanished.count = row.get::<i64>(1)?.unwrap_or(0);
+        vanished
+            .named
+            .push(row.get::<String>(2)?.unwrap_or_default());
+    }
+    Ok(Check {
+        name: "bound_bindings_are_live",
+        ok: vanished.count == 0,
+        detail: if vanished.count == 0 {
+            "every binding bound and not revoked in the history is live".to_owned()
+        } else {
+            format!(
+                "{} bindings bound and not revoked in the history are not live (removed other than by identity.revoke_binding), e.g. {}",
+                vanished.count,
+                vanished.named.join(", ")
+            )
+        },
+    })
+}
+
 /// Every user's hash chain recomputes and ends at its recorded head.
 fn event_chains_verify(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
     let (mut users, mut broken) = (0_i64, Examples::default());
@@ -183,6 +223,7 @@ fn check_integrity() -> Result<
     let checks = Spi::connect_mut(|client| -> Result<Vec<Check>, IdentityError> {
         Ok(vec![
             bindings_have_bind_events(client)?,
+            bound_bindings_are_live(client)?,
             event_chains_verify(client)?,
             providers_are_registered(client)?,
             binding_jobs_not_stuck(client)?,
@@ -224,7 +265,7 @@ mod tests {
         .unwrap();
         assert_eq!(failing_checks().as_deref(), Some(""));
         let checks = Spi::get_one::<i64>("SELECT count(*) FROM identity.check_integrity()");
-        assert_eq!(checks, Ok(Some(4)));
+        assert_eq!(checks, Ok(Some(5)));
     }
 
     #[pg_test]
@@ -251,6 +292,43 @@ mod tests {
         ))
         .unwrap();
         assert!(bind_event_check_fails());
+    }
+
+    #[pg_test]
+    fn a_binding_removed_other_than_by_a_revoke_is_found() {
+        crate::testing::take_turns();
+        Spi::run(&format!(
+            "SELECT identity.create_binding('{USER}', 'github', '1');
+             SELECT identity.create_binding('{USER}', 'github', '2');
+             SELECT identity.revoke_binding('github', '2', '{{}}');
+             SELECT identity.create_binding('{OTHER}', 'github', '2');
+             SELECT identity.merge_users('{OTHER}', '{THIRD}', '{{}}');"
+        ))
+        .unwrap();
+        // Revoked, bound again and merged: all as the history says.
+        assert_eq!(failing_checks().as_deref(), Some(""));
+        let deleted = Spi::get_one::<String>(
+            "DELETE FROM identity.user_bindings WHERE external_id = '2' RETURNING id::text",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(failing_checks().as_deref(), Some("bound_bindings_are_live"));
+        let detail = Spi::get_one::<String>(
+            "SELECT detail FROM identity.check_integrity() WHERE check_name = 'bound_bindings_are_live'",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            detail.starts_with("1 bindings bound and not revoked") && detail.ends_with(&deleted),
+            "{detail}"
+        );
+        Spi::run("TRUNCATE identity.user_bindings").unwrap();
+        let vanished = Spi::get_one::<String>(
+            "SELECT detail FROM identity.check_integrity() WHERE check_name = 'bound_bindings_are_live'",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(vanished.starts_with("2 bindings"), "{vanished}");
     }
 
     #[pg_test]
