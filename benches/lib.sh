@@ -54,7 +54,9 @@ take_turns() {
             read -r seconds kib < <("$run" "$name")
             echo "${prefix}round $round: $name ${seconds}s, RssAnon $((kib / 1024)) MiB" >&2
             times[$name]="${times[$name]:-} $seconds"
-            [ "$kib" -gt "${peaks[$name]:-0}" ] && peaks[$name]=$kib
+            # An if, not `test && set`: a false test as the function's last command would fail
+            # the caller's `set -e` when the last run of a round sets no new peak.
+            if [ "$kib" -gt "${peaks[$name]:-0}" ]; then peaks[$name]=$kib; fi
         done
     done
 }
