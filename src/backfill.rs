@@ -59,7 +59,7 @@ impl FromDatum for ColumnName {
 unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for ColumnName {
     unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
-        // SAFETY: as the caller promises: the argument is a `name`.
+        // SAFETY: as the caller promises: the argument is a `name` (or 0.1.0's `text`).
         unsafe { arg.unbox_arg_using_from_datum() }
             .unwrap_or_else(|| panic!("argument {index} must not be NULL"))
     }
