@@ -1,7 +1,8 @@
 //! Backup: pg_dump of a database with bindings, events of every kind, a custom provider, queued
 //! jobs and outstanding nonces, restored with pg_restore into a fresh cluster, gives identical
 //! rows, chains that verify, and an extension that works; restored as README says into the
-//! database a background worker serves, too.
+//! database a background worker serves, too; and a 0.1.0 database's dump restored as the current
+//! version.
 
 use identity_bindings_client_tests::{
     assert_the_extension_works_on_its_data, eventually, integrity_is_clean, populate_every_table,
@@ -29,6 +30,44 @@ fn a_dump_restored_into_a_fresh_cluster_is_identical_and_works() {
 
     let mut copy = target.connect("restored");
     assert_eq!(table_contents(&mut copy), before, "identical rows");
+    assert!(integrity_is_clean(&mut copy), "chains verify after restore");
+    assert_the_extension_works_on_its_data(&mut copy);
+}
+
+#[test]
+fn a_dump_of_a_0_1_0_database_restores_as_the_current_version_with_its_data() {
+    // pg_dump writes CREATE EXTENSION without a version: moving servers by dump and restore is
+    // an upgrade, to the default version, with the old version's table data.
+    let source = TestDatabase::create_with(
+        "dump_0_1_0",
+        "CREATE EXTENSION identity_bindings VERSION '0.1.0'",
+    );
+    let mut client = source.connect();
+    populate_every_table(&mut client);
+    let before = table_contents(&mut client);
+
+    let target = Cluster::start("restore_0_1_0", &[]);
+    let archive = dump(&source, &target.dir);
+    target
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE restored")
+        .unwrap();
+    assert!(restore(&target, &archive, &[]), "pg_restore");
+
+    let mut copy = target.connect("restored");
+    let version: String = copy
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'identity_bindings'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_ne!(version, "0.1.0", "restored as the default version");
+    let restored: Vec<_> = table_contents(&mut copy)
+        .into_iter()
+        .filter(|(table, ..)| before.iter().any(|(old, ..)| old == table))
+        .collect();
+    assert_eq!(restored, before, "every 0.1.0 table's rows");
     assert!(integrity_is_clean(&mut copy), "chains verify after restore");
     assert_the_extension_works_on_its_data(&mut copy);
 }
