@@ -5,7 +5,10 @@
 --   - identity.issue_nonce refuses beyond identity.max_outstanding_nonces (a new setting,
 --     registered by the library, not an SQL object);
 --   - identity.max_parallel_backfill_workers (a new setting) lets the batched backfill start
---     background workers.
+--     background workers;
+--   - SIWE messages longer than 16 kB are refused (22P02) by verify_siwe, siwe_login, siwe_bind;
+--   - writing functions refuse a read-only transaction or a hot standby with 25006;
+--   - identity.check_integrity() has a fifth check, bound_bindings_are_live.
 -- SQL object changes, below:
 --   - the backfill and backstop functions take their id_column and wallet_column as `name`, as
 --     the SQL contract declares them (0.1.0 declared text): replaced, keeping their EXECUTE grants;
