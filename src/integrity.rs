@@ -26,6 +26,18 @@ impl Examples {
     }
 }
 
+/// The offenders `query` finds: it takes the number of examples to name as `$1` and returns, per
+/// named offender, the count of all of them (`count(*) OVER ()`) and the offender's name.
+fn counted_examples(client: &mut SpiClient<'_>, query: &str) -> Result<Examples, IdentityError> {
+    let mut found = Examples::default();
+    let examples = i64::try_from(EXAMPLES).expect("a handful of examples");
+    for row in client.select(query, None, &[examples.into()])? {
+        found.count = row.get::<i64>(1)?.unwrap_or(0);
+        found.named.push(row.get::<String>(2)?.unwrap_or_default());
+    }
+    Ok(found)
+}
+
 /// One named check and its verdict.
 struct Check {
     name: &'static str,
@@ -51,14 +63,7 @@ const UNPROVEN_BINDINGS: &str = with_binding_owners!(
 /// Every live binding has the `bind` event that proves it, in the history of a user who owned
 /// it: a binding moved to another user other than by a merge fails this.
 fn bindings_have_bind_events(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
-    let mut missing = Examples::default();
-    let examples = i64::try_from(EXAMPLES).expect("a handful of examples");
-    for row in client.select(UNPROVEN_BINDINGS, None, &[examples.into()])? {
-        missing.count = row.get::<i64>(1)?.unwrap_or(0);
-        missing
-            .named
-            .push(row.get::<String>(2)?.unwrap_or_default());
-    }
+    let missing = counted_examples(client, UNPROVEN_BINDINGS)?;
     let live = client
         .select("SELECT count(*) FROM identity.user_bindings", None, &[])?
         .first()
@@ -96,14 +101,7 @@ const VANISHED_BINDINGS: &str = "
 /// `revoke_binding` (by its table's owner, a TRUNCATE, a partial restore) fails this. Its id could
 /// otherwise be bound to another user with no revoke in the trail.
 fn bound_bindings_are_live(client: &mut SpiClient<'_>) -> Result<Check, IdentityError> {
-    let mut vanished = Examples::default();
-    let examples = i64::try_from(EXAMPLES).expect("a handful of examples");
-    for row in client.select(VANISHED_BINDINGS, None, &[examples.into()])? {
-        vanished.count = row.get::<i64>(1)?.unwrap_or(0);
-        vanished
-            .named
-            .push(row.get::<String>(2)?.unwrap_or_default());
-    }
+    let vanished = counted_examples(client, VANISHED_BINDINGS)?;
     Ok(Check {
         name: "bound_bindings_are_live",
         ok: vanished.count == 0,
