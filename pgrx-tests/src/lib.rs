@@ -374,6 +374,33 @@ pub fn table_contents(client: &mut Client) -> Vec<(String, i64, String)> {
         .collect()
 }
 
+/// `table_contents`, of only the tables `before` has: after an upgrade (by ALTER EXTENSION or by
+/// a restore), what the old version's tables hold, leaving out the tables the new version added.
+pub fn contents_of_the_tables_of(
+    client: &mut Client,
+    before: &[(String, i64, String)],
+) -> Vec<(String, i64, String)> {
+    table_contents(client)
+        .into_iter()
+        .filter(|(table, ..)| before.iter().any(|(old, ..)| old == table))
+        .collect()
+}
+
+/// The extension's version installed in the client's database.
+pub fn installed_version(client: &mut Client) -> String {
+    client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'identity_bindings'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Installs the first release, whose install script is frozen in sql/: for
+/// `TestDatabase::create_with`, before an upgrade.
+pub const INSTALL_0_1_0: &str = "CREATE EXTENSION identity_bindings VERSION '0.1.0'";
+
 /// After a restore or an upgrade of what `populate_every_table` wrote: the queued job runs, an id
 /// bound before resolves, a new binding extends that user's chain, a nonce is issued, every chain
 /// verifies, and the append-only guard still refuses to rewrite history.

@@ -5,8 +5,9 @@
 //! version.
 
 use identity_bindings_client_tests::{
-    assert_the_extension_works_on_its_data, eventually, integrity_is_clean, populate_every_table,
-    table_contents, Cluster, TestDatabase,
+    assert_the_extension_works_on_its_data, contents_of_the_tables_of, eventually,
+    installed_version, integrity_is_clean, populate_every_table, table_contents, Cluster,
+    TestDatabase, INSTALL_0_1_0,
 };
 use std::path::Path;
 
@@ -20,15 +21,7 @@ fn a_dump_restored_into_a_fresh_cluster_is_identical_and_works() {
     let before = table_contents(&mut client);
     assert!(before.iter().all(|(_, rows, _)| *rows > 0), "{before:?}");
 
-    let target = Cluster::start("restore", &[]);
-    let archive = dump(&source, &target.dir);
-    target
-        .connect("postgres")
-        .batch_execute("CREATE DATABASE restored")
-        .unwrap();
-    assert!(restore(&target, &archive, &[]), "pg_restore");
-
-    let mut copy = target.connect("restored");
+    let (_target, mut copy) = restored_in_a_fresh_cluster(&source, "restore");
     assert_eq!(table_contents(&mut copy), before, "identical rows");
     assert!(integrity_is_clean(&mut copy), "chains verify after restore");
     assert_the_extension_works_on_its_data(&mut copy);
@@ -38,38 +31,38 @@ fn a_dump_restored_into_a_fresh_cluster_is_identical_and_works() {
 fn a_dump_of_a_0_1_0_database_restores_as_the_current_version_with_its_data() {
     // pg_dump writes CREATE EXTENSION without a version: moving servers by dump and restore is
     // an upgrade, to the default version, with the old version's table data.
-    let source = TestDatabase::create_with(
-        "dump_0_1_0",
-        "CREATE EXTENSION identity_bindings VERSION '0.1.0'",
-    );
+    let source = TestDatabase::create_with("dump_0_1_0", INSTALL_0_1_0);
     let mut client = source.connect();
     populate_every_table(&mut client);
     let before = table_contents(&mut client);
 
-    let target = Cluster::start("restore_0_1_0", &[]);
-    let archive = dump(&source, &target.dir);
+    let (_target, mut copy) = restored_in_a_fresh_cluster(&source, "restore_0_1_0");
+    assert_ne!(
+        installed_version(&mut copy),
+        "0.1.0",
+        "restored as the default version"
+    );
+    assert_eq!(
+        contents_of_the_tables_of(&mut copy, &before),
+        before,
+        "every 0.1.0 table's rows"
+    );
+    assert!(integrity_is_clean(&mut copy), "chains verify after restore");
+    assert_the_extension_works_on_its_data(&mut copy);
+}
+
+/// A fresh cluster named `name` (stopped when dropped), and a connection to its database
+/// `restored`, into which pg_restore restored `source`'s dump.
+fn restored_in_a_fresh_cluster(source: &TestDatabase, name: &str) -> (Cluster, postgres::Client) {
+    let target = Cluster::start(name, &[]);
+    let archive = dump(source, &target.dir);
     target
         .connect("postgres")
         .batch_execute("CREATE DATABASE restored")
         .unwrap();
     assert!(restore(&target, &archive, &[]), "pg_restore");
-
-    let mut copy = target.connect("restored");
-    let version: String = copy
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'identity_bindings'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_ne!(version, "0.1.0", "restored as the default version");
-    let restored: Vec<_> = table_contents(&mut copy)
-        .into_iter()
-        .filter(|(table, ..)| before.iter().any(|(old, ..)| old == table))
-        .collect();
-    assert_eq!(restored, before, "every 0.1.0 table's rows");
-    assert!(integrity_is_clean(&mut copy), "chains verify after restore");
-    assert_the_extension_works_on_its_data(&mut copy);
+    let copy = target.connect("restored");
+    (target, copy)
 }
 
 /// pg_dump's archive (custom format) of `source`, written into `dir`.

@@ -3,8 +3,8 @@
 //! work, and the upgraded schema is exactly a fresh install's.
 
 use identity_bindings_client_tests::{
-    assert_the_extension_works_on_its_data, integrity_is_clean, populate_every_table,
-    table_contents, TestDatabase,
+    assert_the_extension_works_on_its_data, contents_of_the_tables_of, installed_version,
+    integrity_is_clean, populate_every_table, table_contents, TestDatabase, INSTALL_0_1_0,
 };
 use postgres::Client;
 use std::collections::BTreeSet;
@@ -67,22 +67,9 @@ fn describe_extension(client: &mut Client) -> BTreeSet<String> {
         .collect()
 }
 
-fn installed_version(client: &mut Client) -> String {
-    client
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'identity_bindings'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
 #[test]
 fn an_upgraded_0_1_0_install_keeps_its_data_and_equals_a_fresh_install() {
-    let old = TestDatabase::create_with(
-        "upgrade_from_0_1_0",
-        "CREATE EXTENSION identity_bindings VERSION '0.1.0'",
-    );
+    let old = TestDatabase::create_with("upgrade_from_0_1_0", INSTALL_0_1_0);
     let mut client = old.connect();
     assert_eq!(installed_version(&mut client), "0.1.0");
     populate_every_table(&mut client);
@@ -99,11 +86,7 @@ fn an_upgraded_0_1_0_install_keeps_its_data_and_equals_a_fresh_install() {
 
     // Data and chains survive (tables the update added are compared with a fresh install's
     // catalog below).
-    let kept: Vec<_> = table_contents(&mut client)
-        .into_iter()
-        .filter(|(table, ..)| before.iter().any(|(old, ..)| old == table))
-        .collect();
-    assert_eq!(kept, before);
+    assert_eq!(contents_of_the_tables_of(&mut client, &before), before);
     assert!(integrity_is_clean(&mut client));
 
     // The upgraded schema is a fresh install's, object for object.
@@ -122,10 +105,7 @@ fn an_upgraded_0_1_0_install_keeps_its_data_and_equals_a_fresh_install() {
 
 #[test]
 fn the_functions_whose_columns_became_names_keep_working_and_keep_their_grants() {
-    let old = TestDatabase::create_with(
-        "upgrade_column_names",
-        "CREATE EXTENSION identity_bindings VERSION '0.1.0'",
-    );
+    let old = TestDatabase::create_with("upgrade_column_names", INSTALL_0_1_0);
     let mut client = old.connect();
     let (operator, auditor, nobody) = (
         format!("{}_operator", old.name()),
