@@ -13,7 +13,7 @@
 
 use crate::errors::IdentityError;
 use pgrx::pg_sys::{self, Oid};
-use pgrx::IntoDatum;
+use pgrx::{IntoDatum, PgTupleDesc};
 use std::ffi::CStr;
 use uuid::Uuid;
 
@@ -183,9 +183,8 @@ impl BindingColumns {
 
 /// The attribute number of the live column `name`, 0 when there is none.
 unsafe fn column_number(table: pg_sys::Relation, name: &str) -> i32 {
-    let descriptor = &*(*table).rd_att;
-    let attributes = descriptor.attrs.as_slice(descriptor.natts as usize);
-    attributes
+    // pgrx reads the attributes where each PostgreSQL version keeps them (18 moved them).
+    PgTupleDesc::from_pg_unchecked((*table).rd_att)
         .iter()
         .position(|a| {
             !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
@@ -241,7 +240,10 @@ impl KeyScan {
                 value,
             );
         }
+        #[cfg(not(feature = "pg18"))]
         let scan = pg_sys::index_beginscan(table, index, snapshot, 2, 0);
+        #[cfg(feature = "pg18")]
+        let scan = pg_sys::index_beginscan(table, index, snapshot, std::ptr::null_mut(), 2, 0);
         pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(table, std::ptr::null_mut());
         KeyScan { scan, slot }
