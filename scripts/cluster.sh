@@ -11,7 +11,8 @@
 # cluster on this machine: connect with host=DIR port=5432 user=postgres.
 set -euo pipefail
 
-BIN=/usr/lib/postgresql/15/bin
+# Debian's PostgreSQL 15 unless PG_BINDIR names another build's programs (scripts/other-versions.sh).
+BIN=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PORT=5432
 
 # initdb needs the data of the cluster's locale (CLUSTER_LOCALE, C.UTF-8 unless set; e.g.

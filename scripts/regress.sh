@@ -6,8 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PGXS=$(/usr/lib/postgresql/15/bin/pg_config --pgxs)
-PG_REGRESS=$(dirname "$PGXS")/../test/regress/pg_regress
+# Debian's PostgreSQL 15 unless PG_CONFIG names another build, and its pg_regress unless
+# PG_REGRESS names another (scripts/other-versions.sh).
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PG_REGRESS=${PG_REGRESS:-$(dirname "$("$PG_CONFIG" --pgxs)")/../test/regress/pg_regress}
+export PG_BINDIR=$("$PG_CONFIG" --bindir)
 . scripts/throwaway.sh
 
 if [ "${1:-}" = "--accept" ]; then
@@ -18,7 +21,7 @@ fi
 
 throwaway_cluster identity_regress
 status=0
-"$PG_REGRESS" --bindir=/usr/lib/postgresql/15/bin --host="$cluster" --port=5432 --user=postgres \
+"$PG_REGRESS" --bindir="$PG_BINDIR" --host="$cluster" --port=5432 --user=postgres \
     --dbname=identity_regress --inputdir=tests/pg_regress --outputdir="$work" \
     --schedule=tests/pg_regress/schedule || status=$?
 
