@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= /var/cache/identity_bindings/target
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PG_TEST_DATA := $(abspath $(CARGO_TARGET_DIR)/../test-pgdata)
 
-.PHONY: help setup install lint unit fuzz regress client test demo bench bench-siwe soak
+.PHONY: help setup install lint unit fuzz regress client test demo bench bench-siwe soak other-versions
 
 help:
 	@sed -n '2,4p' Makefile | sed 's/^# *//'
@@ -53,7 +53,12 @@ client: install
 fuzz: setup
 	scripts/fuzz.sh 20
 
-test: lint unit fuzz regress client
+test: lint unit fuzz regress client other-versions
+
+# PostgreSQL 16, 17 and 18, which Debian 12 does not ship: clippy, every #[pg_test] and the
+# pg_regress contract on each, with builds fetched from PyPI and npm (scripts/other-versions.sh).
+other-versions: setup
+	scripts/other-versions.sh
 
 demo: install
 	scripts/demo.sh
