@@ -251,6 +251,15 @@ mod tests {
         .unwrap()
     }
 
+    fn detail_of(check: &str) -> String {
+        Spi::get_one_with_args(
+            "SELECT detail FROM identity.check_integrity() WHERE check_name = $1",
+            &[check.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
     #[pg_test]
     fn a_clean_database_passes_every_check() {
         crate::testing::take_turns();
@@ -311,21 +320,13 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(failing_checks().as_deref(), Some("bound_bindings_are_live"));
-        let detail = Spi::get_one::<String>(
-            "SELECT detail FROM identity.check_integrity() WHERE check_name = 'bound_bindings_are_live'",
-        )
-        .unwrap()
-        .unwrap();
+        let detail = detail_of("bound_bindings_are_live");
         assert!(
             detail.starts_with("1 bindings bound and not revoked") && detail.ends_with(&deleted),
             "{detail}"
         );
         Spi::run("TRUNCATE identity.user_bindings").unwrap();
-        let vanished = Spi::get_one::<String>(
-            "SELECT detail FROM identity.check_integrity() WHERE check_name = 'bound_bindings_are_live'",
-        )
-        .unwrap()
-        .unwrap();
+        let vanished = detail_of("bound_bindings_are_live");
         assert!(vanished.starts_with("2 bindings"), "{vanished}");
     }
 
@@ -351,15 +352,9 @@ mod tests {
             failing_checks().as_deref(),
             Some("providers_are_registered")
         );
-        let detail = Spi::get_one::<String>(
-            "SELECT detail FROM identity.check_integrity() WHERE check_name = 'providers_are_registered'",
-        );
         assert_eq!(
-            detail,
-            Ok(Some(
-                "1 of 2 live bindings and queued jobs name an unregistered provider, e.g. {orkut}"
-                    .into()
-            ))
+            detail_of("providers_are_registered"),
+            "1 of 2 live bindings and queued jobs name an unregistered provider, e.g. {orkut}"
         );
     }
 
@@ -373,14 +368,8 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(failing_checks().as_deref(), Some("binding_jobs_not_stuck"));
-        let detail = Spi::get_one::<String>(
-            "SELECT detail FROM identity.check_integrity() WHERE check_name = 'binding_jobs_not_stuck'",
-        );
         assert!(
-            detail
-                .unwrap()
-                .unwrap()
-                .contains("1 failed, e.g. {bind:github:5}"),
+            detail_of("binding_jobs_not_stuck").contains("1 failed, e.g. {bind:github:5}"),
             "the detail names the failed job"
         );
         Spi::run("DELETE FROM identity.binding_jobs").unwrap();
@@ -396,15 +385,6 @@ mod tests {
         Spi::run("UPDATE identity.binding_jobs SET next_attempt_at = now() - interval '2 hours'")
             .unwrap();
         assert_eq!(failing_checks().as_deref(), Some("binding_jobs_not_stuck"));
-    }
-
-    fn detail_of(check: &str) -> String {
-        Spi::get_one_with_args(
-            "SELECT detail FROM identity.check_integrity() WHERE check_name = $1",
-            &[check.into()],
-        )
-        .unwrap()
-        .unwrap()
     }
 
     #[pg_test]
