@@ -22,6 +22,11 @@ cd "$(dirname "$0")/.."
 cache=/var/cache/identity_bindings/other-versions
 export CARGO_TARGET_DIR=${OTHER_VERSIONS_TARGET_DIR:-/var/cache/identity_bindings/target-other-versions}
 debian_bindir=/usr/lib/postgresql/15/bin
+# The 16 wheel, unpacked whole (its programs find its libraries by a path relative to themselves),
+# and its pg_regress, which runs the contract on every version.
+pg16_unpacked=$cache/pg16
+pg16_home=$pg16_unpacked/pgserver/pginstall
+pg_regress=$pg16_home/lib/postgresql/pgxs/src/test/regress/pg_regress
 mkdir -p "$cache"
 
 PGSERVER_WHEEL=pgserver==0.1.4
@@ -31,24 +36,22 @@ declare -A DEBIAN_SUITE=([17]=trixie [18]=sid)
 
 say() { printf '\033[1m[other-versions]\033[0m %s\n' "$*" >&2; }
 
-# PostgreSQL 16 from the wheel, unpacked whole: its programs find its libraries by a path
-# relative to themselves. Prints its pg_config.
+# PostgreSQL 16 from the wheel. Prints its pg_config.
 fetch_16() {
-    local unpacked=$cache/pg16 home=$cache/pg16/pgserver/pginstall
-    if [ ! -x "$home/bin/pg_config" ]; then
+    if [ ! -x "$pg16_home/bin/pg_config" ]; then
         say "downloading PostgreSQL 16 ($PGSERVER_WHEEL from PyPI)"
         local download=$cache/pgserver-download
-        rm -rf "$download" "$unpacked" && mkdir -p "$download"
+        rm -rf "$download" "$pg16_unpacked" && mkdir -p "$download"
         echo "$PGSERVER_WHEEL --hash=sha256:$PGSERVER_SHA256" >"$download/requirements.txt"
         python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
             --python-version 3.11 --platform manylinux2014_x86_64 \
             -r "$download/requirements.txt" -d "$download"
-        python3 -m zipfile -e "$download"/pgserver-*.whl "$unpacked" && rm -rf "$download"
-        chmod -R a+rX,u+w "$unpacked"
+        python3 -m zipfile -e "$download"/pgserver-*.whl "$pg16_unpacked" && rm -rf "$download"
+        chmod -R a+rX,u+w "$pg16_unpacked"
         # zipfile does not keep modes: the programs are made executable again.
-        chmod a+x "$home"/bin/* "$home"/lib/postgresql/pgxs/src/test/regress/pg_regress
+        chmod a+x "$pg16_home"/bin/* "$pg_regress"
     fi
-    echo "$home/bin/pg_config"
+    echo "$pg16_home/bin/pg_config"
 }
 
 # PostgreSQL 17 or 18: the npm package's server programs, Debian's headers, and a pg_config that
@@ -133,8 +136,7 @@ test_on() {
     say "PostgreSQL $major: the pg_regress contract"
     cargo pgrx install --release --pg-config "$pg_config"
     install -m 0644 sql/identity_bindings--0.1.0.sql "$("$pg_config" --sharedir)/extension/"
-    PG_CONFIG=$pg_config PG_REGRESS=$cache/pg16/pgserver/pginstall/lib/postgresql/pgxs/src/test/regress/pg_regress \
-        scripts/regress.sh
+    PG_CONFIG=$pg_config PG_REGRESS=$pg_regress scripts/regress.sh
     unset PGRX_HOME PGRX_PG_CONFIG_PATH
 }
 
