@@ -6,14 +6,15 @@ use serde_json::{Map, Value};
 use std::path::PathBuf;
 
 fn vectors_dir() -> PathBuf {
-    std::env::var_os("IDENTITY_SIWE_VECTORS")
+    if let Some(dir) = std::env::var_os("IDENTITY_SIWE_VECTORS") {
+        return PathBuf::from(dir);
+    }
+    // Beside the clone cargo runs the tests from, not the one they were compiled in: clones
+    // that share a target directory share test binaries, and the compiling clone may be gone.
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/siwe-vectors"
-            ))
-        })
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    package.join("../shared/siwe-vectors")
 }
 
 /// Every case of a vector file in both upstream sets, named "set/file: case".
