@@ -144,6 +144,14 @@ pub fn integrity_is_clean(client: &mut Client) -> bool {
     broken == 0 && failing == 0
 }
 
+/// A PostgreSQL program (pg_dump, pgbench, ...) of the build under test: Debian's 15 unless
+/// `PG_BINDIR` names another, as for scripts/cluster.sh.
+pub fn program(name: &str) -> std::process::Command {
+    let bindir =
+        std::env::var("PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned());
+    std::process::Command::new(std::path::Path::new(&bindir).join(name))
+}
+
 /// A cluster of a test's own, for settings the shared one cannot have (shared_preload_libraries):
 /// started with scripts/cluster.sh, stopped and removed when dropped.
 pub struct Cluster {

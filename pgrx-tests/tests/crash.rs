@@ -2,7 +2,7 @@
 //! After crash recovery every binding a client saw committed exists, bound to its user, and the
 //! log is whole: every chain verifies and every integrity check passes.
 
-use identity_bindings_client_tests::{integrity_is_clean, Cluster};
+use identity_bindings_client_tests::{integrity_is_clean, program, Cluster};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
@@ -44,7 +44,7 @@ fn committed_bindings_survive_a_postmaster_crash_mid_load() {
          SELECT identity.create_binding(md5(:n::text)::uuid, 'github', :n::text, '{\"method\": \"pgbench\"}');\n",
     )
     .unwrap();
-    let mut pgbench = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+    let mut pgbench = program("pgbench")
         .args([
             "-n", "-M", "prepared", "-c", "2", "-T", "120", "-U", "postgres", "-p", "5432",
         ])

@@ -6,12 +6,10 @@
 
 use identity_bindings_client_tests::{
     assert_the_extension_works_on_its_data, contents_of_the_tables_of, eventually,
-    installed_version, integrity_is_clean, populate_every_table, table_contents, Cluster,
+    installed_version, integrity_is_clean, populate_every_table, program, table_contents, Cluster,
     TestDatabase, INSTALL_0_1_0,
 };
 use std::path::Path;
-
-const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 #[test]
 fn a_dump_restored_into_a_fresh_cluster_is_identical_and_works() {
@@ -68,7 +66,7 @@ fn restored_in_a_fresh_cluster(source: &TestDatabase, name: &str) -> (Cluster, p
 /// pg_dump's archive (custom format) of `source`, written into `dir`.
 fn dump(source: &TestDatabase, dir: &Path) -> std::path::PathBuf {
     let archive = dir.join("backup.dump");
-    let dumped = std::process::Command::new(format!("{BIN}/pg_dump"))
+    let dumped = program("pg_dump")
         .args([
             "-Fc",
             "-U",
@@ -90,7 +88,7 @@ fn dump(source: &TestDatabase, dir: &Path) -> std::path::PathBuf {
 /// Whether pg_restore (with `options`) restored `archive` into `target`'s database `restored`,
 /// stopping at the first error.
 fn restore(target: &Cluster, archive: &Path, options: &[&str]) -> bool {
-    std::process::Command::new(format!("{BIN}/pg_restore"))
+    program("pg_restore")
         .args([
             "--exit-on-error",
             "-U",
