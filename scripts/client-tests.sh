@@ -3,7 +3,7 @@
 # already installed (make install). Arguments go to cargo test (a filter, -- --nocapture).
 #
 # Another PostgreSQL build than Debian's 15: PG_BINDIR names its programs (as for cluster.sh),
-# and CLIENT_TESTS_LEAVE_OUT the test files (pgrx-tests/tests/NAME.rs) it has no programs for;
+# and CLIENT_TESTS_LEAVE_OUT the test files (pgrx-tests/tests/NAME.rs) it cannot run (pg_cron.rs);
 # scripts/other-versions.sh gives the reasons.
 set -euo pipefail
 cd "$(dirname "$0")/.."
