@@ -18,11 +18,9 @@ help:
 setup:
 	@scripts/setup.sh
 
-# cargo pgrx installs the current version's script and the upgrade scripts (sql/*--*--*.sql);
-# the frozen install scripts of earlier releases go in by hand, for upgrade tests.
+# The release build, with the frozen install scripts of earlier releases, for upgrade tests.
 install: setup
-	cargo pgrx install --release --pg-config $(PG_CONFIG)
-	install -m 0644 sql/identity_bindings--0.1.0.sql $$($(PG_CONFIG) --sharedir)/extension/
+	scripts/install.sh $(PG_CONFIG)
 
 lint: setup
 	cargo fmt --all -- --check
@@ -31,15 +29,8 @@ lint: setup
 	cargo clippy --locked --all-targets -p identity_bindings_client_tests -- -D warnings
 
 # Plain Rust #[test]s and the #[pg_test]s, on pgrx's own test cluster run as the postgres user.
-# pgrx initdb's $(PG_TEST_DATA)/15-<test process id> and removes it when the tests end. One left
-# by an interrupted run (a stopped machine) made initdb fail, and every test with it, for a later
-# run whose process got the same id: ids wrap at 32768. Such directories are removed first.
 unit: setup
-	install -d -o postgres -g postgres $(PG_TEST_DATA)
-	for dir in $(PG_TEST_DATA)/15-*; do \
-	    [ ! -d "$$dir" ] || kill -0 "$${dir##*-}" 2>/dev/null || rm -rf "$$dir"; \
-	done
-	cargo pgrx test pg15 --runas postgres --pgdata $(PG_TEST_DATA)
+	scripts/unit-tests.sh 15 $(PG_TEST_DATA)
 
 # The user-visible contract, tests/pg_regress, against the release build.
 regress: install

@@ -138,7 +138,7 @@ fetch_debian_headers() {
 # usual one keeps naming only Debian's 15.
 test_on() {
     local major=$1 pg_config=$2 leave_out=$3
-    local pgrx_home=$cache/pgrx-home-$major pgdata=$cache/test-pgdata-$major
+    local pgrx_home=$cache/pgrx-home-$major
     local config
     config=$(printf '[configs]\npg%s = "%s"' "$major" "$pg_config")
     # Written only when it changes: pgrx-pg-sys builds again when the file is newer.
@@ -152,14 +152,9 @@ test_on() {
     cargo clippy --locked -p identity_bindings --lib --tests --no-default-features \
         --features "pg$major pg_test" -- -D warnings
     say "PostgreSQL $major: every #[pg_test]"
-    install -d -o postgres -g postgres "$pgdata"
-    for dir in "$pgdata/$major"-*; do
-        [ ! -d "$dir" ] || kill -0 "${dir##*-}" 2>/dev/null || rm -rf "$dir"
-    done
-    cargo pgrx test "pg$major" --runas postgres --pgdata "$pgdata"
+    scripts/unit-tests.sh "$major" "$cache/test-pgdata-$major"
     say "PostgreSQL $major: the pg_regress contract"
-    cargo pgrx install --release --pg-config "$pg_config"
-    install -m 0644 sql/identity_bindings--0.1.0.sql "$("$pg_config" --sharedir)/extension/"
+    scripts/install.sh "$pg_config"
     PG_CONFIG=$pg_config PG_REGRESS=$pg_regress scripts/regress.sh
     say "PostgreSQL $major: the client-side tests, leaving out ${leave_out// /, }"
     PG_BINDIR=$("$pg_config" --bindir) CLIENT_TESTS_LEAVE_OUT=$leave_out scripts/client-tests.sh
