@@ -159,9 +159,8 @@ impl BindingColumns {
         table: pg_sys::Relation,
         index: pg_sys::Relation,
     ) -> Result<BindingColumns, IdentityError> {
-        let column = |name: &str| column_number(table, name);
-        let (id, user_id) = (column("id"), column("user_id"));
-        let (provider, external_id) = (column("provider"), column("external_id"));
+        let [id, user_id, provider, external_id] =
+            column_numbers(table, ["id", "user_id", "provider", "external_id"]);
         let key = &*(*index).rd_index;
         let keys = key.indkey.values.as_slice(key.indnkeyatts as usize);
         let shaped = key.indrelid == (*table).rd_id
@@ -181,15 +180,22 @@ impl BindingColumns {
     }
 }
 
-/// The attribute number of the live column `name`, 0 when there is none.
-unsafe fn column_number(table: pg_sys::Relation, name: &str) -> i32 {
+/// The attribute numbers of the live columns `names`, 0 for each the table lacks: one walk over
+/// the columns, as this runs on every look-up.
+unsafe fn column_numbers<const N: usize>(table: pg_sys::Relation, names: [&str; N]) -> [i32; N] {
+    let mut numbers = [0; N];
     // pgrx reads the attributes where each PostgreSQL version keeps them (18 moved them).
-    PgTupleDesc::from_pg_unchecked((*table).rd_att)
-        .iter()
-        .position(|a| {
-            !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
-        })
-        .map_or(0, |i| i as i32 + 1)
+    let columns = PgTupleDesc::from_pg_unchecked((*table).rd_att);
+    for (position, column) in columns.iter().enumerate() {
+        if column.attisdropped {
+            continue;
+        }
+        let column_name = CStr::from_ptr(column.attname.data.as_ptr()).to_bytes();
+        if let Some(wanted) = names.iter().position(|name| name.as_bytes() == column_name) {
+            numbers[wanted] = position as i32 + 1;
+        }
+    }
+    numbers
 }
 
 /// One pass over the index for the key, on the active snapshot: the visible row, if any.
