@@ -68,6 +68,7 @@ bench-siwe: install
 bench: install
 	benches/create_binding.sh
 	benches/create_binding_instructions.sh
+	benches/revoke_merge_instructions.sh
 	ROUNDS=9 benches/resolve_many.sh
 	benches/resolve_many_instructions.sh
 	benches/scaling.sh

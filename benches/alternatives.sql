@@ -41,6 +41,43 @@ BEGIN
 END
 $$;
 
+-- What a DBA would write for a revoke and a merge (benches/revoke_merge_instructions.sh): the
+-- binding deleted or moved, and the events that record it.
+CREATE FUNCTION app_revoke(p_provider text, p_external_id text, p_evidence jsonb,
+                           OUT binding_id uuid, OUT user_id uuid)
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM app_bindings b WHERE b.provider = p_provider AND b.external_id = p_external_id
+    RETURNING b.id, b.user_id INTO binding_id, user_id;
+    IF binding_id IS NULL THEN
+        RAISE EXCEPTION 'not bound' USING ERRCODE = 'P0002';
+    END IF;
+    INSERT INTO app_events (id, user_id, event_type, payload)
+    VALUES (gen_random_uuid(), user_id, 'revoke',
+            jsonb_build_object('binding_id', binding_id, 'provider', p_provider,
+                               'external_id', p_external_id, 'evidence', p_evidence));
+END
+$$;
+
+CREATE FUNCTION app_merge(p_from uuid, p_into uuid, p_evidence jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    moved jsonb;
+BEGIN
+    WITH m AS (UPDATE app_bindings b SET user_id = p_into WHERE b.user_id = p_from
+               RETURNING b.id, b.provider, b.external_id)
+    SELECT coalesce(jsonb_agg(jsonb_build_object('binding_id', m.id, 'provider', m.provider,
+                                                 'external_id', m.external_id)), '[]')
+      INTO moved FROM m;
+    INSERT INTO app_events (id, user_id, event_type, payload)
+    SELECT gen_random_uuid(), side.user_id, 'merge',
+           jsonb_build_object('role', side.role, 'from_user', p_from, 'into_user', p_into,
+                              'bindings', moved, 'evidence', p_evidence)
+      FROM (VALUES (p_from, 'from'), (p_into, 'into')) side (user_id, role);
+    RETURN jsonb_array_length(moved);
+END
+$$;
+
 -- The ids the repeats bind again, bound by every contestant.
 SELECT count(*) FROM (
     SELECT identity.create_binding(md5(n::text)::uuid, 'github', n::text, '{"method": "bench"}')
