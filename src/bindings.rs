@@ -7,7 +7,8 @@
 use crate::binding_index::{live_binding, LiveBinding};
 use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::events::{
-    append, append_many, insert_binding_with_event, lock_chains, pg_uuid, rust_uuid, EventType,
+    append_many, append_to_locked, insert_binding_with_event, lock_chains, pg_uuid, rust_uuid,
+    EventType,
 };
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::set_returning::{return_rows, V1_API};
@@ -376,7 +377,7 @@ fn revoke_binding(
                     external_id: canonical_id,
                 });
             };
-            lock_chains(client, &[user_id])?;
+            let mut chains = lock_chains(client, &[user_id])?;
             let deleted = DELETE_BINDING.first_uuid(
                 client,
                 &[
@@ -388,7 +389,7 @@ fn revoke_binding(
             // A binding's id is its primary key: a deleted row always has one.
             if let Some(binding_id) = deleted.map(rust_uuid) {
                 let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
-                append(client, user_id, EventType::Revoke, &payload)?;
+                append_to_locked(client, &mut chains, user_id, EventType::Revoke, &payload)?;
                 return Ok((binding_id, user_id));
             }
         }
@@ -428,7 +429,7 @@ fn merge_users(
     let moved = Spi::connect_mut(|client| -> Result<usize, IdentityError> {
         // Both chains first: a bind for either user that holds its chain commits before the move
         // reads the bindings, so what its event records as bound before the merge is moved.
-        lock_chains(client, &[from_user, into_user])?;
+        let mut chains = lock_chains(client, &[from_user, into_user])?;
         let rows = MOVE_BINDINGS.run(
             client,
             &[pg_uuid(from_user).into(), pg_uuid(into_user).into()],
@@ -456,7 +457,13 @@ fn merge_users(
         let mut sides = [(from_user, "from"), (into_user, "into")];
         sides.sort();
         for (user_id, role) in sides {
-            append(client, user_id, EventType::Merge, &payload(role))?;
+            append_to_locked(
+                client,
+                &mut chains,
+                user_id,
+                EventType::Merge,
+                &payload(role),
+            )?;
         }
         // A merged user who had no chain to lock may have had their first bind under way: it
         // committed after the move read the bindings, while the append waited for the chain it
@@ -527,7 +534,7 @@ fn surviving_user(
         // Only the end is locked: merges lock chains in user order, and a walk that kept each
         // chain it passed would lock them in merge order. Merged meanwhile: follow it too.
         user = where_merges_end(client, user)?;
-        let chain_locked = lock_chains(client, &[user])? == 1;
+        let chain_locked = lock_chains(client, &[user])?.holds(user);
         match merged_into(client, user)? {
             None => {
                 return Ok(SurvivingUser {

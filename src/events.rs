@@ -337,7 +337,7 @@ pub fn insert_binding_with_event(
     }
     let chain_started = written.first().get::<bool>(1)?.unwrap_or(false);
     if !chain_started {
-        append_parsed(client, user_id, EventType::Bind, link.payload)?;
+        append_parsed(client, user_id, EventType::Bind, link.payload, None)?;
     }
     Ok(true)
 }
@@ -465,22 +465,48 @@ pub fn append(
     event_type: EventType,
     payload: &serde_json::Value,
 ) -> Result<Uuid, IdentityError> {
-    append_parsed(client, user_id, event_type, jsonb_with_text(payload))
+    append_parsed(client, user_id, event_type, jsonb_with_text(payload), None)
 }
 
-/// `append`, for a payload already made a jsonb datum with its text (`jsonb_with_text`).
+/// `append`, for a chain the caller locked with `lock_chains`: the end read when it was locked
+/// is where the event goes, without reading it again (once per user: a second event re-reads).
+pub fn append_to_locked(
+    client: &mut SpiClient<'_>,
+    chains: &mut LockedChains,
+    user_id: Uuid,
+    event_type: EventType,
+    payload: &serde_json::Value,
+) -> Result<Uuid, IdentityError> {
+    let locked_end = chains.ends.remove(&user_id);
+    append_parsed(
+        client,
+        user_id,
+        event_type,
+        jsonb_with_text(payload),
+        locked_end,
+    )
+}
+
+/// `append`, for a payload already made a jsonb datum with its text (`jsonb_with_text`), after
+/// `locked_end` when the caller holds the chain locked since reading it.
 fn append_parsed(
     client: &mut SpiClient<'_>,
     user_id: Uuid,
     event_type: EventType,
     mut payload: (pg_sys::Datum, String),
+    mut locked_end: Option<ChainEnd>,
 ) -> Result<Uuid, IdentityError> {
     let created_at = transaction_started();
     // A user's first event creates the head row; a concurrent first event waits on that insert
     // and then, on its fresh snapshot, finds and locks the row. Two rounds always suffice under
-    // READ COMMITTED; under REPEATABLE READ PostgreSQL itself raises 40001 instead.
+    // READ COMMITTED; under REPEATABLE READ PostgreSQL itself raises 40001 instead. (A chain that
+    // had no head when the caller locked it may have been started since: the first round then
+    // finds the head written, and the second reads it.)
     for _ in 0..2 {
-        let end = lock_chain_end(client, user_id)?;
+        let end = match locked_end.take() {
+            Some(end) => end,
+            None => lock_chain_end(client, user_id)?,
+        };
         let link = PendingLink::after(end, user_id, event_type, created_at, payload);
         if write_link(client, event_type, created_at, &link)? {
             return Ok(link.event_id);
@@ -713,15 +739,43 @@ pub fn append_many(
 
 type LockedHeads = HashMap<Uuid, (i64, Vec<u8>)>;
 
-/// Locks the chains of `users` that exist until the transaction ends, in user order, so two
-/// callers locking overlapping sets cannot deadlock, and returns how many existed. An append to
-/// one of them that was under way has committed by the time this returns, so under READ
-/// COMMITTED the caller's next statement sees what it wrote; later appends wait for this
-/// transaction.
-pub fn lock_chains(client: &mut SpiClient<'_>, users: &[Uuid]) -> Result<usize, IdentityError> {
-    lock_heads(client, users.to_vec()).map(|heads| heads.len())
+/// Chains locked by `lock_chains`, with the ends they had when locked, for `append_to_locked`.
+pub struct LockedChains {
+    /// Every user asked for, with their chain's end; `None`: they had no chain to lock.
+    ends: HashMap<Uuid, ChainEnd>,
 }
 
+impl LockedChains {
+    /// Whether `user_id` had a chain, now locked, when `lock_chains` ran.
+    pub fn holds(&self, user_id: Uuid) -> bool {
+        matches!(self.ends.get(&user_id), Some(Some(_)))
+    }
+}
+
+/// Locks the chains of `users` (a few) that exist until the transaction ends, in user order, so
+/// two callers locking overlapping sets cannot deadlock. An append to one of them that was under
+/// way has committed by the time this returns, so under READ COMMITTED the caller's next
+/// statement sees what it wrote; later appends wait for this transaction.
+///
+/// One statement per user, not `lock_heads`' one for all: PostgreSQL plans that one anew on
+/// every execution, about 78,000 instructions, because its generic plan, which assumes an array
+/// of ten users and a sort, always costs more than a custom plan for one or two.
+pub fn lock_chains(
+    client: &mut SpiClient<'_>,
+    users: &[Uuid],
+) -> Result<LockedChains, IdentityError> {
+    let mut in_order = users.to_vec();
+    in_order.sort();
+    in_order.dedup();
+    let mut ends = HashMap::with_capacity(in_order.len());
+    for user_id in in_order {
+        ends.insert(user_id, lock_chain_end(client, user_id)?);
+    }
+    Ok(LockedChains { ends })
+}
+
+/// `lock_chains` for a batch (`append_many`): one statement for all the users, planned once per
+/// batch; the users without a chain are left out of the map.
 fn lock_heads(client: &mut SpiClient<'_>, users: Vec<Uuid>) -> Result<LockedHeads, IdentityError> {
     let mut heads = LockedHeads::with_capacity(users.len());
     if users.is_empty() {
