@@ -208,8 +208,15 @@ pub fn text_uuid_rows<'conn>(
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
-    use crate::testing::{error_of, six_app_users, take_turns};
+    use crate::testing::{
+        error_of, six_app_users, take_turns, ISSUE_EXAMPLE_NONCE, SIWE_EXAMPLE_MESSAGE,
+        SIWE_EXAMPLE_SIGNATURE,
+    };
+    use pgrx::pg_sys;
     use pgrx::prelude::*;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+    use std::ffi::{c_char, c_int, CStr};
 
     const ALICE: &str = "00000000-0000-4000-8000-00000000a11c";
     const BOB: &str = "00000000-0000-4000-8000-000000000b0b";
@@ -259,6 +266,132 @@ mod tests {
         ] {
             assert_eq!(read_only_error_of(&call), refused, "{call}");
         }
+    }
+
+    thread_local! {
+        static PLANNED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+        static PREVIOUS_PLANNER: Cell<pg_sys::planner_hook_type> = const { Cell::new(None) };
+    }
+
+    /// A planner hook that notes the text of every statement planned, then plans it as before.
+    unsafe extern "C-unwind" fn noting_planner(
+        parse: *mut pg_sys::Query,
+        query_string: *const c_char,
+        cursor_options: c_int,
+        bound_params: pg_sys::ParamListInfo,
+    ) -> *mut pg_sys::PlannedStmt {
+        let text = if query_string.is_null() {
+            String::new()
+        } else {
+            // SAFETY: the planner's query string is a NUL-terminated C string.
+            unsafe { CStr::from_ptr(query_string) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        PLANNED.with(|planned| planned.borrow_mut().push(text));
+        // SAFETY: the arguments are the planner's own, passed on unchanged.
+        unsafe {
+            match PREVIOUS_PLANNER.get() {
+                Some(previous) => previous(parse, query_string, cursor_options, bound_params),
+                None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
+            }
+        }
+    }
+
+    /// The text of every statement this backend planned while `work` ran.
+    fn statements_planned_during(work: impl FnOnce()) -> Vec<String> {
+        struct Hooked;
+        impl Drop for Hooked {
+            fn drop(&mut self) {
+                // SAFETY: the backend's planner hook is restored on every path out, panics too.
+                unsafe { pg_sys::planner_hook = PREVIOUS_PLANNER.get() };
+            }
+        }
+        PLANNED.with(|planned| planned.borrow_mut().clear());
+        // SAFETY: a backend-local hook; this backend runs one statement at a time.
+        unsafe {
+            PREVIOUS_PLANNER.set(pg_sys::planner_hook);
+            pg_sys::planner_hook = Some(noting_planner);
+        }
+        let hooked = Hooked;
+        work();
+        drop(hooked);
+        PLANNED.with(|planned| planned.take())
+    }
+
+    /// One round of every call an application makes often, on ids of the round's own.
+    fn everyday_calls(round: usize) -> Vec<String> {
+        let user = |kind: usize| format!("00000000-0000-4000-8000-{:012x}", kind * 1000 + round);
+        let (alice, bob, carol) = (user(1), user(2), user(3));
+        let id = |kind: usize| (kind * 1000 + round).to_string();
+        vec![
+            format!(
+                "SELECT identity.create_binding('{alice}', 'github', '{}', '{{}}')",
+                id(1)
+            ),
+            format!(
+                "SELECT identity.create_binding('{alice}', 'github', '{}', '{{}}')",
+                id(1)
+            ),
+            format!(
+                "SELECT identity.create_binding('{alice}', 'discord', '{}', '{{}}')",
+                id(2)
+            ),
+            format!(
+                "SELECT identity.create_binding('{bob}', 'github', '{}', '{{}}')",
+                id(3)
+            ),
+            format!("SELECT identity.resolve('github', '{}')", id(3)),
+            format!(
+                "SELECT identity.revoke_binding('github', '{}', '{{}}')",
+                id(1)
+            ),
+            format!("SELECT identity.merge_users('{alice}', '{bob}', '{{}}')"),
+            format!(
+                "SELECT identity.enqueue_binding('{carol}', 'github', '{}', '{{}}')",
+                id(4)
+            ),
+            "SELECT identity.run_binding_jobs(1)".into(),
+            "SELECT identity.issue_nonce()".into(),
+            ISSUE_EXAMPLE_NONCE.into(),
+            format!(
+                "SELECT identity.siwe_login($m${SIWE_EXAMPLE_MESSAGE}$m$, \
+                 '{SIWE_EXAMPLE_SIGNATURE}', 'login.xyz')"
+            ),
+        ]
+    }
+
+    #[pg_test]
+    fn everyday_calls_run_their_kept_statements_without_planning_them_again() {
+        take_turns();
+        // Past the five custom plans the plan cache makes of each statement before it decides
+        // whether a generic plan will do.
+        for round in 0..10 {
+            everyday_calls(round)
+                .iter()
+                .for_each(|call| Spi::run(call).unwrap());
+        }
+        let mut sent = Vec::new();
+        let planned = statements_planned_during(|| {
+            for round in 10..20 {
+                for call in everyday_calls(round) {
+                    Spi::run(&call).unwrap();
+                    sent.push(call);
+                }
+            }
+        });
+        // Each call is planned as it is sent. Any other statement was one of the extension's:
+        // planned again on most rounds, the plan cache never keeps a plan for it (an ANALYZE
+        // under way may make a statement plan once more, never ten times).
+        let mut times: HashMap<String, usize> = HashMap::new();
+        for text in planned.into_iter().filter(|text| !sent.contains(text)) {
+            *times.entry(text).or_default() += 1;
+        }
+        let planned_again: Vec<_> = times.into_iter().filter(|(_, n)| *n >= 5).collect();
+        assert!(
+            planned_again.is_empty(),
+            "planned again on most of 10 rounds: {planned_again:#?}"
+        );
     }
 
     #[pg_test]

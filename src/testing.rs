@@ -50,6 +50,12 @@ pub fn integrity_is_clean() -> bool {
         == Some(true)
 }
 
+/// The spruceid "example message" (signer 0x9D85…37D4, nonce bTyXgcQxn2htgkjJn, expires 2100).
+pub const SIWE_EXAMPLE_MESSAGE: &str = "login.xyz wants you to sign in with your Ethereum account:\n0x9D85ca56217D2bb651b00f15e694EB7E713637D4\n\nSign-In With Ethereum Example Statement\n\nURI: https://login.xyz\nVersion: 1\nChain ID: 1\nNonce: bTyXgcQxn2htgkjJn\nIssued At: 2022-01-27T17:09:38.578Z\nExpiration Time: 2100-01-07T14:31:43.952Z";
+pub const SIWE_EXAMPLE_SIGNATURE: &str = "0xdc35c7f8ba2720df052e0092556456127f00f7707eaa8e3bbff7e56774e7f2e05a093cfc9e02964c33d86e8e066e221b7d153d27e5a2e97ccd5ca7d3f2ce06cb1b";
+/// Stores the example's nonce as if identity.issue_nonce had issued it.
+pub const ISSUE_EXAMPLE_NONCE: &str = "INSERT INTO identity.siwe_nonces (nonce, expires_at) VALUES ('bTyXgcQxn2htgkjJn', now() + interval '10 minutes')";
+
 pub const WALLET_A: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
 const WALLET_B: &str = "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359";
 
