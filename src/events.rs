@@ -459,7 +459,7 @@ pub type ChainEnd = Option<(i64, Vec<u8>)>;
 
 /// Appends one event to `user_id`'s chain and returns its id, holding the chain's head row
 /// lock until the transaction ends.
-pub fn append(
+fn append(
     client: &mut SpiClient<'_>,
     user_id: Uuid,
     event_type: EventType,
