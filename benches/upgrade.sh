@@ -6,7 +6,7 @@
 # way (only the unique indexes on those columns are rebuilt). The update retypes the columns to
 # domains that have no check yet (binary compatible: no table is rewritten), then adds the
 # checks, which only scan. The obvious way, ALTER COLUMN ... TYPE to domains created with their
-# checks, rewrites the three tables and rebuilds their indexes. Each contestant runs in a
+# checks, rewrites the tables and rebuilds their indexes (binding_jobs is empty here). Each contestant runs in a
 # transaction that is rolled back, so all start from the same data; they take turns for ROUNDS
 # rounds and each figure is the median. Run after `make install`; prints a Markdown table.
 set -euo pipefail
@@ -33,6 +33,8 @@ CREATE DOMAIN identity.external_id AS text COLLATE \"C\" CHECK (octet_length(VAL
 CREATE DOMAIN identity.event_type AS text CHECK (VALUE IN ('bind', 'revoke', 'merge'));
 CREATE DOMAIN identity.chain_seq AS bigint CHECK (VALUE >= 1);
 CREATE DOMAIN identity.chain_hash AS bytea CHECK (octet_length(VALUE) = 32);
+CREATE DOMAIN identity.job_state AS text CHECK (VALUE IN ('pending', 'succeeded', 'failed'));
+CREATE DOMAIN identity.attempt_count AS integer CHECK (VALUE >= 0);
 ALTER TABLE identity.user_bindings
     DROP CONSTRAINT user_bindings_external_id_check, ALTER COLUMN provider TYPE text COLLATE \"C\",
     ALTER COLUMN external_id TYPE identity.external_id;
@@ -44,7 +46,10 @@ ALTER TABLE identity.identity_events
     ADD CONSTRAINT identity_events_chain_link CHECK ((seq = 1) = (prev_hash IS NULL));
 ALTER TABLE identity.event_chain_heads
     DROP CONSTRAINT event_chain_heads_last_seq_check, DROP CONSTRAINT event_chain_heads_last_hash_check,
-    ALTER COLUMN last_seq TYPE identity.chain_seq, ALTER COLUMN last_hash TYPE identity.chain_hash;"
+    ALTER COLUMN last_seq TYPE identity.chain_seq, ALTER COLUMN last_hash TYPE identity.chain_hash;
+ALTER TABLE identity.binding_jobs
+    DROP CONSTRAINT binding_jobs_state_check, DROP CONSTRAINT binding_jobs_attempts_check,
+    ALTER COLUMN state TYPE identity.job_state, ALTER COLUMN attempts TYPE identity.attempt_count;"
 
 rolled_back() { "${psql[@]}" -c "BEGIN; $1 ROLLBACK;"; }
 declare -a update_times=() rewrite_times=()

@@ -262,6 +262,8 @@ CREATE DOMAIN identity.external_id AS text COLLATE "C";
 CREATE DOMAIN identity.event_type AS text;
 CREATE DOMAIN identity.chain_seq AS bigint;
 CREATE DOMAIN identity.chain_hash AS bytea;
+CREATE DOMAIN identity.job_state AS text;
+CREATE DOMAIN identity.attempt_count AS integer;
 
 ALTER TABLE identity.user_bindings
     DROP CONSTRAINT user_bindings_external_id_check,
@@ -282,6 +284,11 @@ ALTER TABLE identity.event_chain_heads
     DROP CONSTRAINT event_chain_heads_last_hash_check,
     ALTER COLUMN last_seq TYPE identity.chain_seq,
     ALTER COLUMN last_hash TYPE identity.chain_hash;
+ALTER TABLE identity.binding_jobs
+    DROP CONSTRAINT binding_jobs_state_check,
+    DROP CONSTRAINT binding_jobs_attempts_check,
+    ALTER COLUMN state TYPE identity.job_state,
+    ALTER COLUMN attempts TYPE identity.attempt_count;
 
 ALTER DOMAIN identity.external_id
     ADD CONSTRAINT external_id_check CHECK (octet_length(VALUE) BETWEEN 1 AND 512);
@@ -289,3 +296,6 @@ ALTER DOMAIN identity.event_type
     ADD CONSTRAINT event_type_check CHECK (VALUE IN ('bind', 'revoke', 'merge'));
 ALTER DOMAIN identity.chain_seq ADD CONSTRAINT chain_seq_check CHECK (VALUE >= 1);
 ALTER DOMAIN identity.chain_hash ADD CONSTRAINT chain_hash_check CHECK (octet_length(VALUE) = 32);
+ALTER DOMAIN identity.job_state
+    ADD CONSTRAINT job_state_check CHECK (VALUE IN ('pending', 'succeeded', 'failed'));
+ALTER DOMAIN identity.attempt_count ADD CONSTRAINT attempt_count_check CHECK (VALUE >= 0);

@@ -2,14 +2,19 @@
 -- serialization failure, a deadlock) wait here and are retried with capped exponential backoff.
 -- A job's key is deterministic, bind:{provider}:{canonical external id}, so the same binding is
 -- queued once however often its failure is reported.
+-- The single-column rules as domains, as in schema.sql: PostgreSQL reads a table's CHECK
+-- expressions again for every statement that writes the table, and a job's run writes it twice.
+CREATE DOMAIN identity.job_state AS text CHECK (VALUE IN ('pending', 'succeeded', 'failed'));
+CREATE DOMAIN identity.attempt_count AS integer CHECK (VALUE >= 0);
+
 CREATE TABLE identity.binding_jobs (
     job_key         text COLLATE "C" PRIMARY KEY,
     user_id         uuid NOT NULL,
     provider        text COLLATE "C" NOT NULL,  -- a registered provider (see identity.providers)
     external_id     text COLLATE "C" NOT NULL,
     evidence        jsonb NOT NULL,
-    state           text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'succeeded', 'failed')),
-    attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    state           identity.job_state NOT NULL DEFAULT 'pending',
+    attempts        identity.attempt_count NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     last_error      text,
     created_at      timestamptz NOT NULL DEFAULT now(),
