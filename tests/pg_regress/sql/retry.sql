@@ -49,3 +49,15 @@ SELECT user_id = :heidi AS bound_to_heidi, payload->>'queued_for' = :grace AS qu
 -- The retry policy: transient failures (lock timeouts, serialization failures, deadlocks) wait
 -- initial × coefficient^(attempt - 1), ±10%, at most the maximum; 0 attempts is unlimited.
 SELECT name, setting, unit FROM pg_settings WHERE name LIKE 'identity.retry%' ORDER BY name;
+
+-- The table itself refuses what no job can be, whoever writes: a job is pending, succeeded or
+-- failed, its attempts count from 0, and its key names its binding.
+\set VERBOSITY terse
+UPDATE identity.binding_jobs SET state = 'paused' WHERE job_key = 'bind:github:4242';
+\echo :LAST_ERROR_SQLSTATE
+UPDATE identity.binding_jobs SET attempts = -1 WHERE job_key = 'bind:github:4242';
+\echo :LAST_ERROR_SQLSTATE
+UPDATE identity.binding_jobs SET external_id = '4243' WHERE job_key = 'bind:github:4242';
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+SELECT job_key, state, attempts FROM identity.binding_jobs WHERE job_key = 'bind:github:4242';
