@@ -6,9 +6,10 @@
 # way (only the unique indexes on those columns are rebuilt). The update retypes the columns to
 # domains that have no check yet (binary compatible: no table is rewritten), then adds the
 # checks, which only scan. The obvious way, ALTER COLUMN ... TYPE to domains created with their
-# checks, rewrites the tables and rebuilds their indexes (binding_jobs is empty here). Each contestant runs in a
-# transaction that is rolled back, so all start from the same data; they take turns for ROUNDS
-# rounds and each figure is the median. Run after `make install`; prints a Markdown table.
+# checks, rewrites the tables and rebuilds their indexes (binding_jobs is empty here). Each
+# contestant runs in a transaction that is rolled back, so all start from the same data; they
+# take turns for ROUNDS rounds and each figure is the median. Run after `make install`; prints a
+# Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users=${USERS:-2000000}

@@ -1,12 +1,13 @@
+-- A job's single-column rules as domains, as in schema.sql: PostgreSQL reads a table's CHECK
+-- expressions again for every statement that writes the table, and each job is written at least
+-- twice, when it is queued and when its outcome is recorded.
+CREATE DOMAIN identity.job_state AS text CHECK (VALUE IN ('pending', 'succeeded', 'failed'));
+CREATE DOMAIN identity.attempt_count AS integer CHECK (VALUE >= 0);
+
 -- The durable binding queue: bindings that could not be made at once (a lock timeout, a
 -- serialization failure, a deadlock) wait here and are retried with capped exponential backoff.
 -- A job's key is deterministic, bind:{provider}:{canonical external id}, so the same binding is
 -- queued once however often its failure is reported.
--- The single-column rules as domains, as in schema.sql: PostgreSQL reads a table's CHECK
--- expressions again for every statement that writes the table, and a job's run writes it twice.
-CREATE DOMAIN identity.job_state AS text CHECK (VALUE IN ('pending', 'succeeded', 'failed'));
-CREATE DOMAIN identity.attempt_count AS integer CHECK (VALUE >= 0);
-
 CREATE TABLE identity.binding_jobs (
     job_key         text COLLATE "C" PRIMARY KEY,
     user_id         uuid NOT NULL,
