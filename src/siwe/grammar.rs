@@ -52,8 +52,9 @@ pub fn uri(text: &str) -> Result<(), String> {
 }
 
 /// EIP-4361's grammar accepts an IPv4 part of an IPv6 literal with zero-padded octets
-/// (`[::001.099.200.255]`); RFC 3986's dec-octet does not. Such octets are written plainly
-/// before the strict parse; anything else (256, hex, empty octets) is left for it to refuse.
+/// (`[::001.099.200.255]`), in a URI and in the domain alike; RFC 3986's dec-octet does not.
+/// Such octets are written plainly before the strict parse; anything else (256, hex, empty
+/// octets) is left for it to refuse.
 fn leading_zero_octets_written_plainly(uri: &str) -> std::borrow::Cow<'_, str> {
     let literal = uri.split_once("://").and_then(|(_, rest)| {
         let open = rest.find('[')?;
@@ -84,13 +85,15 @@ fn leading_zero_octets_written_plainly(uri: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// RFC 3986 `authority` with a host: `[ userinfo "@" ] host [ ":" port ]`.
+/// RFC 3986 `authority` with a host: `[ userinfo "@" ] host [ ":" port ]`. RFC 3986 lets the
+/// host be empty (`:80`, `user@`); a domain that names no host is refused.
 pub fn authority(text: &str) -> Result<(), String> {
     let invalid = || "not an RFC 3986 authority ([userinfo@]host[:port])".to_string();
     let probe = format!("x://{text}");
-    let parsed = Uri::parse(probe.as_str()).map_err(|_| invalid())?;
+    let probe = leading_zero_octets_written_plainly(&probe);
+    let parsed = Uri::parse(probe.as_ref()).map_err(|_| invalid())?;
     let authority = parsed.authority().ok_or_else(invalid)?;
-    let whole = authority.as_str() == text
+    let whole = authority.as_str() == &probe["x://".len()..]
         && parsed.path().as_str().is_empty()
         && parsed.query().is_none()
         && parsed.fragment().is_none();
@@ -144,7 +147,7 @@ pub fn request_id(text: &str) -> Result<(), String> {
 }
 
 /// "'<' at 7" for messages; a non-ASCII byte is described by its position only.
-fn describe(text: &str, at: usize) -> String {
+pub fn describe(text: &str, at: usize) -> String {
     match text.as_bytes()[at] {
         b if b.is_ascii_graphic() => format!("'{}' at {}", char::from(b), at + 1),
         b => format!("0x{b:02x} at {}", at + 1),

@@ -20,9 +20,20 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// RFC 3339's `date-time`. The `time` crate takes any one character between the date and
+    /// the time (RFC 3339's prose lets an application choose, say, a space); its ABNF, which
+    /// EIP-4361 cites, has "T", case-insensitive as every ABNF string is. So a message every
+    /// other verifier refuses is refused here too.
     fn parse(text: &str) -> Result<Timestamp, String> {
         let instant = OffsetDateTime::parse(text, &Rfc3339)
             .map_err(|e| format!("not an RFC 3339 date-time ({e})"))?;
+        const SEPARATOR_AT: usize = "YYYY-MM-DD".len();
+        if !matches!(text.as_bytes()[SEPARATOR_AT], b'T' | b't') {
+            return Err(format!(
+                "the date and the time are separated by \"T\", not by {}",
+                grammar::describe(text, SEPARATOR_AT)
+            ));
+        }
         Ok(Timestamp {
             text: text.to_owned(),
             unix_nanos: instant.unix_timestamp_nanos(),

@@ -571,3 +571,74 @@ fn a_chain_id_with_leading_zeros_is_kept_as_written() {
     assert_eq!((parsed.chain_id, parsed.chain_id_text.as_str()), (5, "05"));
     assert_eq!(parsed.to_string(), padded);
 }
+
+#[test]
+fn date_and_time_are_separated_by_t_as_rfc_3339s_grammar_says() {
+    // Found by comparing with the reference parser: the time crate takes any one character
+    // between date and time (even a digit), which every other EIP-4361 verifier refuses.
+    let (message, _, _) = example();
+    for (field, line, stamp) in [
+        ("Issued At", 10, "2022-01-27T17:09:38.578Z"),
+        ("Expiration Time", 11, "2100-01-07T14:31:43.952Z"),
+    ] {
+        for separator in [" ", "_", "0", "Z"] {
+            let text = message.replace(stamp, &stamp.replacen('T', separator, 1));
+            let error = Message::parse(&text).expect_err(separator);
+            assert_eq!((error.line, error.field), (line, field), "{error}");
+            assert!(error.reason.contains("separated by \"T\""), "{error}");
+        }
+        let lower = message.replace(stamp, &stamp.replacen('T', "t", 1));
+        assert_eq!(Message::parse(&lower).unwrap().to_string(), lower);
+    }
+}
+
+#[test]
+fn a_leap_second_is_accepted_only_where_one_can_fall() {
+    // RFC 3339: second 60 is a leap second, which UTC inserts only at the end of a month.
+    let (message, _, _) = example();
+    let issued = |stamp: &str| message.replace("2022-01-27T17:09:38.578Z", stamp);
+    let leap = Message::parse(&issued("2016-12-31T23:59:60Z")).unwrap();
+    let second_before = Message::parse(&issued("2016-12-31T23:59:59Z")).unwrap();
+    assert!(leap.issued_at.unix_nanos > second_before.issued_at.unix_nanos);
+    assert!(Message::parse(&issued("2016-12-31T15:59:60-08:00")).is_ok());
+    for nowhere in [
+        "2016-12-30T23:59:60Z",
+        "2016-12-31T23:58:60Z",
+        "2016-12-31T23:59:60+01:00",
+    ] {
+        let error = Message::parse(&issued(nowhere)).expect_err(nowhere);
+        assert_eq!(error.field, "Issued At", "{nowhere}: {error}");
+    }
+}
+
+#[test]
+fn the_domain_takes_what_a_uri_authority_takes_and_names_a_host() {
+    let (message, _, _) = example();
+    let with_domain = |domain: &str| message.replacen("login.xyz", domain, 1);
+    // Zero-padded octets in an IPv6 literal's IPv4 part: EIP-4361's grammar allows them, and the
+    // URI line already took them; the domain refused them.
+    for domain in [
+        "[::001.002.003.004]",
+        "[::ffff:010.0.0.1]:8080",
+        "u:p@[::1]:443",
+    ] {
+        let parsed = Message::parse(&with_domain(domain)).expect(domain);
+        assert_eq!(parsed.domain, domain);
+        assert_eq!(parsed.to_string(), with_domain(domain));
+    }
+    for domain in [
+        ":80",
+        "user@",
+        "user@:80",
+        "[::1.2.3.]",
+        "[::256.0.0.1]",
+        "a b",
+    ] {
+        let error = Message::parse(&with_domain(domain)).expect_err(domain);
+        assert_eq!(
+            (error.line, error.field),
+            (1, "domain"),
+            "{domain}: {error}"
+        );
+    }
+}
