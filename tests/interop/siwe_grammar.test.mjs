@@ -6,12 +6,15 @@
 // messages the reference accepts (a parse refusal is 22P02; a message that parses fails on its
 // dummy signature with 28000), except where the contract's policy knowingly differs. Each such
 // difference is named below and recognised precisely: the message is repaired in that one
-// respect and must then be accepted. Run by `make test` (scripts/client-tests.sh).
+// respect and must then be accepted. A sample of the messages both accept is then signed, and
+// the fields verify_siwe returns must be those the reference reads. Run by `make test`
+// (scripts/client-tests.sh).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import siweParser from '@spruceid/siwe-parser';
 import { getAddress } from 'viem';
+import { privateKeyToAccount } from 'viem/accounts';
 
 const host = process.env.IDENTITY_BINDINGS_TEST_HOST;
 assert.ok(host, 'IDENTITY_BINDINGS_TEST_HOST is not set: run with `make test`, which starts a cluster');
@@ -36,10 +39,13 @@ after(async () => {
 
 // --- The messages --------------------------------------------------------------------------
 
+// A well-known development key (the first Hardhat/Anvil account): never real funds.
+const signer = privateKeyToAccount('0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80');
+
 const BASE = {
   scheme: undefined,
   domain: 'service.org',
-  address: '0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2',
+  address: signer.address,
   statement: 'I accept the ServiceOrg Terms of Service: https://service.org/tos',
   uri: 'https://service.org/login',
   version: '1',
@@ -99,7 +105,7 @@ const POOLS = {
   ],
   address: [
     BASE.address.toLowerCase(), `0x${BASE.address.slice(2).toUpperCase()}`, `0X${BASE.address.slice(2)}`,
-    BASE.address.slice(0, -1), `${BASE.address}0`, '0xc02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2',
+    BASE.address.slice(0, -1), `${BASE.address}0`, BASE.address.replace(/[a-f]/, (c) => c.toUpperCase()),
     '0x0000000000000000000000000000000000000000',
   ],
   statement: [undefined, '', 'tab\there', '<x>', '{x}', '|', '`', '^', '\\', '"', 'é', "~-._:/?#[]@!$&'()*+,;=% ", ' ', '\r', '%'],
@@ -256,4 +262,49 @@ test('verify_siwe accepts exactly the messages the reference parser accepts, but
   assert.ok(messages.length > 20_000, `${messages.length} messages`);
   assert.ok(tally.bothAccept > 500 && tally.bothRefuse > 10_000, JSON.stringify(tally));
   for (const [name, count] of explained) assert.ok(count > 0, `never exercised: ${name}`);
+});
+
+// --- The fields read ----------------------------------------------------------------------
+
+/** verify_siwe's columns for a genuine signature, at an instant inside the message's window. */
+async function oursReads(message, reference) {
+  const at = reference.notBefore ?? reference.issuedAt;
+  const { rows } = await db.query(
+    `SELECT scheme, domain, address, statement, uri, version, chain_id::text, nonce, issued_at,
+            expiration_time, not_before, request_id, resources
+       FROM identity.verify_siwe($1, $2, at => $3)`,
+    [message, await signer.signMessage({ message }), at],
+  );
+  return rows[0];
+}
+
+/** The same instant to the millisecond, which is what a JavaScript Date holds. */
+function sameInstant(ours, theirs) {
+  if (theirs === undefined) return ours === null;
+  return ours !== null && Math.abs(ours.getTime() - Date.parse(theirs)) < 1;
+}
+
+test('verify_siwe returns the fields the reference parser reads', async (t) => {
+  const signed = corpus()
+    .filter((message) => message.split('\n')[1] === signer.address && referenceAccepts(message))
+    .filter((message) => !POLICY.some((rule) => rule.applies(message)))
+    .map((message) => ({ message, reference: new siweParser.ParsedMessage(message) }))
+    // Instants JavaScript can read (not a leap second), and a window that is open at some instant.
+    .filter(({ reference: r }) => [r.issuedAt, r.notBefore, r.expirationTime].every((t) => t === undefined || Number.isFinite(Date.parse(t))))
+    .filter(({ reference: r }) => r.expirationTime === undefined || Date.parse(r.expirationTime) > Date.parse(r.notBefore ?? r.issuedAt))
+    .filter((_, index) => index % 8 === 0);
+  const differences = [];
+  for (const { message, reference: r } of signed) {
+    const ours = await oursReads(message, r);
+    const same = ours.scheme === (r.scheme ?? null) && ours.domain === r.domain && ours.address === r.address
+      && ours.statement === (r.statement ?? null) && ours.uri === r.uri && ours.version === r.version
+      && ours.chain_id === String(r.chainId) && ours.nonce === r.nonce && ours.request_id === (r.requestId ?? null)
+      && JSON.stringify(ours.resources) === JSON.stringify(r.resources ?? null)
+      && sameInstant(ours.issued_at, r.issuedAt) && sameInstant(ours.expiration_time, r.expirationTime)
+      && sameInstant(ours.not_before, r.notBefore);
+    if (!same) differences.push({ message, ours, reference: { ...r } });
+  }
+  t.diagnostic(`${signed.length} signed messages compared field by field`);
+  assert.deepEqual(differences.slice(0, 5), [], `${differences.length} of ${signed.length} messages read differently`);
+  assert.ok(signed.length > 500, `only ${signed.length} messages compared`);
 });
