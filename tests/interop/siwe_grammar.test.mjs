@@ -9,33 +9,14 @@
 // respect and must then be accepted. A sample of the messages both accept is then signed, and
 // the fields verify_siwe returns must be those the reference reads. Run by `make test`
 // (scripts/client-tests.sh).
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import pg from 'pg';
 import siweParser from '@spruceid/siwe-parser';
 import { getAddress } from 'viem';
 import { privateKeyToAccount } from 'viem/accounts';
+import { testDatabase } from './database.mjs';
 
-const host = process.env.IDENTITY_BINDINGS_TEST_HOST;
-assert.ok(host, 'IDENTITY_BINDINGS_TEST_HOST is not set: run with `make test`, which starts a cluster');
-const database = `interop_grammar_${process.pid}`;
-
-const admin = new pg.Client({ host, port: 5432, user: 'postgres', database: 'postgres' });
-let db;
-
-before(async () => {
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${database}`);
-  db = new pg.Client({ host, port: 5432, user: 'postgres', database });
-  await db.connect();
-  await db.query('CREATE EXTENSION identity_bindings');
-});
-
-after(async () => {
-  await db?.end();
-  await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-  await admin.end();
-});
+const db = testDatabase('interop_grammar');
 
 // --- The messages --------------------------------------------------------------------------
 

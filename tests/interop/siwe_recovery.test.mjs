@@ -4,37 +4,18 @@
 // refused 29 and 2, and 64-byte EIP-2098 compact signatures, which viem reads with
 // parseCompactSignature). For each, both must name the same EIP-55 address or both refuse it.
 // Run by `make test` (scripts/client-tests.sh).
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import pg from 'pg';
 import {
   compactSignatureToSignature,
   parseCompactSignature,
   recoverMessageAddress,
   serializeSignature,
 } from 'viem';
+import { testDatabase } from './database.mjs';
 
-const host = process.env.IDENTITY_BINDINGS_TEST_HOST;
-assert.ok(host, 'IDENTITY_BINDINGS_TEST_HOST is not set: run with `make test`, which starts a cluster');
-const database = `interop_recovery_${process.pid}`;
-
-const admin = new pg.Client({ host, port: 5432, user: 'postgres', database: 'postgres' });
-let db;
-
-before(async () => {
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${database}`);
-  db = new pg.Client({ host, port: 5432, user: 'postgres', database });
-  await db.connect();
-  await db.query('CREATE EXTENSION identity_bindings');
-});
-
-after(async () => {
-  await db?.end();
-  await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-  await admin.end();
-});
+const db = testDatabase('interop_recovery');
 
 const MESSAGE = [
   'service.org wants you to sign in with your Ethereum account:',

@@ -1,37 +1,18 @@
 // identity_bindings against a real wallet library: viem builds and signs Sign-In with Ethereum
 // messages (createSiweMessage + a local private-key account), node-postgres sends them to
 // identity.siwe_login. Run by `make test` (scripts/client-tests.sh starts the cluster).
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import pg from 'pg';
 import { privateKeyToAccount } from 'viem/accounts';
 import { createSiweMessage, parseSiweMessage } from 'viem/siwe';
+import { testDatabase } from './database.mjs';
 
-const host = process.env.IDENTITY_BINDINGS_TEST_HOST;
-assert.ok(host, 'IDENTITY_BINDINGS_TEST_HOST is not set: run with `make test`, which starts a cluster');
-const database = `interop_viem_${process.pid}`;
+const db = testDatabase('interop_viem');
 const domain = 'wallet.example';
 
 // Well-known development keys (the first two Hardhat/Anvil accounts): never real funds.
 const alice = privateKeyToAccount('0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80');
 const mallory = privateKeyToAccount('0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d');
-
-const admin = new pg.Client({ host, port: 5432, user: 'postgres', database: 'postgres' });
-let db;
-
-before(async () => {
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${database}`);
-  db = new pg.Client({ host, port: 5432, user: 'postgres', database });
-  await db.connect();
-  await db.query('CREATE EXTENSION identity_bindings');
-});
-
-after(async () => {
-  await db?.end();
-  await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-  await admin.end();
-});
 
 /** A viem SIWE message for `account` with a nonce issued by the database. */
 async function messageFor(account, { issuedAt = new Date(), expirationTime } = {}) {
