@@ -97,6 +97,9 @@ upgrade() {
     else
         initialize "$dir"
     fi
+    # The old cluster's ALTER SYSTEM settings (shared_preload_libraries, say) carry over, as a DBA
+    # configures the new cluster before running pg_upgrade, which starts it with its own settings.
+    install -o postgres -g postgres -m 0600 "$old/data/postgresql.auto.conf" "$dir/data/"
     # pg_upgrade runs as the clusters' owner, from a directory it may write its logs into.
     if ! (cd "$dir" && runuser -u postgres -- "$BIN/pg_upgrade" --old-bindir "$old_bin" \
         --new-bindir "$BIN" --old-datadir "$old/data" --new-datadir "$dir/data" \

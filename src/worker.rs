@@ -15,8 +15,17 @@ use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-/// Registers the worker; only possible while shared_preload_libraries is being processed.
+/// Registers the worker; only possible while shared_preload_libraries is being processed. Not
+/// when the server runs for pg_upgrade (binary upgrade mode): there the worker's connection kept
+/// pg_upgrade from dropping and re-creating its database (`postgres`, say), so the upgrade
+/// failed, and on the new server whatever it wrote would be lost under the old cluster's files.
+/// PostgreSQL keeps autovacuum off in that mode for the same reasons.
 pub fn register() {
+    // SAFETY: reads a flag the postmaster sets from its command line before it loads libraries.
+    if unsafe { pg_sys::IsBinaryUpgrade } {
+        log!("identity_bindings worker: not started: the server runs for pg_upgrade");
+        return;
+    }
     BackgroundWorkerBuilder::new("identity_bindings worker")
         .set_type("identity_bindings worker")
         .set_library("identity_bindings")
