@@ -9,6 +9,7 @@
 --   - SIWE messages longer than 16 kB are refused (22P02) by verify_siwe, siwe_login, siwe_bind;
 --   - writing functions refuse a read-only transaction or a hot standby with 25006;
 --   - identity.check_integrity() has a fifth check, bound_bindings_are_live.
+-- Refused in a database whose encoding is not UTF8 (0A000), as a fresh install is: below.
 -- SQL object changes, below:
 --   - the backfill and backstop functions take their id_column and wallet_column as `name`, as
 --     the SQL contract declares them (0.1.0 declared text): replaced, keeping their EXECUTE grants;
@@ -23,6 +24,24 @@
 -- The upgrade test (pgrx-tests/tests/upgrade.rs) checks that a 0.1.0 install updated with this
 -- script has exactly the objects of a fresh 0.2.0 install.
 \echo Use "ALTER EXTENSION identity_bindings UPDATE TO '0.2.0'" to load this file. \quit
+
+-- The database must be UTF8. Every event's hash is keccak-256 over its payload's text as
+-- PostgreSQL prints it, and the extension reads all text as UTF-8: in another encoding, text that
+-- is not ASCII (under SQL_ASCII, not UTF-8), in evidence or a custom provider's ids, fails with an
+-- internal error, and a dump of a UTF8 database restored there leaves chains it cannot verify. So the update refuses at once,
+-- as a fresh install of 0.2.0 does (0.1.0 did not check).
+DO $utf8_only$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'feature_not_supported',
+            MESSAGE = pg_catalog.format('identity_bindings needs a database whose encoding is UTF8; database %I is %s',
+                                        pg_catalog.current_database(), pg_catalog.getdatabaseencoding()),
+            DETAIL = 'Event hashes are computed over the UTF-8 text of each payload, and the extension reads all text as UTF-8.',
+            HINT = 'Install it in a database created with ENCODING ''UTF8'' (CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0); move existing data there with pg_dump and pg_restore.';
+    END IF;
+END
+$utf8_only$;
 
 -- Progress of the batched backfill (CALL identity.backfill_wallet_bindings_in_batches): a run
 -- splits the source table's id range into parts; a part's resume point and counts are updated in

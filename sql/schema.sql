@@ -4,6 +4,23 @@
 -- snowflake, a GitHub id are bindings attached to a user; the proof of each binding lives only in
 -- the append-only event log. The functions of the extension are the only writers.
 
+-- The database must be UTF8. Every event's hash is keccak-256 over its payload's text as
+-- PostgreSQL prints it, and the extension reads all text as UTF-8: in another encoding, text that
+-- is not ASCII (under SQL_ASCII, not UTF-8), in evidence or a custom provider's ids, fails with an
+-- internal error, and a dump of a UTF8 database restored there leaves chains it cannot verify. So the install refuses at once.
+DO $utf8_only$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'feature_not_supported',
+            MESSAGE = pg_catalog.format('identity_bindings needs a database whose encoding is UTF8; database %I is %s',
+                                        pg_catalog.current_database(), pg_catalog.getdatabaseencoding()),
+            DETAIL = 'Event hashes are computed over the UTF-8 text of each payload, and the extension reads all text as UTF-8.',
+            HINT = 'Install it in a database created with ENCODING ''UTF8'' (CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0); move existing data there with pg_dump and pg_restore.';
+    END IF;
+END
+$utf8_only$;
+
 -- Identifiers (provider names, external ids, job keys, nonces) are COLLATE "C": they compare byte
 -- for byte, which is what equality of identifiers means anyway. Their unique indexes then do not
 -- depend on the operating system's locale data, which can change order in an upgrade of the C

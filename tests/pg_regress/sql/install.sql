@@ -1,6 +1,30 @@
 -- Installing identity_bindings: one statement, by a superuser. Everything lives in schema
 -- "identity", which the extension creates and owns (it is not relocatable).
 \set SHOW_CONTEXT never
+
+-- The database must be UTF8: every event's hash is computed over the UTF-8 text of its payload.
+-- In a database of another encoding the install is refused (0A000) and leaves nothing behind.
+\set regress_database :DBNAME
+CREATE DATABASE identity_latin1 ENCODING 'LATIN1' LOCALE 'C' TEMPLATE template0;
+\c identity_latin1
+CREATE EXTENSION identity_bindings;
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS identity_schemas FROM pg_namespace WHERE nspname = 'identity';
+-- 0.1.0 did not check. An install of it there is not updated: it stays 0.1.0.
+CREATE EXTENSION identity_bindings VERSION '0.1.0';
+ALTER EXTENSION identity_bindings UPDATE;
+\echo :LAST_ERROR_SQLSTATE
+SELECT extversion FROM pg_extension WHERE extname = 'identity_bindings';
+-- SQL_ASCII, which takes any bytes and checks none, is refused as well.
+CREATE DATABASE identity_sql_ascii ENCODING 'SQL_ASCII' LOCALE 'C' TEMPLATE template0;
+\c identity_sql_ascii
+CREATE EXTENSION identity_bindings;
+\echo :LAST_ERROR_SQLSTATE
+\c :regress_database
+DROP DATABASE identity_latin1;
+DROP DATABASE identity_sql_ascii;
+
+-- In a UTF8 database:
 CREATE EXTENSION identity_bindings;
 
 SELECT e.extname, e.extversion, n.nspname AS schema, e.extrelocatable
