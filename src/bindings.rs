@@ -10,6 +10,7 @@ use crate::events::{
     append_many, append_to_locked, insert_binding_with_event, lock_chains, pg_uuid, rust_uuid,
     EventType,
 };
+use crate::evidence::{evidence_object, EvidenceArg};
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::set_returning::{return_rows, V1_API};
 use crate::statements::{text_uuid_rows, writable, Statement};
@@ -265,26 +266,12 @@ fn owners_of(
     Ok(owners)
 }
 
-/// Evidence is a JSON object: a record of how the link was proven, never a bare value.
-pub fn evidence_object(evidence: pgrx::JsonB) -> Result<Value, IdentityError> {
-    let evidence = evidence.0;
-    let found = match &evidence {
-        Value::Object(_) => return Ok(evidence),
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-    };
-    Err(IdentityError::InvalidEvidence { found })
-}
-
 /// `identity.create_binding(user_id, provider, external_id, evidence)`.
 fn create_binding(
     user_id: Option<pgrx::Uuid>,
     provider: Option<&str>,
     external_id: Option<&str>,
-    evidence: Option<pgrx::JsonB>,
+    evidence: Option<EvidenceArg>,
 ) -> Result<BindOutcome, IdentityError> {
     writable()?;
     let user_id = rust_uuid(required(user_id, "user_id")?);
@@ -356,7 +343,7 @@ static DELETE_BINDING: Statement = Statement::write(
 fn revoke_binding(
     provider: Option<&str>,
     external_id: Option<&str>,
-    evidence: Option<pgrx::JsonB>,
+    evidence: Option<EvidenceArg>,
 ) -> Result<
     TableIterator<'static, (name!(binding_id, pgrx::Uuid), name!(user_id, pgrx::Uuid))>,
     ErrorReport,
@@ -417,7 +404,7 @@ static HAS_BINDINGS: Statement = Statement::read(
 fn merge_users(
     from_user: Option<pgrx::Uuid>,
     into_user: Option<pgrx::Uuid>,
-    evidence: Option<pgrx::JsonB>,
+    evidence: Option<EvidenceArg>,
 ) -> Result<i32, ErrorReport> {
     writable()?;
     let from_user = rust_uuid(required(from_user, "from_user")?);

@@ -27,6 +27,8 @@ pub enum IdentityError {
     },
     /// 22023: evidence must be a JSON object.
     InvalidEvidence { found: &'static str },
+    /// 22023: evidence nests deeper than `evidence::MAX_EVIDENCE_DEPTH` levels.
+    EvidenceTooDeep,
     /// 23505: the external id is bound to another user (NO_AUTO_MERGE). Never names that user.
     BoundToAnotherUser {
         provider: String,
@@ -108,6 +110,7 @@ impl IdentityError {
             UnknownProvider { .. }
             | MalformedExternalId { .. }
             | InvalidEvidence { .. }
+            | EvidenceTooDeep
             | MergeIntoSelf
             | InvalidProviderName { .. }
             | InvalidNonceLifetime
@@ -158,6 +161,9 @@ impl IdentityError {
             }
             InvalidEvidence { .. } => {
                 "Pass evidence as a JSON object, e.g. '{\"method\": \"oauth\"}'.".into()
+            }
+            EvidenceTooDeep => {
+                "Evidence records how a link was proven: keep a deeper document elsewhere and put a reference to it (its URL or hash) in the evidence.".into()
             }
             BoundToAnotherUser { .. } => {
                 "Bindings are never moved implicitly: revoke the binding first, or merge the two users with identity.merge_users(from_user, into_user, evidence).".into()
@@ -253,6 +259,11 @@ impl fmt::Display for IdentityError {
                 echo(external_id)
             ),
             InvalidEvidence { found } => write!(f, "evidence must be a JSON object, not {found}"),
+            EvidenceTooDeep => write!(
+                f,
+                "evidence nests objects and arrays more than {} levels deep",
+                crate::evidence::MAX_EVIDENCE_DEPTH
+            ),
             BoundToAnotherUser {
                 provider,
                 external_id,

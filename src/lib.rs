@@ -19,6 +19,7 @@ mod bindings;
 pub mod eip55;
 mod errors;
 mod events;
+mod evidence;
 mod gucs;
 mod integrity;
 mod nonces;

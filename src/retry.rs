@@ -7,6 +7,7 @@
 use crate::bindings::bind_queued;
 use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::events::{pg_uuid, rust_uuid};
+use crate::evidence::{evidence_object, EvidenceArg};
 use crate::gucs::RetryPolicy;
 use crate::providers::canonical_external_id;
 use crate::statements::{writable, Statement};
@@ -66,14 +67,14 @@ fn enqueue_binding(
     user_id: Option<pgrx::Uuid>,
     provider: Option<&str>,
     external_id: Option<&str>,
-    evidence: default!(Option<pgrx::JsonB>, "'{}'"),
+    evidence: default!(Option<EvidenceArg>, "'{}'"),
 ) -> Result<String, ErrorReport> {
     writable()?;
     let user_id = rust_uuid(required(user_id, "user_id")?);
     let provider = required(provider, "provider")?;
     let external_id = required(external_id, "external_id")?;
     let evidence = required_or_left_out(evidence, "evidence", "'{}'")?;
-    let evidence = crate::bindings::evidence_object(evidence)?;
+    let evidence = evidence_object(evidence)?;
     let (key, _) =
         Spi::connect_mut(|client| enqueue(client, user_id, provider, external_id, evidence))?;
     Ok(key)

@@ -40,6 +40,10 @@ SELECT * FROM identity.create_binding(:alice, 'github', '1', NULL);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM identity.create_binding(:alice, 'github', '1', '"signed"');
 \echo :LAST_ERROR_SQLSTATE
+-- Evidence may nest objects and arrays 127 levels deep, no deeper.
+SELECT * FROM identity.create_binding(:alice, 'github', '1',
+                                      jsonb_build_object('deep', (repeat('[', 127) || repeat(']', 127))::jsonb));
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM identity.create_binding(:alice, 'twitter', '1');
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM identity.create_binding(:alice, 'github', '-1');
