@@ -26,7 +26,7 @@ programs_of() {
 ensure_locale() {
     local wanted=$1
     local compact=${wanted/UTF-8/utf8}
-    if locale -a | grep -qix -e "$wanted" -e "$compact"; then return; fi
+    if locale -a | grep -ix -e "$wanted" -e "$compact" >/dev/null; then return; fi
     command -v locale-gen >/dev/null || { apt-get update -qq && apt-get install -y -qq locales >/dev/null; }
     sed -i "s/^# *\($wanted \)/\1/" /etc/locale.gen
     grep -q "^$wanted " /etc/locale.gen || { echo "no locale $wanted in /etc/locale.gen" >&2; exit 1; }
@@ -92,7 +92,7 @@ upgrade() {
     checksums=$("$old_bin/pg_controldata" "$old/data" | awk -F: '/checksum version/ {print $2 + 0}')
     if [ "$checksums" != 0 ]; then
         initialize "$dir" --data-checksums
-    elif "$BIN/initdb" --help | grep -q -- --no-data-checksums; then
+    elif "$BIN/initdb" --help | grep -- --no-data-checksums >/dev/null; then
         initialize "$dir" --no-data-checksums
     else
         initialize "$dir"

@@ -20,7 +20,7 @@ command -v node >/dev/null && command -v npm >/dev/null || PACKAGES+=(nodejs npm
 
 missing=()
 for package in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing Debian packages: ${missing[*]}"
@@ -28,7 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if ! cargo pgrx --version 2>/dev/null | grep -qF "$PGRX_VERSION"; then
+if ! cargo pgrx --version 2>/dev/null | grep -F "$PGRX_VERSION" >/dev/null; then
     say "installing cargo-pgrx $PGRX_VERSION (a few minutes, once)"
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
 fi
