@@ -12,8 +12,6 @@ use pgrx::spi::SpiClient;
 /// 22 characters of a 62-letter alphabet: about 131 bits.
 const NONCE_LENGTH: usize = 22;
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-/// Expired nonces one issue cleans up, so cleanup never makes issuing slow.
-const EXPIRED_PURGED_PER_ISSUE: i64 = 16;
 
 /// A fresh nonce from pg_strong_random, without modulo bias (bytes of 248 and up are redrawn).
 fn random_nonce() -> Result<String, IdentityError> {
@@ -42,11 +40,16 @@ static STORE_NONCE: Statement = Statement::write(
     &[TEXTOID, INTERVALOID],
 );
 
+// At most 16 expired nonces per issue, so cleanup never makes issuing slow. The limit is written
+// out, not a parameter: a statement without parameters keeps one plan for good, where with
+// `LIMIT $1` the plan cache weighed a generic plan (which guesses the limit) against custom ones
+// (which know it) by the table's size, and once a flood of requests had grown the table it
+// planned this statement again on every issue.
 static PURGE_EXPIRED: Statement = Statement::write(
     "DELETE FROM identity.siwe_nonces WHERE nonce IN (
          SELECT n.nonce FROM identity.siwe_nonces n WHERE n.expires_at <= now()
-          ORDER BY n.expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
-    &[pg_sys::INT8OID],
+          ORDER BY n.expires_at LIMIT 16 FOR UPDATE SKIP LOCKED)",
+    &[],
 );
 
 // Outstanding nonces, without counting rows: the cumulative statistics' live tuples of the table
@@ -94,7 +97,7 @@ fn issue_nonce(ttl: default!(Option<Interval>, "'10 minutes'")) -> Result<String
     let ttl = crate::errors::required_or_left_out(ttl, "ttl", "'10 minutes'")?;
     let nonce = random_nonce()?;
     Spi::connect_mut(|client| -> Result<(), IdentityError> {
-        PURGE_EXPIRED.run(client, &[EXPIRED_PURGED_PER_ISSUE.into()])?;
+        PURGE_EXPIRED.run(client, &[])?;
         check_nonce_capacity(client)?;
         let stored = STORE_NONCE.run(client, &[nonce.as_str().into(), ttl.into()])?;
         if stored.is_empty() {

@@ -364,6 +364,21 @@ mod tests {
     #[pg_test]
     fn everyday_calls_run_their_kept_statements_without_planning_them_again() {
         take_turns();
+        // Tables that have grown: the plan cache compares a generic plan with the custom ones by
+        // their estimated cost, which follows a table's size on disk. A flood of nonce requests
+        // or of queued jobs grows a table that way, and so does a rolled-back one (another
+        // test's): the nonce cleanup was planned again on every issue after such a flood.
+        Spi::run(
+            "INSERT INTO identity.siwe_nonces (nonce, expires_at)
+             SELECT 'flood' || lpad(i::text, 11, '0'), now() + interval '1 minute'
+               FROM generate_series(1, 20000) i;
+             DELETE FROM identity.siwe_nonces WHERE nonce LIKE 'flood%';
+             INSERT INTO identity.binding_jobs (job_key, user_id, provider, external_id, evidence)
+             SELECT 'bind:github:' || i, gen_random_uuid(), 'github', i::text, '{}'
+               FROM generate_series(900000, 920000) i;
+             DELETE FROM identity.binding_jobs WHERE external_id::bigint >= 900000",
+        )
+        .unwrap();
         // Past the five custom plans the plan cache makes of each statement before it decides
         // whether a generic plan will do.
         for round in 0..10 {
