@@ -11,9 +11,8 @@ use pgrx::prelude::*;
 use serde_json::Value;
 use std::ffi::CStr;
 
-/// The deepest nesting of objects and arrays that evidence may have: serde_json's reader stops
-/// at 128 levels (its guard against running out of stack), and an event's payload puts the
-/// evidence one level down.
+/// The deepest nesting of objects and arrays that evidence may have: serde_json's reader refuses
+/// a 128th level (its guard against running out of stack).
 pub const MAX_EVIDENCE_DEPTH: usize = 127;
 
 /// A `jsonb` argument read as evidence. pgrx's `JsonB` panics on a value its reader refuses,
