@@ -302,6 +302,23 @@ pub fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) 
     check()
 }
 
+/// Whether GitHub id `external_id` is bound to `user` within `within`: a queued job made by
+/// whatever runs the queue on its own (the background worker, pg_cron).
+pub fn bound_within(
+    client: &mut Client,
+    external_id: &str,
+    user: uuid::Uuid,
+    within: std::time::Duration,
+) -> bool {
+    eventually(within, || {
+        let owner: Option<uuid::Uuid> = client
+            .query_one("SELECT identity.resolve('github', $1)", &[&external_id])
+            .unwrap()
+            .get(0);
+        owner == Some(user)
+    })
+}
+
 /// Whether the backend `pid` is blocked by another session's lock within a few seconds.
 pub fn soon_waits_for_a_lock(observer: &mut Client, pid: i32) -> bool {
     eventually(std::time::Duration::from_secs(10), || {

@@ -1,7 +1,7 @@
 //! Without the background worker: pg_cron (Debian's postgresql-15-cron) schedules the queue.
 //! pg_cron 1.4 has minute granularity, so this test waits for the next whole minute.
 
-use identity_bindings_client_tests::{eventually, Cluster};
+use identity_bindings_client_tests::{bound_within, Cluster};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -34,15 +34,8 @@ fn pg_cron_runs_the_binding_queue() {
         .execute("SELECT identity.enqueue_binding($1, 'github', '8001', '{\"method\": \"pg_cron test\"}')", &[&user])
         .unwrap();
 
-    let bound = eventually(Duration::from_secs(75), || {
-        let owner: Option<Uuid> = client
-            .query_one("SELECT identity.resolve('github', '8001')", &[])
-            .unwrap()
-            .get(0);
-        owner == Some(user)
-    });
     assert!(
-        bound,
+        bound_within(&mut client, "8001", user, Duration::from_secs(75)),
         "pg_cron ran identity.run_binding_jobs within a minute"
     );
     let runs: i64 = client

@@ -10,7 +10,7 @@
 
 use identity_bindings_client_tests::{
     assert_the_extension_works_on_its_data, assert_the_schema_of_a_fresh_install, bindir,
-    eventually, integrity_is_clean, populate_every_table, table_contents, Cluster,
+    bound_within, integrity_is_clean, populate_every_table, table_contents, Cluster,
 };
 use postgres::Client;
 use std::time::Duration;
@@ -83,15 +83,8 @@ fn a_cluster_whose_worker_serves_the_postgres_database_moves_and_its_worker_resu
 
     let new = Cluster::upgraded_from(&old, "pg_upgrade_worker_new");
     let mut client = new.connect("postgres");
-    let bound = eventually(Duration::from_secs(30), || {
-        let owner: Option<uuid::Uuid> = client
-            .query_one("SELECT identity.resolve('github', '4242')", &[])
-            .unwrap()
-            .get(0);
-        owner == Some(user)
-    });
     assert!(
-        bound,
+        bound_within(&mut client, "4242", user, Duration::from_secs(30)),
         "the worker on the new server binds the job queued before the move:\n{}",
         new.server_log()
     );
