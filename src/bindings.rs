@@ -1162,6 +1162,69 @@ mod tests {
         );
     }
 
+    /// Runs `query` under EXPLAIN ANALYZE with parallel query made free and the leader kept out
+    /// of the scan, so every row it returns was found by a parallel worker: the Gather's workers
+    /// launched and rows returned.
+    fn found_by_parallel_workers(query: &str) -> (i64, i64) {
+        Spi::run(
+            "SET LOCAL parallel_setup_cost = 0;
+             SET LOCAL parallel_tuple_cost = 0;
+             SET LOCAL min_parallel_table_scan_size = 0;
+             SET LOCAL max_parallel_workers_per_gather = 2;
+             SET LOCAL parallel_leader_participation = off",
+        )
+        .unwrap();
+        let explain = format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, FORMAT JSON) {query}");
+        let plan = Spi::get_one::<pgrx::Json>(&explain).unwrap().unwrap().0;
+        let gather = &plan[0]["Plan"];
+        assert_eq!(gather["Node Type"], "Gather", "not a parallel plan: {plan}");
+        let field = |name: &str| gather[name].as_i64().expect("the plan reports it");
+        (field("Workers Launched"), field("Actual Rows"))
+    }
+
+    #[pg_test]
+    fn the_parallel_safe_look_ups_see_this_transactions_bindings_from_parallel_workers() {
+        crate::testing::take_turns();
+        // Written in this transaction, so a worker reads them through the leader's transaction
+        // (the look-up's path for a transaction that has written).
+        create(ALICE, "github", "7");
+        create(BOB, "github", "9");
+        Spi::run(
+            "SELECT identity.register_provider('team', '^[a-z]+$');
+             CREATE TABLE probe AS SELECT g::text AS id, chr(97 + g % 26) || 'x' AS name
+                                     FROM generate_series(1, 1000) g;
+             ANALYZE probe",
+        )
+        .unwrap();
+        create(ALICE, "team", "hx");
+        let bound_github_ids = 2;
+        let probes_named_hx = count("SELECT count(*) FROM probe WHERE name = 'hx'");
+        for (query, expected) in [
+            (
+                "SELECT id FROM probe WHERE identity.resolve('github', id) IS NOT NULL",
+                bound_github_ids,
+            ),
+            (
+                "SELECT p.id FROM probe p, identity.resolve_many('github', ARRAY[p.id]) r
+                  WHERE r.user_id IS NOT NULL",
+                bound_github_ids,
+            ),
+            // A custom provider's pattern is read from identity.providers, through SPI.
+            (
+                "SELECT id FROM probe WHERE identity.resolve('team', name) IS NOT NULL",
+                probes_named_hx,
+            ),
+            (
+                "SELECT id FROM probe WHERE identity.canonical_external_id('team', name) = 'hx'",
+                probes_named_hx,
+            ),
+        ] {
+            let (workers, rows) = found_by_parallel_workers(query);
+            assert!(workers > 0, "no parallel worker was launched for {query}");
+            assert_eq!(rows, expected, "{query}");
+        }
+    }
+
     #[pg_test]
     fn a_public_function_shadowing_a_builtin_changes_nothing() {
         crate::testing::take_turns();
