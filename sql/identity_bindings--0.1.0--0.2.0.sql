@@ -10,6 +10,8 @@
 --   - writing functions refuse a read-only transaction or a hot standby with 25006;
 --   - identity.check_integrity() has a fifth check, bound_bindings_are_live.
 -- Refused in a database whose encoding is not UTF8 (0A000), as a fresh install is: below.
+-- Refused where schema identity is owned by, or open to CREATE for, a role that is not a
+-- superuser (42501), as a fresh install is: below.
 -- SQL object changes, below:
 --   - the backfill and backstop functions take their id_column and wallet_column as `name`, as
 --     the SQL contract declares them (0.1.0 declared text): replaced, keeping their EXECUTE grants;
@@ -42,6 +44,40 @@ BEGIN
     END IF;
 END
 $utf8_only$;
+
+-- Schema identity must be the superusers' own. CREATE EXTENSION takes over an existing schema of
+-- that name as it finds it, and the SECURITY DEFINER functions, which run as the superuser who
+-- installed them, find their tables in it by name. A role that owns the schema can rename it and
+-- create another "identity" whose tables, views and triggers run its own functions as that
+-- superuser; a role that may create in it can add overloads of the functions that an
+-- application's call with untyped literals would pick instead. So neither is accepted.
+DO $superusers_schema$
+DECLARE
+    other_owner text;
+    other_creators text;
+BEGIN
+    SELECT r.rolname INTO other_owner
+      FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'identity' AND NOT r.rolsuper;
+    SELECT pg_catalog.string_agg(coalesce(pg_catalog.quote_ident(r.rolname), 'PUBLIC'), ', ') INTO other_creators
+      FROM pg_catalog.pg_namespace n
+     CROSS JOIN LATERAL pg_catalog.aclexplode(n.nspacl) a
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'identity'
+       AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+       AND NOT coalesce(r.rolsuper, false);
+    IF other_owner IS NOT NULL OR other_creators IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = CASE WHEN other_owner IS NOT NULL
+                THEN pg_catalog.format('schema identity is owned by role %I, which is not a superuser', other_owner)
+                ELSE pg_catalog.format('roles that are not superusers may create objects in schema identity: %s', other_creators)
+            END,
+            DETAIL = 'The extension''s SECURITY DEFINER functions run as the superuser who installed it and find their tables in schema identity by name: a role that owns the schema, or may create objects in it, could have them run its own code with that superuser''s rights.',
+            HINT = 'Drop the schema if nothing else uses it (the extension creates its own); otherwise give it to a superuser (ALTER SCHEMA identity OWNER TO ...) and REVOKE CREATE ON SCHEMA identity FROM each role named.';
+    END IF;
+END
+$superusers_schema$;
 
 -- Progress of the batched backfill (CALL identity.backfill_wallet_bindings_in_batches): a run
 -- splits the source table's id range into parts; a part's resume point and counts are updated in

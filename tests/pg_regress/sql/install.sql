@@ -24,7 +24,39 @@ CREATE EXTENSION identity_bindings;
 DROP DATABASE identity_latin1;
 DROP DATABASE identity_sql_ascii;
 
--- In a UTF8 database:
+-- Schema identity must be the superusers' own. CREATE EXTENSION takes over an existing schema of
+-- that name, and a role that owns it, or may create objects in it, could have the SECURITY
+-- DEFINER functions run its own code as the superuser who installed them. Such a schema is
+-- refused (42501) and nothing is created in it.
+CREATE DATABASE identity_taken;
+\c identity_taken
+CREATE ROLE identity_schema_squatter;
+CREATE SCHEMA identity AUTHORIZATION identity_schema_squatter;
+CREATE EXTENSION identity_bindings;
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) AS objects_in_schema FROM pg_class WHERE relnamespace = 'identity'::regnamespace;
+ALTER SCHEMA identity OWNER TO CURRENT_USER;
+GRANT CREATE ON SCHEMA identity TO identity_schema_squatter, PUBLIC;
+CREATE EXTENSION identity_bindings;
+\echo :LAST_ERROR_SQLSTATE
+-- A superuser's, with CREATE for no one else, it is accepted.
+REVOKE CREATE ON SCHEMA identity FROM identity_schema_squatter, PUBLIC;
+CREATE EXTENSION identity_bindings;
+SELECT extversion FROM pg_extension WHERE extname = 'identity_bindings';
+-- 0.1.0 did not check: an install of it in such a schema is not updated until the schema is fixed.
+DROP EXTENSION identity_bindings;
+ALTER SCHEMA identity OWNER TO identity_schema_squatter;
+CREATE EXTENSION identity_bindings VERSION '0.1.0';
+ALTER EXTENSION identity_bindings UPDATE;
+\echo :LAST_ERROR_SQLSTATE
+ALTER SCHEMA identity OWNER TO CURRENT_USER;
+ALTER EXTENSION identity_bindings UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'identity_bindings';
+\c :regress_database
+DROP DATABASE identity_taken;
+DROP ROLE identity_schema_squatter;
+
+-- In a UTF8 database, where schema identity does not exist yet:
 CREATE EXTENSION identity_bindings;
 
 SELECT e.extname, e.extversion, n.nspname AS schema, e.extrelocatable
