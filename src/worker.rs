@@ -1,11 +1,12 @@
 //! The background worker: with `shared_preload_libraries = 'identity_bindings'` and
 //! `identity.worker_database` set, it runs due binding jobs every `identity.worker_poll_interval`
 //! (at once again after a pass that took its full 64) and the backstop every
-//! `identity.backstop_interval`. Each pass is its own transaction; a pass that fails is rolled
-//! back and logged, and the worker goes on. SIGTERM ends it as it ends any backend, even in the
-//! middle of a pass (rolled back); the postmaster starts it again 5 s after that or a crash,
-//! unless the server is shutting down. It follows `identity.worker_database` on a reload: to
-//! another database (by a restart), or, unset, to waiting until a reload sets it again.
+//! `identity.backstop_interval`, where the extension is installed (elsewhere it runs nothing).
+//! Each pass is its own transaction; a pass that fails is rolled back and logged, and the worker
+//! goes on. SIGTERM ends it as it ends any backend, even in the middle of a pass (rolled back);
+//! the postmaster starts it again 5 s after that or a crash, unless the server is shutting down.
+//! It follows `identity.worker_database` on a reload: to another database (by a restart), or,
+//! unset, to waiting until a reload sets it again.
 
 use crate::gucs::{BACKSTOP_INTERVAL_S, WORKER_DATABASE, WORKER_POLL_INTERVAL_MS};
 use crate::subtransaction::failure_of;
@@ -47,14 +48,42 @@ const RUN_JOBS: &str = "SELECT pg_catalog.count(*) FROM identity.run_binding_job
 const BACKSTOP: &str =
     "SELECT identity.backstop() WHERE pg_catalog.to_regclass('public.users') IS NOT NULL";
 
+// The worker runs as a superuser and calls the extension's functions by name. In a database
+// without the extension, schema identity may be anyone's (a database's owner can create one), and
+// the functions found there would run as that superuser: a pass runs only where schema identity
+// is the extension's own.
+const EXTENSION_INSTALLED: &str = "SELECT EXISTS (
+    SELECT FROM pg_catalog.pg_extension e
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+     WHERE e.extname OPERATOR(pg_catalog.=) 'identity_bindings'
+       AND n.nspname OPERATOR(pg_catalog.=) 'identity')";
+
+/// Refuses to go on in a database where schema identity is not the extension's.
+fn require_extension() -> Result<(), String> {
+    match Spi::get_one::<bool>(EXTENSION_INSTALLED) {
+        Ok(Some(true)) => Ok(()),
+        Ok(_) => Err(
+            "the extension is not installed in this database, so nothing of schema \
+                      identity is run: CREATE EXTENSION identity_bindings there, or set \
+                      identity.worker_database to a database that has it"
+                .into(),
+        ),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Runs `sql` in a transaction of its own: committed if it succeeds, rolled back if it raises.
 fn run_pass(sql: &str) -> Result<(), String> {
-    in_transaction(|| Spi::run(sql).map_err(|e| e.to_string()))
+    in_transaction(|| {
+        require_extension()?;
+        Spi::run(sql).map_err(|e| e.to_string())
+    })
 }
 
 /// Runs one pass of due jobs in a transaction of its own; how many jobs it took.
 fn run_jobs_pass() -> Result<i64, String> {
     in_transaction(|| {
+        require_extension()?;
         Spi::get_one_with_args::<i64>(RUN_JOBS, &[JOBS_PER_PASS.into()])
             .map(Option::unwrap_or_default)
             .map_err(|e| e.to_string())

@@ -1,6 +1,7 @@
 //! The background worker, in a cluster that preloads the library: it binds queued jobs without
 //! anyone calling a function, comes back after a crash, ends at SIGTERM even in a long pass, and
-//! calls none of the functions a database's owner puts in its search_path.
+//! calls none of the functions a database's owner puts in its search_path, or in a schema
+//! identity of theirs where the extension is not installed.
 
 use identity_bindings_client_tests::{eventually, Cluster};
 use std::time::Duration;
@@ -421,6 +422,93 @@ fn a_backlog_drains_in_passes_that_follow_each_other_not_one_pass_per_poll() {
 }
 
 /// The database the worker is connected to, if it is connected to one.
+#[test]
+fn the_worker_calls_nothing_in_a_database_without_the_extension() {
+    let cluster = Cluster::start(
+        "worker_no_extension",
+        &[
+            "shared_preload_libraries=identity_bindings",
+            "identity.worker_database=worker_no_extension",
+            "identity.worker_poll_interval=200ms",
+        ],
+    );
+    // identity.worker_database names a database where the extension is not installed (yet, or
+    // any more). Its owner, an ordinary role, creates a schema identity there with the two
+    // functions the worker calls, which note who calls them and try to make the owner a
+    // superuser, and a users table for the backstop. Built under another name and renamed when
+    // complete, so that the worker connects to it finished.
+    let mut admin = cluster.connect("postgres");
+    admin.batch_execute("CREATE ROLE squatter").unwrap();
+    admin
+        .batch_execute("CREATE DATABASE staging OWNER squatter")
+        .unwrap();
+    cluster
+        .connect("staging")
+        .batch_execute(
+            "SET ROLE squatter;
+             CREATE SCHEMA identity;
+             CREATE TABLE identity.calls (caller name, called text);
+             CREATE FUNCTION identity.note(called text) RETURNS void LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO identity.calls VALUES (current_user, called);
+                 BEGIN
+                     EXECUTE 'ALTER ROLE squatter SUPERUSER';
+                 EXCEPTION WHEN insufficient_privilege THEN
+                     NULL;
+                 END;
+             END $$;
+             CREATE FUNCTION identity.run_binding_jobs(integer) RETURNS SETOF integer
+             LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM identity.note('run_binding_jobs');
+             END $$;
+             CREATE FUNCTION identity.backstop() RETURNS bigint LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM identity.note('backstop');
+                 RETURN 0;
+             END $$;
+             CREATE TABLE public.users (id uuid PRIMARY KEY, wallet_address text);",
+        )
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || admin
+            .batch_execute("ALTER DATABASE staging RENAME TO worker_no_extension")
+            .is_ok()),
+        "the database was renamed once its set-up session had left"
+    );
+
+    // The worker comes, finds no extension, says so once, and calls nothing.
+    let refusal = "the extension is not installed in this database";
+    assert!(
+        eventually(Duration::from_secs(20), || cluster
+            .server_log()
+            .contains(refusal)),
+        "the worker said why it runs nothing"
+    );
+    std::thread::sleep(Duration::from_secs(1)); // five more polls
+    let mut client = cluster.connect("worker_no_extension");
+    let calls: Vec<(String, String)> = client
+        .query("SELECT caller::text, called FROM identity.calls", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        calls,
+        [],
+        "the worker called none of the squatter's functions"
+    );
+    assert!(
+        !is_superuser(&mut client, "squatter"),
+        "the database's owner stayed an ordinary role"
+    );
+    assert_eq!(
+        cluster.server_log().matches(refusal).count(),
+        2,
+        "said once for the jobs and once for the backstop, not once a poll"
+    );
+}
+
 fn worker_database(cluster: &Cluster) -> Option<String> {
     let mut client = cluster.config("postgres").connect(postgres::NoTls).ok()?;
     client
