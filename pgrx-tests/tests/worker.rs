@@ -63,6 +63,58 @@ fn is_superuser(client: &mut postgres::Client, role: &str) -> bool {
         .get(0)
 }
 
+/// SQL for `role`, in its schema `schema`, to set a trap: a table `calls` and a function
+/// `note(called)` that records who called it and tries to make `role` a superuser (true). Called
+/// by a superuser, it succeeds.
+fn trap(schema: &str, role: &str) -> String {
+    format!(
+        "CREATE TABLE {schema}.calls (caller name, called text);
+         CREATE FUNCTION {schema}.note(called text) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO {schema}.calls VALUES (current_user, called);
+             BEGIN
+                 EXECUTE 'ALTER ROLE {role} SUPERUSER';
+             EXCEPTION WHEN insufficient_privilege THEN
+                 NULL;
+             END;
+             RETURN true;
+         END $$;"
+    )
+}
+
+/// Who called the trap in `schema`, and what for, in the order noted.
+fn trap_calls(client: &mut postgres::Client, schema: &str) -> Vec<(String, String)> {
+    client
+        .query(
+            &format!("SELECT caller::text, called FROM {schema}.calls"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// Creates `database`, owned by a new ordinary role `owner`, with `set_up` run in it by a
+/// superuser. It is built under another name and renamed when complete, so that a worker
+/// waiting for it (retrying every 5 s until it exists) connects to it finished.
+fn database_owned_by(cluster: &Cluster, database: &str, owner: &str, set_up: &str) {
+    let mut admin = cluster.connect("postgres");
+    admin
+        .batch_execute(&format!("CREATE ROLE {owner}"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE staging OWNER {owner}"))
+        .unwrap();
+    cluster.connect("staging").batch_execute(set_up).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || admin
+            .batch_execute(&format!("ALTER DATABASE staging RENAME TO {database}"))
+            .is_ok()),
+        "the database was renamed once its set-up session had left"
+    );
+}
+
 #[test]
 fn the_worker_binds_queued_jobs_and_comes_back_after_a_crash_or_a_sigterm() {
     let cluster = Cluster::start(
@@ -227,27 +279,18 @@ fn the_workers_backstop_reads_the_users_table_as_its_owner_not_as_a_superuser() 
     // and tries to make its owner a superuser: the worker (a superuser) must read it as its owner.
     cluster
         .connect("worker_backstop")
-        .batch_execute(
+        .batch_execute(&format!(
             "CREATE EXTENSION identity_bindings;
              CREATE ROLE app_owner;
              GRANT CREATE ON SCHEMA public TO app_owner;
              SET ROLE app_owner;
-             CREATE TABLE public.readers (reader name);
-             CREATE FUNCTION public.note_reader() RETURNS boolean LANGUAGE plpgsql AS $$
-             BEGIN
-                 INSERT INTO public.readers VALUES (current_user);
-                 BEGIN
-                     EXECUTE 'ALTER ROLE app_owner SUPERUSER';
-                 EXCEPTION WHEN insufficient_privilege THEN
-                     NULL;
-                 END;
-                 RETURN true;
-             END $$;
+             {}
              CREATE VIEW public.users AS
                  SELECT '00000000-0000-4000-8000-0000000000b5'::uuid AS id,
                         '0x00000000000000000000000000000000000000b5' AS wallet_address
-                  WHERE public.note_reader()",
-        )
+                  WHERE public.note('users')",
+            trap("public", "app_owner")
+        ))
         .unwrap();
     assert!(
         wallet_bound_soon(
@@ -258,12 +301,12 @@ fn the_workers_backstop_reads_the_users_table_as_its_owner_not_as_a_superuser() 
         "the worker's backstop queued the wallet and its queue bound it"
     );
     let mut client = cluster.connect("worker_backstop");
-    let readers: Vec<String> = client
-        .query("SELECT DISTINCT reader::text FROM public.readers", &[])
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
+    let mut readers: Vec<String> = trap_calls(&mut client, "public")
+        .into_iter()
+        .map(|(caller, _)| caller)
         .collect();
+    readers.sort();
+    readers.dedup();
     assert_eq!(readers, ["app_owner"]);
     assert!(
         !is_superuser(&mut client, "app_owner"),
@@ -285,29 +328,15 @@ fn a_database_owners_search_path_does_not_reach_the_worker() {
     // database's search_path, with a count(*) and a to_regclass that note who calls them and try
     // to make the owner a superuser. The worker (a superuser) connects with the database's
     // settings, and its passes call count(*) and to_regclass: it must call PostgreSQL's own.
-    // The database is built under another name and renamed when complete, so that the worker
-    // (retrying every 5 s until it exists) connects to it finished.
-    let mut admin = cluster.connect("postgres");
-    admin.batch_execute("CREATE ROLE app_owner").unwrap();
-    admin
-        .batch_execute("CREATE DATABASE staging OWNER app_owner")
-        .unwrap();
-    cluster
-        .connect("staging")
-        .batch_execute(
+    database_owned_by(
+        &cluster,
+        "worker_search_path",
+        "app_owner",
+        &format!(
             "CREATE EXTENSION identity_bindings;
              SET ROLE app_owner;
              CREATE SCHEMA app;
-             CREATE TABLE app.calls (caller name, shadowed text);
-             CREATE FUNCTION app.note(shadowed text) RETURNS void LANGUAGE plpgsql AS $$
-             BEGIN
-                 INSERT INTO app.calls VALUES (current_user, shadowed);
-                 BEGIN
-                     EXECUTE 'ALTER ROLE app_owner SUPERUSER';
-                 EXCEPTION WHEN insufficient_privilege THEN
-                     NULL;
-                 END;
-             END $$;
+             {}
              CREATE FUNCTION app.count_row(bigint) RETURNS bigint LANGUAGE plpgsql AS $$
              BEGIN
                  PERFORM app.note('count');
@@ -323,13 +352,8 @@ fn a_database_owners_search_path_does_not_reach_the_worker() {
              INSERT INTO public.users
              VALUES ('00000000-0000-4000-8000-0000000000c6', '0x00000000000000000000000000000000000000c6');
              ALTER DATABASE staging SET search_path = app, pg_catalog;",
-        )
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || admin
-            .batch_execute("ALTER DATABASE staging RENAME TO worker_search_path")
-            .is_ok()),
-        "the database was renamed once its set-up session had left"
+            trap("app", "app_owner")
+        ),
     );
 
     // The worker's backstop queued the wallet (to_regclass), its queue bound it (count).
@@ -342,13 +366,11 @@ fn a_database_owners_search_path_does_not_reach_the_worker() {
         "the worker's backstop and queue bound the wallet"
     );
     let mut client = cluster.connect("worker_search_path");
-    let calls: Vec<(String, String)> = client
-        .query("SELECT caller::text, shadowed FROM app.calls", &[])
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    assert_eq!(calls, [], "the worker called none of the owner's functions");
+    assert_eq!(
+        trap_calls(&mut client, "app"),
+        [],
+        "the worker called none of the owner's functions"
+    );
     assert!(
         !is_superuser(&mut client, "app_owner"),
         "the database's owner stayed an ordinary role"
@@ -360,7 +382,7 @@ fn a_database_owners_search_path_does_not_reach_the_worker() {
         .unwrap();
     let noted: i64 = client
         .query_one(
-            "SELECT pg_catalog.count(*) FROM app.calls WHERE shadowed = 'count'",
+            "SELECT pg_catalog.count(*) FROM app.calls WHERE called = 'count'",
             &[],
         )
         .unwrap()
@@ -435,28 +457,15 @@ fn the_worker_calls_nothing_in_a_database_without_the_extension() {
     // identity.worker_database names a database where the extension is not installed (yet, or
     // any more). Its owner, an ordinary role, creates a schema identity there with the two
     // functions the worker calls, which note who calls them and try to make the owner a
-    // superuser, and a users table for the backstop. Built under another name and renamed when
-    // complete, so that the worker connects to it finished.
-    let mut admin = cluster.connect("postgres");
-    admin.batch_execute("CREATE ROLE squatter").unwrap();
-    admin
-        .batch_execute("CREATE DATABASE staging OWNER squatter")
-        .unwrap();
-    cluster
-        .connect("staging")
-        .batch_execute(
+    // superuser, and a users table for the backstop.
+    database_owned_by(
+        &cluster,
+        "worker_no_extension",
+        "squatter",
+        &format!(
             "SET ROLE squatter;
              CREATE SCHEMA identity;
-             CREATE TABLE identity.calls (caller name, called text);
-             CREATE FUNCTION identity.note(called text) RETURNS void LANGUAGE plpgsql AS $$
-             BEGIN
-                 INSERT INTO identity.calls VALUES (current_user, called);
-                 BEGIN
-                     EXECUTE 'ALTER ROLE squatter SUPERUSER';
-                 EXCEPTION WHEN insufficient_privilege THEN
-                     NULL;
-                 END;
-             END $$;
+             {}
              CREATE FUNCTION identity.run_binding_jobs(integer) RETURNS SETOF integer
              LANGUAGE plpgsql AS $$
              BEGIN
@@ -468,13 +477,8 @@ fn the_worker_calls_nothing_in_a_database_without_the_extension() {
                  RETURN 0;
              END $$;
              CREATE TABLE public.users (id uuid PRIMARY KEY, wallet_address text);",
-        )
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || admin
-            .batch_execute("ALTER DATABASE staging RENAME TO worker_no_extension")
-            .is_ok()),
-        "the database was renamed once its set-up session had left"
+            trap("identity", "squatter")
+        ),
     );
 
     // The worker comes, finds no extension, says so once, and calls nothing.
@@ -487,14 +491,8 @@ fn the_worker_calls_nothing_in_a_database_without_the_extension() {
     );
     std::thread::sleep(Duration::from_secs(1)); // five more polls
     let mut client = cluster.connect("worker_no_extension");
-    let calls: Vec<(String, String)> = client
-        .query("SELECT caller::text, called FROM identity.calls", &[])
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
     assert_eq!(
-        calls,
+        trap_calls(&mut client, "identity"),
         [],
         "the worker called none of the squatter's functions"
     );
