@@ -58,16 +58,15 @@ const EXTENSION_INSTALLED: &str = "SELECT EXISTS (
      WHERE e.extname OPERATOR(pg_catalog.=) 'identity_bindings'
        AND n.nspname OPERATOR(pg_catalog.=) 'identity')";
 
+const NOT_INSTALLED: &str = "the extension is not installed in this database, so nothing of \
+    schema identity is run: CREATE EXTENSION identity_bindings there, or set \
+    identity.worker_database to a database that has it";
+
 /// Refuses to go on in a database where schema identity is not the extension's.
 fn require_extension() -> Result<(), String> {
     match Spi::get_one::<bool>(EXTENSION_INSTALLED) {
         Ok(Some(true)) => Ok(()),
-        Ok(_) => Err(
-            "the extension is not installed in this database, so nothing of schema \
-                      identity is run: CREATE EXTENSION identity_bindings there, or set \
-                      identity.worker_database to a database that has it"
-                .into(),
-        ),
+        Ok(_) => Err(NOT_INSTALLED.into()),
         Err(e) => Err(e.to_string()),
     }
 }
