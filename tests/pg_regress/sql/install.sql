@@ -1,5 +1,5 @@
 -- Installing identity_bindings: one statement, by a superuser. Everything lives in schema
--- "identity", which the extension creates and owns (it is not relocatable).
+-- "identity", which the extension creates, owned by that superuser (it is not relocatable).
 \set SHOW_CONTEXT never
 
 -- The database must be UTF8: every event's hash is computed over the UTF-8 text of its payload.
