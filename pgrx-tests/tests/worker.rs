@@ -63,9 +63,9 @@ fn is_superuser(client: &mut postgres::Client, role: &str) -> bool {
         .get(0)
 }
 
-/// SQL for `role`, in its schema `schema`, to set a trap: a table `calls` and a function
-/// `note(called)` that records who called it and tries to make `role` a superuser (true). Called
-/// by a superuser, it succeeds.
+/// SQL for `role` to set a trap in its schema `schema`: a table `calls` and a function
+/// `note(called)` that records who called it, tries to make `role` a superuser (which succeeds
+/// only when a superuser is the caller) and returns true, so that a view's WHERE can call it.
 fn trap(schema: &str, role: &str) -> String {
     format!(
         "CREATE TABLE {schema}.calls (caller name, called text);
@@ -82,7 +82,7 @@ fn trap(schema: &str, role: &str) -> String {
     )
 }
 
-/// Who called the trap in `schema`, and what for, in the order noted.
+/// Who called the trap in `schema`, and what for.
 fn trap_calls(client: &mut postgres::Client, schema: &str) -> Vec<(String, String)> {
     client
         .query(
@@ -443,7 +443,6 @@ fn a_backlog_drains_in_passes_that_follow_each_other_not_one_pass_per_poll() {
     );
 }
 
-/// The database the worker is connected to, if it is connected to one.
 #[test]
 fn the_worker_calls_nothing_in_a_database_without_the_extension() {
     let cluster = Cluster::start(
@@ -507,6 +506,7 @@ fn the_worker_calls_nothing_in_a_database_without_the_extension() {
     );
 }
 
+/// The database the worker is connected to, if it is connected to one.
 fn worker_database(cluster: &Cluster) -> Option<String> {
     let mut client = cluster.config("postgres").connect(postgres::NoTls).ok()?;
     client
