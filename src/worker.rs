@@ -3,20 +3,27 @@
 //! (at once again after a pass that took its full 64) and the backstop every
 //! `identity.backstop_interval`, where the extension is installed (elsewhere it runs nothing).
 //! Each pass is its own transaction; a pass that fails is rolled back and logged, and the worker
-//! goes on. SIGTERM ends it as it ends any backend, even in the middle of a pass (rolled back);
-//! the postmaster starts it again 5 s after that or a crash, unless the server is shutting down.
-//! It follows `identity.worker_database` on a reload: to another database (by a restart), or,
-//! unset, to waiting until a reload sets it again.
+//! goes on. SIGTERM ends it as it ends any backend, even in the middle of a pass (rolled back).
+//!
+//! A launcher, connected to no database, starts it: a backend cannot leave the database it
+//! connected to, and connecting to one that does not exist is a `FATAL`. The launcher looks the
+//! setting's database up in `pg_database` and starts the worker there once it exists, again 5 s
+//! after the worker ended (a crash, a SIGTERM, its database dropped), and in another database at
+//! once when a reload changes the setting; unset, it stops the worker and waits.
 
 use crate::gucs::{BACKSTOP_INTERVAL_S, WORKER_DATABASE, WORKER_POLL_INTERVAL_MS};
 use crate::subtransaction::failure_of;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::PgMemoryContexts;
+use std::ffi::{CStr, CString};
 use std::panic::AssertUnwindSafe;
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::{Duration, Instant};
 
-/// Registers the worker; only possible while shared_preload_libraries is being processed. Not
+/// Registers the launcher; only possible while shared_preload_libraries is being processed. Not
 /// when the server runs for pg_upgrade (binary upgrade mode): there the worker's connection kept
 /// pg_upgrade from dropping and re-creating its database (`postgres`, say), so the upgrade
 /// failed, and on the new server whatever it wrote would be lost under the old cluster's files.
@@ -27,14 +34,18 @@ pub fn register() {
         log!("identity_bindings worker: not started: the server runs for pg_upgrade");
         return;
     }
-    BackgroundWorkerBuilder::new("identity_bindings worker")
-        .set_type("identity_bindings worker")
+    BackgroundWorkerBuilder::new("identity_bindings launcher")
+        .set_type("identity_bindings launcher")
         .set_library("identity_bindings")
-        .set_function("identity_bindings_worker_main")
+        .set_function("identity_bindings_launcher_main")
         .enable_spi_access()
-        .set_restart_time(Some(Duration::from_secs(5)))
+        .set_restart_time(Some(RESTART_DELAY))
         .load();
 }
+
+/// How long after a worker ended the next one starts (the launcher's own restart too), as the
+/// postmaster spaces the restarts of a worker that keeps failing.
+const RESTART_DELAY: Duration = Duration::from_secs(5);
 
 /// Jobs one pass takes at most. A pass is one transaction, and each job a subtransaction with
 /// an id of its own: PostgreSQL caches 64 such ids per backend, and past them every snapshot
@@ -183,37 +194,229 @@ fn reload_if_asked() {
     }
 }
 
-/// The database to work in: `identity.worker_database`, or, while it is unset, the one a reload
-/// sets it to. `None` when the postmaster died first.
-fn database_to_work_in() -> Option<String> {
-    let mut logged = false;
-    loop {
-        reload_if_asked();
-        if let Some(database) = configured_database() {
-            return Some(database);
-        }
-        if !logged {
-            log!("identity_bindings worker: identity.worker_database is not set; the worker waits until a reload sets it");
-            logged = true;
-        }
-        if !BackgroundWorker::wait_latch(None) {
-            return None;
-        }
-        pgrx::check_for_interrupts!();
+const NOT_SET: &str =
+    "identity.worker_database is not set; the worker waits until a reload sets it";
+
+/// The database the worker should serve: `identity.worker_database`'s name and oid, or why there
+/// is none to serve (unset, or no such database yet).
+fn wanted_database() -> Result<(String, pg_sys::Oid), String> {
+    let name = configured_database().ok_or(NOT_SET)?;
+    let c_name = CString::new(name.as_str()).map_err(|e| e.to_string())?;
+    match in_transaction(|| Ok(database_oid(&c_name)))? {
+        Some(oid) => Ok((name, oid)),
+        None => Err(format!(
+            "identity.worker_database names \"{name}\", a database that does not exist; the worker starts there once it is created"
+        )),
     }
+}
+
+/// The oid of the database called `name`, if there is one: a heap scan of pg_database, as
+/// autovacuum's launcher reads it. Connected to no database, a process cannot use that catalog's
+/// indexes (PostgreSQL would read their descriptions from a database's pg_class).
+fn database_oid(name: &CStr) -> Option<pg_sys::Oid> {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: a catalog scan in the caller's transaction, ended and closed before returning; each
+    // tuple is read while the scan holds it.
+    unsafe {
+        let pg_database = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
+        let scan = pg_sys::table_beginscan_catalog(pg_database, 0, null_mut());
+        let mut found = None;
+        while found.is_none() {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let database = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+            if CStr::from_ptr((*database).datname.data.as_ptr()) == name {
+                found = Some((*database).oid);
+            }
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(pg_database, lock);
+        found
+    }
+}
+
+/// The worker the launcher runs, for `stop_worker_at_exit`; null while none runs.
+static RUNNING_WORKER: AtomicPtr<pg_sys::BackgroundWorkerHandle> = AtomicPtr::new(null_mut());
+
+/// A worker the launcher started in a database, known by PostgreSQL's handle of it.
+struct DatabaseWorker {
+    handle: *mut pg_sys::BackgroundWorkerHandle,
+    database: pg_sys::Oid,
+    name: String,
+}
+
+impl DatabaseWorker {
+    /// Asks the postmaster to start a worker in `database`; why not, when no slot is free.
+    fn start(name: String, database: pg_sys::Oid) -> Result<DatabaseWorker, String> {
+        let builder = BackgroundWorkerBuilder::new("identity_bindings worker")
+            .set_type("identity_bindings worker")
+            .set_library("identity_bindings")
+            .set_function("identity_bindings_worker_main")
+            .enable_spi_access()
+            .set_restart_time(None)
+            .set_argument(Some(pg_sys::Datum::from(database)))
+            .set_extra(&name)
+            // SAFETY: reads this process's pid: the postmaster tells the launcher when the worker
+            // starts or ends, by setting its latch.
+            .set_notify_pid(unsafe { pg_sys::MyProcPid });
+        let mut worker = pg_sys::BackgroundWorker::from(&builder);
+        let mut handle = null_mut();
+        // SAFETY: registers a fully built worker; the handle is allocated in the launcher's
+        // top memory context, so that it outlives every transaction (freed in `drop`).
+        let registered = unsafe {
+            PgMemoryContexts::TopMemoryContext
+                .switch_to(|_| pg_sys::RegisterDynamicBackgroundWorker(&mut worker, &mut handle))
+        };
+        if !registered {
+            return Err("no background worker slot is free (raise max_worker_processes); the launcher tries again".into());
+        }
+        RUNNING_WORKER.store(handle, Ordering::Relaxed);
+        Ok(DatabaseWorker {
+            handle,
+            database,
+            name,
+        })
+    }
+
+    /// Whether it runs, or is about to: not once it has exited.
+    fn running(&self) -> bool {
+        let mut pid = 0;
+        // SAFETY: asks the postmaster's registry about a handle this process got from it.
+        let status = unsafe { pg_sys::GetBackgroundWorkerPid(self.handle, &mut pid) };
+        matches!(
+            status,
+            pg_sys::BgwHandleStatus::BGWH_STARTED | pg_sys::BgwHandleStatus::BGWH_NOT_YET_STARTED
+        )
+    }
+
+    /// Ends it (SIGTERM, in the middle of a pass too) and waits until it has exited.
+    fn stop(self) {
+        // SAFETY: signals and waits for the worker this handle names; a handle whose worker has
+        // already exited is answered at once.
+        unsafe {
+            pg_sys::TerminateBackgroundWorker(self.handle);
+            pg_sys::WaitForBackgroundWorkerShutdown(self.handle);
+        }
+    }
+}
+
+impl Drop for DatabaseWorker {
+    fn drop(&mut self) {
+        RUNNING_WORKER.store(null_mut(), Ordering::Relaxed);
+        // SAFETY: the handle was allocated by RegisterDynamicBackgroundWorker for this worker only.
+        unsafe { pg_sys::pfree(self.handle.cast()) };
+    }
+}
+
+/// Run when the launcher exits (a SIGTERM, an error): ends its worker too, so that the launcher
+/// the postmaster starts again never finds one still running and starts a second.
+#[pg_guard]
+unsafe extern "C-unwind" fn stop_worker_at_exit(_code: std::ffi::c_int, _argument: pg_sys::Datum) {
+    let handle = RUNNING_WORKER.load(Ordering::Relaxed);
+    if !handle.is_null() {
+        // SAFETY: a live handle of this process's worker (reset when the worker is dropped).
+        unsafe { pg_sys::TerminateBackgroundWorker(handle) };
+    }
+}
+
+/// What the launcher knows between two looks: the worker it runs, when the last one ended, and
+/// why none runs as last logged (each reason is logged once, not once a poll).
+#[derive(Default)]
+struct Launcher {
+    worker: Option<DatabaseWorker>,
+    last_ended: Option<Instant>,
+    logged_wait: Option<String>,
+}
+
+impl Launcher {
+    /// Brings the worker in line with `identity.worker_database` and the databases that exist.
+    fn tend(&mut self) {
+        let wanted = wanted_database();
+        if let Some(worker) = self.worker.take() {
+            if !worker.running() {
+                self.last_ended = Some(Instant::now());
+            } else if wanted.as_ref().map(|(_, oid)| *oid).ok() != Some(worker.database) {
+                log!(
+                    "identity_bindings launcher: identity.worker_database no longer names \"{}\"; its worker stops",
+                    worker.name
+                );
+                worker.stop();
+                self.last_ended = None;
+            } else {
+                self.worker = Some(worker);
+                return;
+            }
+        }
+        match wanted {
+            Err(reason) => self.waits_because(reason),
+            Ok(_)
+                if self
+                    .last_ended
+                    .is_some_and(|at| at.elapsed() < RESTART_DELAY) => {}
+            Ok((name, database)) => match DatabaseWorker::start(name, database) {
+                Ok(worker) => {
+                    self.worker = Some(worker);
+                    self.logged_wait = None;
+                }
+                Err(reason) => {
+                    self.last_ended = Some(Instant::now());
+                    self.waits_because(reason);
+                }
+            },
+        }
+    }
+
+    fn waits_because(&mut self, reason: String) {
+        if self.logged_wait.as_ref() != Some(&reason) {
+            log!("identity_bindings launcher: {reason}");
+            self.logged_wait = Some(reason);
+        }
+    }
+}
+
+/// How often the launcher looks again, besides when a reload or its worker's start or end wakes
+/// it: a database named by the setting may be created at any time.
+fn launcher_poll() -> Duration {
+    let poll = u64::try_from(WORKER_POLL_INTERVAL_MS.get()).unwrap_or(1000);
+    Duration::from_millis(poll.min(1000))
 }
 
 #[pg_guard]
 #[no_mangle]
-pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum) {
+pub extern "C-unwind" fn identity_bindings_launcher_main(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     exit_on_sigterm();
-    let Some(database) = database_to_work_in() else {
-        return;
-    };
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // No database: the shared catalogs (pg_database) are all it reads, and it holds no database
+    // a DROP DATABASE would have to wait for.
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    // SAFETY: registers a callback run as this process exits, while it can still signal.
+    unsafe { pg_sys::before_shmem_exit(Some(stop_worker_at_exit), pg_sys::Datum::from(0)) };
+    let mut launcher = Launcher::default();
+    loop {
+        reload_if_asked();
+        launcher.tend();
+        // Returns false only when the postmaster has died.
+        if !BackgroundWorker::wait_latch(Some(launcher_poll())) {
+            return;
+        }
+    }
+}
+
+/// The worker in one database, started by the launcher (which ends it when the setting moves).
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn identity_bindings_worker_main(argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    exit_on_sigterm();
+    let database = pg_sys::Oid::from(argument.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     pin_search_path();
-    log!("identity_bindings worker: started in database \"{database}\"");
+    log!(
+        "identity_bindings worker: started in database \"{}\"",
+        BackgroundWorker::get_extra()
+    );
 
     let mut last_backstop: Option<Instant> = None;
     let (mut jobs_error, mut backstop_error) = (None, None);
@@ -228,13 +431,6 @@ pub extern "C-unwind" fn identity_bindings_worker_main(_argument: pg_sys::Datum)
         // A SIGTERM that came while waiting ends the worker here.
         pgrx::check_for_interrupts!();
         reload_if_asked();
-        if configured_database().as_deref() != Some(database.as_str()) {
-            // A backend cannot change databases: exit, and the postmaster starts the worker
-            // again 5 s later, to work where the setting now says (or to wait while it is unset).
-            log!("identity_bindings worker: identity.worker_database no longer names \"{database}\"; restarting");
-            // SAFETY: ends this process as any backend ends; exit code 1 asks for a restart.
-            unsafe { pg_sys::proc_exit(1) };
-        }
         let jobs = run_jobs_pass();
         more_due = jobs
             .as_ref()

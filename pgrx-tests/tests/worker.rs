@@ -1,7 +1,8 @@
 //! The background worker, in a cluster that preloads the library: it binds queued jobs without
 //! anyone calling a function, comes back after a crash, ends at SIGTERM even in a long pass, and
 //! calls none of the functions a database's owner puts in its search_path, or in a schema
-//! identity of theirs where the extension is not installed.
+//! identity of theirs where the extension is not installed. It waits, quietly, for a database that
+//! does not exist yet.
 
 use identity_bindings_client_tests::{eventually, Cluster};
 use std::time::Duration;
@@ -612,4 +613,78 @@ fn the_worker_follows_worker_database_on_a_reload() {
         soon(&|| bound_in("follow_b", "9003")),
         "the worker came back to follow_b and ran what was queued meanwhile"
     );
+}
+
+#[test]
+fn the_worker_waits_quietly_for_its_database_and_starts_there_once_it_is_created() {
+    let cluster = Cluster::start(
+        "worker_waits",
+        &[
+            "shared_preload_libraries=identity_bindings",
+            "identity.worker_poll_interval=200ms",
+        ],
+    );
+    set_worker_database(&cluster, "SET identity.worker_database = 'worker_waits'");
+    let waiting = "identity.worker_database names \"worker_waits\", a database that does not exist";
+    // Long enough for two restarts, 5 s apart, of a worker that fails to connect.
+    let log_a_while_later = || {
+        std::thread::sleep(Duration::from_secs(12));
+        cluster.server_log()
+    };
+    let log = log_a_while_later();
+    assert_eq!(log.matches(waiting).count(), 1, "said once:\n{log}");
+    assert!(
+        !log.contains("FATAL:  database"),
+        "no worker tried to connect:\n{log}"
+    );
+
+    // Created, with no reload: the worker starts there and runs its queue.
+    let create = || {
+        cluster
+            .connect("postgres")
+            .batch_execute("CREATE DATABASE worker_waits")
+            .unwrap();
+    };
+    create();
+    let mut database = cluster.connect("worker_waits");
+    database
+        .batch_execute(
+            "CREATE EXTENSION identity_bindings;
+             SELECT identity.enqueue_binding(gen_random_uuid(), 'github', '9101', '{}');",
+        )
+        .unwrap();
+    let bound = eventually(Duration::from_secs(20), || {
+        database
+            .query_one("SELECT identity.resolve('github', '9101') IS NOT NULL", &[])
+            .unwrap()
+            .get(0)
+    });
+    assert!(bound, "the worker serves the database once it exists");
+    drop(database);
+
+    // Dropped under it (WITH (FORCE) ends the worker): the launcher waits again, as quietly.
+    cluster
+        .connect("postgres")
+        .batch_execute("DROP DATABASE worker_waits WITH (FORCE)")
+        .unwrap();
+    let log = log_a_while_later();
+    assert_eq!(log.matches(waiting).count(), 2, "said again, once:\n{log}");
+    assert!(
+        !log.contains("FATAL:  database"),
+        "no worker tried to connect:\n{log}"
+    );
+
+    // Moved away by a reload, the worker leaves at once: a plain DROP DATABASE goes through.
+    create();
+    assert!(
+        eventually(Duration::from_secs(20), || worker_database(&cluster)
+            .as_deref()
+            == Some("worker_waits")),
+        "the worker serves the database created again"
+    );
+    set_worker_database(&cluster, "RESET identity.worker_database");
+    cluster
+        .connect("postgres")
+        .batch_execute("DROP DATABASE worker_waits")
+        .unwrap();
 }
