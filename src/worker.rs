@@ -197,23 +197,30 @@ fn reload_if_asked() {
 const NOT_SET: &str =
     "identity.worker_database is not set; the worker waits until a reload sets it";
 
-/// The database the worker should serve: `identity.worker_database`'s name and oid, or why there
-/// is none to serve (unset, or no such database yet).
-fn wanted_database() -> Result<(String, pg_sys::Oid), String> {
+/// The database the worker should serve, by `identity.worker_database`'s name, or why there is
+/// none (unset, or no such database yet).
+fn wanted_database() -> Result<(String, DatabaseEntry), String> {
     let name = configured_database().ok_or(NOT_SET)?;
     let c_name = CString::new(name.as_str()).map_err(|e| e.to_string())?;
-    match in_transaction(|| Ok(database_oid(&c_name)))? {
-        Some(oid) => Ok((name, oid)),
+    match in_transaction(|| Ok(database_entry(&c_name)))? {
+        Some(entry) => Ok((name, entry)),
         None => Err(format!(
             "identity.worker_database names \"{name}\", a database that does not exist; the worker starts there once it is created"
         )),
     }
 }
 
-/// The oid of the database called `name`, if there is one: a heap scan of pg_database, as
-/// autovacuum's launcher reads it. Connected to no database, a process cannot use that catalog's
-/// indexes (PostgreSQL would read their descriptions from a database's pg_class).
-fn database_oid(name: &CStr) -> Option<pg_sys::Oid> {
+/// A database as pg_database has it: its oid, and why it accepts no new connection, if it does
+/// not (each start of a worker there would be a `FATAL`).
+struct DatabaseEntry {
+    oid: pg_sys::Oid,
+    refusal: Option<&'static str>,
+}
+
+/// The database called `name`, if there is one: a heap scan of pg_database, as autovacuum's
+/// launcher reads it. Connected to no database, a process cannot use that catalog's indexes
+/// (PostgreSQL would read their descriptions from a database's pg_class).
+fn database_entry(name: &CStr) -> Option<DatabaseEntry> {
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     // SAFETY: a catalog scan in the caller's transaction, ended and closed before returning; each
     // tuple is read while the scan holds it.
@@ -226,14 +233,28 @@ fn database_oid(name: &CStr) -> Option<pg_sys::Oid> {
             if tuple.is_null() {
                 break;
             }
-            let database = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-            if CStr::from_ptr((*database).datname.data.as_ptr()) == name {
-                found = Some((*database).oid);
+            let database = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+            if CStr::from_ptr(database.datname.data.as_ptr()) == name {
+                found = Some(DatabaseEntry {
+                    oid: database.oid,
+                    refusal: refusal_of(database),
+                });
             }
         }
         pg_sys::table_endscan(scan);
         pg_sys::table_close(pg_database, lock);
         found
+    }
+}
+
+/// Why PostgreSQL refuses a background worker's new connection to `database`, if it does.
+fn refusal_of(database: &pg_sys::FormData_pg_database) -> Option<&'static str> {
+    if database.datconnlimit == pg_sys::DATCONNLIMIT_INVALID_DB {
+        Some("an interrupted DROP DATABASE left invalid; drop it again, or name another database")
+    } else if !database.datallowconn {
+        Some("does not allow connections; the worker starts there once ALTER DATABASE ... ALLOW_CONNECTIONS true lets it")
+    } else {
+        None
     }
 }
 
@@ -337,7 +358,7 @@ impl Launcher {
         if let Some(worker) = self.worker.take() {
             if !worker.running() {
                 self.last_ended = Some(Instant::now());
-            } else if wanted.as_ref().map(|(_, oid)| *oid).ok() != Some(worker.database) {
+            } else if wanted.as_ref().map(|(_, entry)| entry.oid).ok() != Some(worker.database) {
                 log!(
                     "identity_bindings launcher: identity.worker_database no longer names \"{}\"; its worker stops",
                     worker.name
@@ -345,26 +366,40 @@ impl Launcher {
                 worker.stop();
                 self.last_ended = None;
             } else {
+                // Still wanted there, whether or not it would be let in now: it is in.
                 self.worker = Some(worker);
                 return;
             }
         }
         match wanted {
+            Ok((name, entry)) => self.start_in(name, entry),
             Err(reason) => self.waits_because(reason),
-            Ok(_)
-                if self
-                    .last_ended
-                    .is_some_and(|at| at.elapsed() < RESTART_DELAY) => {}
-            Ok((name, database)) => match DatabaseWorker::start(name, database) {
-                Ok(worker) => {
-                    self.worker = Some(worker);
-                    self.logged_wait = None;
-                }
-                Err(reason) => {
-                    self.last_ended = Some(Instant::now());
-                    self.waits_because(reason);
-                }
-            },
+        }
+    }
+
+    /// Starts the worker in a database that exists, unless it refuses connections or the last
+    /// worker ended less than `RESTART_DELAY` ago.
+    fn start_in(&mut self, name: String, database: DatabaseEntry) {
+        if let Some(refusal) = database.refusal {
+            let reason =
+                format!("identity.worker_database names \"{name}\", a database that {refusal}");
+            return self.waits_because(reason);
+        }
+        if self
+            .last_ended
+            .is_some_and(|at| at.elapsed() < RESTART_DELAY)
+        {
+            return;
+        }
+        match DatabaseWorker::start(name, database.oid) {
+            Ok(worker) => {
+                self.worker = Some(worker);
+                self.logged_wait = None;
+            }
+            Err(reason) => {
+                self.last_ended = Some(Instant::now());
+                self.waits_because(reason);
+            }
         }
     }
 

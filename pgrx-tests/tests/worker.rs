@@ -2,7 +2,7 @@
 //! anyone calling a function, comes back after a crash, ends at SIGTERM even in a long pass, and
 //! calls none of the functions a database's owner puts in its search_path, or in a schema
 //! identity of theirs where the extension is not installed. It waits, quietly, for a database that
-//! does not exist yet.
+//! does not exist yet or accepts no connections.
 
 use identity_bindings_client_tests::{eventually, Cluster};
 use std::time::Duration;
@@ -616,7 +616,7 @@ fn the_worker_follows_worker_database_on_a_reload() {
 }
 
 #[test]
-fn the_worker_waits_quietly_for_its_database_and_starts_there_once_it_is_created() {
+fn the_worker_waits_quietly_until_its_database_exists_and_accepts_connections() {
     let cluster = Cluster::start(
         "worker_waits",
         &[
@@ -682,6 +682,36 @@ fn the_worker_waits_quietly_for_its_database_and_starts_there_once_it_is_created
             == Some("worker_waits")),
         "the worker serves the database created again"
     );
+
+    // Closed to new connections, the database keeps the worker it has; one started again (after
+    // a SIGTERM) waits, as quietly, until connections are allowed.
+    let allow_connections = |allowed: bool| {
+        cluster
+            .connect("postgres")
+            .batch_execute(&format!(
+                "ALTER DATABASE worker_waits ALLOW_CONNECTIONS {allowed}"
+            ))
+            .unwrap();
+    };
+    let serving = worker_pid(&cluster).unwrap();
+    allow_connections(false);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(worker_pid(&cluster), Some(serving), "the worker stays");
+    terminate(&cluster, serving);
+    let log = log_a_while_later();
+    let closed = "names \"worker_waits\", a database that does not allow connections";
+    assert_eq!(log.matches(closed).count(), 1, "said once:\n{log}");
+    assert!(
+        !log.contains("FATAL:  database"),
+        "no worker tried to connect:\n{log}"
+    );
+    assert_eq!(worker_pid(&cluster), None);
+    allow_connections(true);
+    assert!(
+        eventually(Duration::from_secs(20), || worker_pid(&cluster).is_some()),
+        "the worker starts once connections are allowed"
+    );
+
     set_worker_database(&cluster, "RESET identity.worker_database");
     cluster
         .connect("postgres")
