@@ -76,7 +76,7 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"identity.worker_database",
         c"Database the identity_bindings background worker runs binding jobs and the backstop in.",
-        c"The worker (with shared_preload_libraries = 'identity_bindings') follows it on a reload: to another database, or, unset, to waiting until it is set.",
+        c"The worker (with shared_preload_libraries = 'identity_bindings') follows it on a reload: to another database, or, unset, to waiting until it is set. A database that does not exist yet, or accepts no connections, is waited for.",
         &WORKER_DATABASE,
         GucContext::Sighup,
         GucFlags::default(),
