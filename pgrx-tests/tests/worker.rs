@@ -97,8 +97,8 @@ fn trap_calls(client: &mut postgres::Client, schema: &str) -> Vec<(String, Strin
 }
 
 /// Creates `database`, owned by a new ordinary role `owner`, with `set_up` run in it by a
-/// superuser. It is built under another name and renamed when complete, so that a worker
-/// waiting for it (retrying every 5 s until it exists) connects to it finished.
+/// superuser. It is built under another name and renamed when complete, so that the worker,
+/// started there as soon as it exists, connects to it finished.
 fn database_owned_by(cluster: &Cluster, database: &str, owner: &str, set_up: &str) {
     let mut admin = cluster.connect("postgres");
     admin
@@ -117,7 +117,7 @@ fn database_owned_by(cluster: &Cluster, database: &str, owner: &str, set_up: &st
 }
 
 #[test]
-fn the_worker_binds_queued_jobs_and_comes_back_after_a_crash_or_a_sigterm() {
+fn the_worker_binds_queued_jobs_and_comes_back_after_a_crash_or_a_sigterm_to_it_or_its_launcher() {
     let cluster = Cluster::start(
         "worker",
         &[
@@ -173,6 +173,44 @@ fn the_worker_binds_queued_jobs_and_comes_back_after_a_crash_or_a_sigterm() {
     assert!(cluster.server_log().contains(
         "terminating background worker \"identity_bindings worker\" due to administrator command"
     ));
+
+    // Ending the launcher ends its worker too: the launcher the postmaster starts again starts
+    // one worker, never a second beside one left running.
+    let worker = pids_of(&cluster, "identity_bindings worker");
+    let launcher = pids_of(&cluster, "identity_bindings launcher");
+    assert_eq!(
+        (worker.len(), launcher.len()),
+        (1, 1),
+        "one launcher, one worker"
+    );
+    terminate(&cluster, launcher[0]);
+    let both_anew = eventually(Duration::from_secs(30), || {
+        let (now_worker, now_launcher) = (
+            pids_of(&cluster, "identity_bindings worker"),
+            pids_of(&cluster, "identity_bindings launcher"),
+        );
+        now_launcher.len() == 1
+            && now_launcher != launcher
+            && now_worker.len() == 1
+            && now_worker != worker
+    });
+    assert!(both_anew, "a new launcher and a new worker, alone");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pids_of(&cluster, "identity_bindings worker").len(), 1);
+}
+
+/// The processes of one `backend_type` (`identity_bindings worker`, `... launcher`).
+fn pids_of(cluster: &Cluster, backend_type: &str) -> Vec<i32> {
+    cluster
+        .connect("postgres")
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = $1",
+            &[&backend_type],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
 }
 
 /// Whether a worker other than `gone` runs within 30 s: the postmaster started it again.
