@@ -411,11 +411,15 @@ impl Launcher {
     }
 }
 
+/// `identity.worker_poll_interval`: how often the worker runs due jobs.
+fn poll_interval() -> Duration {
+    Duration::from_millis(u64::try_from(WORKER_POLL_INTERVAL_MS.get()).unwrap_or(1000))
+}
+
 /// How often the launcher looks again, besides when a reload or its worker's start or end wakes
 /// it: a database named by the setting may be created at any time.
 fn launcher_poll() -> Duration {
-    let poll = u64::try_from(WORKER_POLL_INTERVAL_MS.get()).unwrap_or(1000);
-    Duration::from_millis(poll.min(1000))
+    poll_interval().min(Duration::from_secs(1))
 }
 
 #[pg_guard]
@@ -455,14 +459,16 @@ pub extern "C-unwind" fn identity_bindings_worker_main(argument: pg_sys::Datum) 
 
     let mut last_backstop: Option<Instant> = None;
     let (mut jobs_error, mut backstop_error) = (None, None);
-    let poll =
-        || Duration::from_millis(u64::try_from(WORKER_POLL_INTERVAL_MS.get()).unwrap_or(1000));
     // A pass that took all it may take leaves more jobs due, most likely: the next pass follows
     // at once, so a backlog (the bindings queued while logins could not bind, a backstop's)
     // drains at the speed of binding, not at one pass per poll interval.
     let mut more_due = false;
     // Returns only when the postmaster has died.
-    while BackgroundWorker::wait_latch(Some(if more_due { Duration::ZERO } else { poll() })) {
+    while BackgroundWorker::wait_latch(Some(if more_due {
+        Duration::ZERO
+    } else {
+        poll_interval()
+    })) {
         // A SIGTERM that came while waiting ends the worker here.
         pgrx::check_for_interrupts!();
         reload_if_asked();
