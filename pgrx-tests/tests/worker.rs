@@ -1,8 +1,8 @@
 //! The background worker, in a cluster that preloads the library: it binds queued jobs without
-//! anyone calling a function, comes back after a crash, ends at SIGTERM even in a long pass, and
-//! calls none of the functions a database's owner puts in its search_path, or in a schema
-//! identity of theirs where the extension is not installed. It waits, quietly, for a database that
-//! does not exist yet or accepts no connections.
+//! anyone calling a function, comes back after a crash, ends at SIGTERM or at a reload that moves
+//! it even in a long pass, and calls none of the functions a database's owner puts in its
+//! search_path, or in a schema identity of theirs where the extension is not installed. It waits,
+//! quietly, for a database that does not exist yet or accepts no connections.
 
 use identity_bindings_client_tests::{eventually, Cluster};
 use std::time::Duration;
@@ -228,15 +228,12 @@ fn terminate(cluster: &Cluster, pid: i32) {
 }
 
 #[test]
-fn sigterm_ends_the_worker_in_the_middle_of_a_long_pass() {
+fn sigterm_or_a_reload_ends_the_worker_in_the_middle_of_a_long_pass() {
     let cluster = Cluster::start(
         "worker_sigterm",
         &[
             "shared_preload_libraries=identity_bindings",
-            "identity.worker_database=worker_sigterm",
             "identity.worker_poll_interval=200ms",
-            // Should the worker start before the view exists, its next backstop is 1 s later.
-            "identity.backstop_interval=1s",
         ],
     );
     cluster
@@ -254,24 +251,41 @@ fn sigterm_ends_the_worker_in_the_middle_of_a_long_pass() {
              CREATE VIEW public.users AS SELECT * FROM public.slow_users();",
         )
         .unwrap();
+    set_worker_database(&cluster, "SET identity.worker_database = 'worker_sigterm'");
     let mut observer = cluster.connect("postgres");
-    let in_the_pass = eventually(Duration::from_secs(30), || {
-        observer
-            .query_opt(
-                "SELECT 1 FROM pg_stat_activity
-                  WHERE backend_type = 'identity_bindings worker' AND wait_event = 'PgSleep'",
-                &[],
-            )
-            .unwrap()
-            .is_some()
-    });
-    assert!(in_the_pass, "the worker's backstop reads the slow table");
+    let mut in_the_pass = || {
+        eventually(Duration::from_secs(30), || {
+            observer
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_activity
+                      WHERE backend_type = 'identity_bindings worker' AND wait_event = 'PgSleep'",
+                    &[],
+                )
+                .unwrap()
+                .is_some()
+        })
+    };
+    assert!(in_the_pass(), "the worker's backstop reads the slow table");
 
     let reading = worker_pid(&cluster).unwrap();
     terminate(&cluster, reading);
     assert!(
         another_worker_soon(&cluster, reading),
         "the worker left its pass at SIGTERM (and was started again)"
+    );
+
+    // The worker started again reads the slow table in its first backstop. A reload that names
+    // another database ends it there too, not ten minutes later.
+    assert!(
+        in_the_pass(),
+        "the new worker's backstop reads the slow table"
+    );
+    set_worker_database(&cluster, "SET identity.worker_database = 'postgres'");
+    assert!(
+        eventually(Duration::from_secs(10), || worker_database(&cluster)
+            .as_deref()
+            == Some("postgres")),
+        "the worker left its pass for the database the reload names"
     );
 }
 
