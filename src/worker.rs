@@ -186,12 +186,14 @@ fn configured_database() -> Option<String> {
         .filter(|d| !d.is_empty())
 }
 
-/// Re-reads the configuration if a reload (SIGHUP) came since the last call.
-fn reload_if_asked() {
-    if BackgroundWorker::sighup_received() {
+/// Re-reads the configuration if a reload (SIGHUP) came since the last call; whether one came.
+fn reload_if_asked() -> bool {
+    let asked = BackgroundWorker::sighup_received();
+    if asked {
         // SAFETY: re-reads postgresql.conf, as any backend does on SIGHUP.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     }
+    asked
 }
 
 const NOT_SET: &str =
@@ -353,7 +355,12 @@ struct Launcher {
 
 impl Launcher {
     /// Brings the worker in line with `identity.worker_database` and the databases that exist.
-    fn tend(&mut self) {
+    /// A running worker's database can change only by a reload (its database cannot be renamed
+    /// while it is connected, and dropping it ends the worker): without one, nothing is read.
+    fn tend(&mut self, reloaded: bool) {
+        if !reloaded && self.worker.as_ref().is_some_and(DatabaseWorker::running) {
+            return;
+        }
         let wanted = wanted_database();
         if let Some(worker) = self.worker.take() {
             if !worker.running() {
@@ -434,8 +441,8 @@ pub extern "C-unwind" fn identity_bindings_launcher_main(_argument: pg_sys::Datu
     unsafe { pg_sys::before_shmem_exit(Some(stop_worker_at_exit), pg_sys::Datum::from(0)) };
     let mut launcher = Launcher::default();
     loop {
-        reload_if_asked();
-        launcher.tend();
+        let reloaded = reload_if_asked();
+        launcher.tend(reloaded);
         // Returns false only when the postmaster has died.
         if !BackgroundWorker::wait_latch(Some(launcher_poll())) {
             return;
