@@ -701,109 +701,138 @@ impl Run {
         self.expect_eq(actual, expected, &call);
     }
 
+    /// Every row of a query without parameters, each read by `read`.
+    fn rows<T>(&mut self, sql: &str, read: impl Fn(&postgres::Row) -> T) -> Vec<T> {
+        let rows = self.client.query(sql, &[]).unwrap();
+        rows.iter().map(read).collect()
+    }
+
     /// The live bindings as the server has them, against the model's.
     fn check_bindings(&mut self) {
-        let rows = self
-            .client
-            .query(
+        let actual: BTreeMap<(String, String), (Uuid, Uuid)> = self
+            .rows(
                 "SELECT provider, external_id, id, user_id FROM identity.user_bindings",
-                &[],
+                |row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))),
             )
-            .unwrap();
-        let actual: BTreeMap<(String, String), (Uuid, Uuid)> = rows
-            .iter()
-            .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
+            .into_iter()
             .collect();
-        let expected: BTreeMap<(String, String), (Uuid, Uuid)> = (self.model.bindings.iter())
+        let expected = (self.model.bindings.iter())
             .map(|((provider, id), b)| ((provider.to_string(), id.clone()), (b.id, b.user)))
             .collect();
         self.expect_eq(actual, expected, "the live bindings");
     }
 
-    /// After the run: the queue, every bind event, the event counts and the chains.
+    /// After the run: the bindings, the queue, the events and what vouches for them.
     fn check_everything(&mut self) {
         self.check_bindings();
-        let jobs: BTreeMap<String, (Uuid, String, i32)> = (self.client)
-            .query(
+        self.check_jobs();
+        self.check_bind_events();
+        self.check_binding_proofs();
+        self.check_chains();
+        self.check_integrity();
+    }
+
+    fn check_jobs(&mut self) {
+        let actual: BTreeMap<String, (Uuid, String, i32)> = self
+            .rows(
                 "SELECT job_key, user_id, state, attempts FROM identity.binding_jobs",
-                &[],
+                |row| (row.get(0), (row.get(1), row.get(2), row.get(3))),
             )
-            .unwrap()
-            .iter()
-            .map(|row| (row.get(0), (row.get(1), row.get(2), row.get(3))))
+            .into_iter()
             .collect();
-        let expected_jobs = (self.model.jobs.iter())
+        let expected = (self.model.jobs.iter())
             .map(|(key, job)| (key.clone(), (job.user, job.state.to_owned(), job.attempts)))
             .collect();
-        self.expect_eq(jobs, expected_jobs, "the binding jobs");
+        self.expect_eq(actual, expected, "the binding jobs");
+    }
 
-        let bind_events: BTreeMap<Uuid, BindEvent> = (self.client)
-            .query(
+    /// Every bind event ever written: its binding, its chain, its proof and `queued_for`.
+    fn check_bind_events(&mut self) {
+        let actual: BTreeMap<Uuid, BindEvent> = self
+            .rows(
                 "SELECT (payload->>'binding_id')::uuid, user_id,
                         (payload->'evidence'->>'op')::int, payload->'evidence'->>'message',
                         (payload->>'queued_for')::uuid
                    FROM identity.identity_events WHERE event_type = 'bind'",
-                &[],
+                |row| {
+                    let proof = match (row.get::<_, Option<i32>>(2), row.get(3)) {
+                        (Some(op), None) => Proof::Op(op as usize),
+                        (None, Some(message)) => Proof::Signed(message),
+                        other => panic!("a bind event with an unexpected proof: {other:?}"),
+                    };
+                    let event = BindEvent {
+                        user: row.get(1),
+                        proof,
+                        queued_for: row.get(4),
+                    };
+                    (row.get(0), event)
+                },
             )
-            .unwrap()
-            .iter()
-            .map(|row| {
-                let proof = match (row.get::<_, Option<i32>>(2), row.get(3)) {
-                    (Some(op), None) => Proof::Op(op as usize),
-                    (None, Some(message)) => Proof::Signed(message),
-                    other => panic!("a bind event with an unexpected proof: {other:?}"),
-                };
-                let event = BindEvent {
-                    user: row.get(1),
-                    proof,
-                    queued_for: row.get(4),
-                };
-                (row.get(0), event)
-            })
+            .into_iter()
             .collect();
-        let expected_bind_events = std::mem::take(&mut self.model.bind_events);
-        self.expect_eq(bind_events, expected_bind_events, "the bind events");
+        self.expect_eq(&actual, &self.model.bind_events, "the bind events");
+    }
 
-        let by_type: BTreeMap<String, i64> = (self.client)
-            .query(
+    /// `verify_binding` of every binding ever made: true for a live one a signed message made,
+    /// wherever merges moved it; NULL for one with evidence of its own; P0002 once revoked.
+    fn check_binding_proofs(&mut self) {
+        let live: HashSet<Uuid> = self.model.bindings.values().map(|b| b.id).collect();
+        let made: Vec<(Uuid, bool)> = (self.model.bind_events.iter())
+            .map(|(id, event)| (*id, matches!(event.proof, Proof::Signed(_))))
+            .collect();
+        for (id, signed) in made {
+            let actual = answer(
+                self.client
+                    .query_one("SELECT identity.verify_binding($1)", &[&id]),
+            )
+            .map(|row| row.get::<_, Option<bool>>(0));
+            let expected = match (live.contains(&id), signed) {
+                (false, _) => refused("P0002"),
+                (true, true) => Ok(Some(true)),
+                (true, false) => Ok(None),
+            };
+            self.expect_eq(actual, expected, &format!("verify_binding({id})"));
+        }
+    }
+
+    /// The events of each type and of each user, and every chain verifies.
+    fn check_chains(&mut self) {
+        let by_type: BTreeMap<String, i64> = self
+            .rows(
                 "SELECT event_type, count(*) FROM identity.identity_events GROUP BY 1",
-                &[],
+                |row| (row.get(0), row.get(1)),
             )
-            .unwrap()
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
+            .into_iter()
             .collect();
-        let expected_by_type = self.model.events_by_type.clone();
-        self.expect_eq(by_type, expected_by_type, "the events of each type");
-
-        let chains: BTreeMap<Uuid, (i64, bool)> = (self.client)
-            .query(
+        self.expect_eq(
+            &by_type,
+            &self.model.events_by_type,
+            "the events of each type",
+        );
+        let chains: BTreeMap<Uuid, (i64, bool)> = self
+            .rows(
                 "SELECT user_id, events, ok FROM identity.verify_event_chain()",
-                &[],
+                |row| (row.get(0), (row.get(1), row.get(2))),
             )
-            .unwrap()
-            .iter()
-            .map(|row| (row.get(0), (row.get(1), row.get(2))))
+            .into_iter()
             .collect();
-        let expected_chains = (self.model.events.iter())
+        let expected = (self.model.events.iter())
             .map(|(user, &events)| (*user, (events, true)))
             .collect();
-        self.expect_eq(chains, expected_chains, "the chains");
-        // A job that failed for good waits for a person: the one check the model expects to fail.
-        let failing: Vec<String> = (self.client)
-            .query(
-                "SELECT check_name FROM identity.check_integrity() WHERE NOT ok",
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let expected_failing = match self.model.jobs.values().any(|job| job.state == "failed") {
+        self.expect_eq(chains, expected, "the chains");
+    }
+
+    /// A job that failed for good waits for a person: the one check the model expects to fail.
+    fn check_integrity(&mut self) {
+        let failing: Vec<String> = self.rows(
+            "SELECT check_name FROM identity.check_integrity() WHERE NOT ok",
+            |row| row.get(0),
+        );
+        let expected = match self.model.jobs.values().any(|job| job.state == "failed") {
             true => vec!["binding_jobs_not_stuck".to_owned()],
             false => vec![],
         };
-        self.expect_eq(failing, expected_failing, "the integrity checks that fail");
+        self.expect_eq(failing, expected, "the integrity checks that fail");
     }
 }
 
