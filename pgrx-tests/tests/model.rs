@@ -1,8 +1,9 @@
-//! The contract as a model. Random sequences of binds, revokes, merges, queued binds, logins and
-//! look-ups, over a few users and ids so that they keep meeting each other; each call's answer
-//! (its rows, or its SQLSTATE) is checked against what CONTRACT.md and the README say it must be
-//! after every call before it. Then the tables, every bind event's user and proof, the event
-//! counts, the chains and the integrity checks are checked against the model's.
+//! The contract as a model. Random sequences of binds, revokes, merges, queued binds, logins,
+//! look-ups and a provider's registration, over a few users and ids so that they keep meeting
+//! each other; each call's answer (its rows, or its SQLSTATE) is checked against what CONTRACT.md
+//! and the README say it must be after every call before it. Then the tables, every bind event's
+//! user and proof, `verify_binding` of every binding made, the event counts, the chains and the
+//! integrity checks are checked against the model's.
 //!
 //! A failure names the seed, the call and the calls before it. The seeds are fixed, so a run is
 //! repeatable; `IDENTITY_BINDINGS_MODEL_SEEDS=N` runs seeds 1 to N instead of 1 to 3, for a
@@ -22,6 +23,10 @@ const WALLETS: u8 = 4;
 /// Decimal ids shared by github and discord: the same id under two providers is two bindings.
 const NUMERIC_IDS: [&str; 5] = ["1", "2", "3", "40", "500"];
 const NOT_DECIMAL_IDS: [&str; 4] = ["01", "-2", "+3", "4e1"];
+/// A provider the run registers (unknown until then) with one of two definitions.
+const CUSTOM_PROVIDER: &str = "gitlab";
+const CUSTOM_PATTERNS: [&str; 2] = ["[0-9]+", "[a-z]+"];
+const CUSTOM_IDS: [&str; 3] = ["7", "ab", "Ab"];
 
 type Key = (&'static str, String);
 
@@ -109,6 +114,8 @@ struct Model {
     events_by_type: BTreeMap<String, i64>,
     jobs: BTreeMap<String, Job>,
     spent_messages: HashSet<String>,
+    /// The pattern `CUSTOM_PROVIDER` was registered with, once it was.
+    custom_pattern: Option<&'static str>,
 }
 
 impl Model {
@@ -232,12 +239,23 @@ impl Run {
 
     fn given_id(&mut self) -> GivenId {
         match self.rng.u32(..100) {
-            0..=2 => GivenId {
-                provider: "gitlab",
-                given: "1".into(),
-                canonical: None,
-            },
-            3..=52 => {
+            0..=4 => {
+                let given = CUSTOM_IDS[self.rng.usize(..CUSTOM_IDS.len())];
+                // Matched by the whole pattern, case sensitive; nothing before it is registered.
+                let matches = |pattern: &str| match pattern {
+                    "[0-9]+" => given.chars().all(|c| c.is_ascii_digit()),
+                    _ => given.chars().all(|c| c.is_ascii_lowercase()),
+                };
+                let canonical = (self.model.custom_pattern)
+                    .filter(|pattern| matches(pattern))
+                    .map(|_| given.to_owned());
+                GivenId {
+                    provider: CUSTOM_PROVIDER,
+                    given: given.into(),
+                    canonical,
+                }
+            }
+            5..=52 => {
                 let provider = if self.rng.bool() { "github" } else { "discord" };
                 if self.rng.u32(..10) == 0 {
                     let given = NOT_DECIMAL_IDS[self.rng.usize(..NOT_DECIMAL_IDS.len())];
@@ -298,7 +316,8 @@ impl Run {
 
     fn step(&mut self) {
         match self.rng.u32(..100) {
-            0..=29 => self.create_binding(),
+            0 => self.register_provider(),
+            1..=29 => self.create_binding(),
             30..=39 => self.revoke_binding(),
             40..=47 => self.merge_users(),
             48..=57 => self.resolve(),
@@ -308,6 +327,36 @@ impl Run {
             80..=92 => self.siwe_login(),
             _ => self.siwe_bind(),
         }
+    }
+
+    /// The custom provider, or (one time in five) a built-in one, with one of two definitions:
+    /// true when new, false when the same again, 42710 for another.
+    fn register_provider(&mut self) {
+        let name = if self.rng.u32(..5) == 0 {
+            "github"
+        } else {
+            CUSTOM_PROVIDER
+        };
+        let pattern = CUSTOM_PATTERNS[self.rng.usize(..CUSTOM_PATTERNS.len())];
+        let call = format!("register_provider({name}, {pattern})");
+        self.trace.push(call.clone());
+        let actual = answer(self.client.query_one(
+            "SELECT identity.register_provider($1, $2)",
+            &[&name, &pattern],
+        ))
+        .map(|row| row.get::<_, bool>(0));
+        let expected = match (name, self.model.custom_pattern) {
+            ("github", _) => self.saw("register_provider: a built-in name", refused("42710")),
+            (_, None) => {
+                self.model.custom_pattern = Some(pattern);
+                self.saw("register_provider: new", Ok(true))
+            }
+            (_, Some(registered)) if registered == pattern => {
+                self.saw("register_provider: the same again", Ok(false))
+            }
+            (_, Some(_)) => self.saw("register_provider: another definition", refused("42710")),
+        };
+        self.expect_eq(actual, expected, &call);
     }
 
     fn create_binding(&mut self) {
@@ -333,6 +382,10 @@ impl Run {
                 Some(_) => self.saw("create_binding: another user's", refused("23505")),
                 None => {
                     self.cases.insert("create_binding: new");
+                    if key.0 == CUSTOM_PROVIDER {
+                        self.cases
+                            .insert("create_binding: new, of a registered provider");
+                    }
                     if self.model.merged_into.contains_key(&user) {
                         self.cases
                             .insert("create_binding: new, for a merged-away user");
@@ -854,11 +907,12 @@ fn flip_first_letter(hex: &str) -> String {
 }
 
 /// Every case the run must meet, so that no change to the mix of calls quietly stops testing one.
-const ALL_CASES: [&str; 34] = [
+const ALL_CASES: [&str; 39] = [
     "create_binding: another user's",
     "create_binding: malformed",
     "create_binding: new",
     "create_binding: new, for a merged-away user",
+    "create_binding: new, of a registered provider",
     "create_binding: repeat",
     "enqueue_binding: malformed",
     "enqueue_binding: pending already",
@@ -867,6 +921,10 @@ const ALL_CASES: [&str; 34] = [
     "merge_users: into a merged-away user",
     "merge_users: into self",
     "merge_users: nothing to move",
+    "register_provider: a built-in name",
+    "register_provider: another definition",
+    "register_provider: new",
+    "register_provider: the same again",
     "resolve: bound",
     "resolve: malformed",
     "resolve: unbound",
