@@ -12,6 +12,7 @@
 //! before it queues the binding for a new user.
 
 use crate::errors::IdentityError;
+use crate::statements::{push_fresh_snapshot, transaction_has_written};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::{IntoDatum, PgTupleDesc};
 use std::ffi::CStr;
@@ -107,16 +108,11 @@ pub fn claim_on(provider: &str, external_id: &str) -> Result<Option<Claim>, Iden
 }
 
 /// Makes the snapshot the read runs on the active one; true when it pushed one, to be popped.
+/// Written: in any subtransaction, also one that has not written yet itself (see `Statement::run`).
 unsafe fn take_read_snapshot() -> bool {
-    let has_written = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
-    if has_written {
-        // What SPI does before a statement of a transaction that has written: its own writes
-        // become visible, and (under READ COMMITTED) what others committed since.
-        pg_sys::CommandCounterIncrement();
-    }
-    let fresh = has_written || !pg_sys::ActiveSnapshotSet();
+    let fresh = transaction_has_written() || !pg_sys::ActiveSnapshotSet();
     if fresh {
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        push_fresh_snapshot();
     }
     fresh
 }

@@ -253,12 +253,13 @@ fn siwe_login(
             Ok(BindOutcome { user_id, .. }) => Ok((user_id, address, chain_id, "existing")),
             // A concurrent first login from the same wallet bound it a moment ago: same wallet,
             // same user. (The nonce was consumed by a write, so this look-up takes a fresh
-            // snapshot and sees that login's committed binding.)
-            Err(failure) if failure.sqlstate == "23505" => {
-                let owner =
-                    owner_of("wallet", &address)?.ok_or_else(|| IdentityError::from(failure))?;
-                Ok((owner, address, chain_id, "existing"))
-            }
+            // snapshot and sees that login's committed binding.) No owner any more: a revoke
+            // committed in between, and only a retry can tell whose the wallet is now (the
+            // binding's 23505 is not an answer a login gives).
+            Err(failure) if failure.sqlstate == "23505" => match owner_of("wallet", &address)? {
+                Some(owner) => Ok((owner, address, chain_id, "existing")),
+                None => Err(IdentityError::LoginConflict { address }),
+            },
             // A cancel request is for the whole login, which fails and spends nothing: a client
             // that gave up may send the same message again. (A statement timeout is the wait
             // the step was allowed, and queues the binding like a lock timeout, below.)

@@ -28,7 +28,7 @@ thread_local! {
 impl Statement {
     /// A read: while this transaction has written nothing, runs on the caller's snapshot (so a
     /// STABLE function sees one consistent state) and takes no transaction id; once it has
-    /// written, each execution takes a fresh snapshot, as a write does (pgrx's `select`).
+    /// written, each execution takes a fresh snapshot, as a write does (see `run`).
     pub const fn read(sql: &'static str, params: &'static [pg_sys::Oid]) -> Self {
         Statement {
             sql,
@@ -72,10 +72,25 @@ impl Statement {
     ) -> SpiResult<SpiTupleTable<'conn>> {
         let prepared = self.prepared(client)?;
         if self.writes {
-            client.update(&*prepared, None, args)
-        } else {
-            client.select(&*prepared, None, args)
+            return client.update(&*prepared, None, args);
         }
+        // pgrx's `select` takes a fresh snapshot once the current subtransaction has written. In
+        // one that has not, of a transaction that has (a job of a pass, a login's binding step),
+        // it would read on the statement's snapshot: a job late in a pass would not see a merge
+        // that committed after the pass began.
+        // SAFETY: reads transaction state; the snapshot pushed here is popped after the read (an
+        // ERROR instead aborts the subtransaction, which pops it).
+        let behind = unsafe {
+            transaction_has_written()
+                && pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId
+        };
+        if !behind {
+            return client.select(&*prepared, None, args);
+        }
+        unsafe { push_fresh_snapshot() };
+        let rows = client.select(&*prepared, None, args);
+        unsafe { pg_sys::PopActiveSnapshot() };
+        rows
     }
 
     /// Runs the statement and returns the uuid in the first column of its first row: `None`
@@ -106,6 +121,22 @@ impl Statement {
         let cursor = client.try_open_cursor(&*prepared, args)?;
         fetch_in_batches(cursor, batch, each_batch)
     }
+}
+
+/// Whether this transaction has written, in any of its subtransactions (then it has an id).
+pub fn transaction_has_written() -> bool {
+    // SAFETY: reads the backend's transaction state; no preconditions.
+    unsafe { pg_sys::GetTopTransactionIdIfAny() != pg_sys::InvalidTransactionId }
+}
+
+/// Makes a new snapshot the active one, as SPI does before a statement of a transaction that has
+/// written: its own writes become visible, and (under READ COMMITTED) what others committed since.
+///
+/// # Safety
+/// Inside a transaction; the caller pops the snapshot (`PopActiveSnapshot`) when it is done.
+pub unsafe fn push_fresh_snapshot() {
+    pg_sys::CommandCounterIncrement();
+    pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
 }
 
 /// Refuses to write where the transaction is read-only, with PostgreSQL's own SQLSTATE for it

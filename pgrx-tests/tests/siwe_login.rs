@@ -245,6 +245,56 @@ fn a_first_login_that_times_out_behind_another_first_login_is_retried_not_given_
     assert_the_retry_logs_in_as_the_owner(&mut late, &mut client, retry, owner);
 }
 
+#[test]
+fn first_logins_of_a_wallet_racing_with_its_revokes_never_fail_as_bound_to_another_user() {
+    let database = TestDatabase::create("siwe_revoke_race");
+    let wallet = TestWallet::from_seed(7);
+    let address = wallet.address();
+    const LOGINS: usize = 300;
+
+    // Three sessions log the wallet in again and again while a fourth revokes it as fast as it
+    // can. A login never answers with a binding's 23505 (bound to another user): it did when its
+    // binding step, a subtransaction, read on the statement's snapshot, taken before a revoke
+    // committed, and took the revoked binding for another user's. A login that loses its
+    // binding to another first login may fail with 40001, to be retried.
+    let errors: Vec<String> = thread::scope(|scope| {
+        let logins: Vec<_> = (0..3)
+            .map(|_| {
+                let (database, wallet) = (&database, &wallet);
+                scope.spawn(move || {
+                    let mut client = database.connect();
+                    let mut errors = Vec::new();
+                    for _ in 0..LOGINS {
+                        let (message, signature) = signed_login(&mut client, wallet);
+                        match login(&mut client, &message, &signature) {
+                            Ok(_) => {}
+                            Err(e) if sqlstate(&e) == "40001" => {}
+                            Err(e) => {
+                                errors.push(format!("{}: {}", sqlstate(&e), server_message(&e)))
+                            }
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        let mut revoker = database.connect();
+        while !logins.iter().all(|l| l.is_finished()) {
+            match revoker.query(
+                "SELECT * FROM identity.revoke_binding('wallet', $1, '{\"reason\": \"race\"}')",
+                &[&address],
+            ) {
+                Ok(_) => {}
+                Err(e) if sqlstate(&e) == "P0002" => {}
+                Err(e) => panic!("revoke: {e:?}"),
+            }
+        }
+        logins.into_iter().flat_map(|l| l.join().unwrap()).collect()
+    });
+    assert_eq!(errors, Vec::<String>::new());
+    assert!(integrity_is_clean(&mut database.connect()));
+}
+
 /// What a sign-in may submit: `siwe::MAX_MESSAGE_BYTES` in the extension.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
