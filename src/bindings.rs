@@ -50,6 +50,11 @@ pub fn bind(
 /// Binds a queued job's binding (retry.rs) to the user it was queued for or, when a merge took
 /// that user away (before or after it was queued), to the user their merges end at: the person
 /// the job was for. Such a bind event records the user it was queued for as `queued_for`.
+///
+/// Its locks are taken in `bind`'s order: the binding's key as it is written, then the user's
+/// chain as its event is appended. Taking the chain first, a pass (or a promised login) waited
+/// for a create_binding of the same binding while holding the chain that create_binding waited
+/// for: a deadlock, whose victim could be the application's call.
 pub fn bind_queued(
     client: &mut SpiClient<'_>,
     queued_for: Uuid,
@@ -57,10 +62,7 @@ pub fn bind_queued(
     external_id: &str,
     evidence: Value,
 ) -> Result<BindOutcome, IdentityError> {
-    let SurvivingUser {
-        user_id,
-        chain_locked,
-    } = surviving_user(client, queued_for)?;
+    let user_id = where_merges_end(client, queued_for)?;
     let redirected_from = (user_id != queued_for).then_some(queued_for);
     let outcome = bind_recording(
         client,
@@ -70,9 +72,10 @@ pub fn bind_queued(
         external_id,
         evidence,
     )?;
-    // A user with no chain had none to lock: a merge could start it first, and the bind then
-    // waited for it and appended after the merge. Holding the chain now, the answer is final.
-    if outcome.created && !chain_locked && merged_into(client, user_id)?.is_some() {
+    // A merge of the user that committed while the append waited for their chain (or started
+    // it) left the new binding on a user merged away; only a retry can follow that merge. Once
+    // appended, the chain is held: no later merge of theirs commits before this transaction.
+    if outcome.created && merged_into(client, user_id)?.is_some() {
         return Err(IdentityError::QueuedUserMergedMeanwhile {
             user_id: user_id.to_string(),
         });
@@ -498,38 +501,6 @@ pub fn where_merges_end(client: &mut SpiClient<'_>, user_id: Uuid) -> Result<Uui
         match merged_into(client, user)? {
             Some(into_user) => user = into_user,
             None => return Ok(user),
-        }
-    }
-    Err(merges_loop(user_id))
-}
-
-/// Where `surviving_user` ended.
-struct SurvivingUser {
-    user_id: Uuid,
-    /// Whether their chain existed, and is now locked: no merge of theirs commits before this
-    /// transaction does. A user without a chain had none to lock.
-    chain_locked: bool,
-}
-
-/// `where_merges_end`, with that user's chain locked on return if they have one.
-fn surviving_user(
-    client: &mut SpiClient<'_>,
-    user_id: Uuid,
-) -> Result<SurvivingUser, IdentityError> {
-    let mut user = user_id;
-    for _ in 0..MERGE_HOPS_LIMIT {
-        // Only the end is locked: merges lock chains in user order, and a walk that kept each
-        // chain it passed would lock them in merge order. Merged meanwhile: follow it too.
-        user = where_merges_end(client, user)?;
-        let chain_locked = lock_chains(client, &[user])?.holds(user);
-        match merged_into(client, user)? {
-            None => {
-                return Ok(SurvivingUser {
-                    user_id: user,
-                    chain_locked,
-                })
-            }
-            Some(into_user) => user = into_user,
         }
     }
     Err(merges_loop(user_id))

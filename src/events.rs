@@ -745,13 +745,6 @@ pub struct LockedChains {
     ends: HashMap<Uuid, ChainEnd>,
 }
 
-impl LockedChains {
-    /// Whether `user_id` had a chain, now locked, when `lock_chains` ran.
-    pub fn holds(&self, user_id: Uuid) -> bool {
-        matches!(self.ends.get(&user_id), Some(Some(_)))
-    }
-}
-
 /// Locks the chains of `users` (a few) that exist until the transaction ends, in user order, so
 /// two callers locking overlapping sets cannot deadlock. An append to one of them that was under
 /// way has committed by the time this returns, so under READ COMMITTED the caller's next

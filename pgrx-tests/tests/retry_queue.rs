@@ -3,7 +3,8 @@
 
 use identity_bindings_client_tests::wallet::{signed_login, siwe_message, TestWallet};
 use identity_bindings_client_tests::{
-    backend_pid, integrity_is_clean, run_behind, soon_waits_for_a_lock, sqlstate, TestDatabase,
+    backend_pid, eventually, integrity_is_clean, run_behind, soon_waits_for_a_lock, sqlstate,
+    TestDatabase,
 };
 use postgres::Client;
 use std::collections::HashSet;
@@ -444,28 +445,63 @@ fn a_statement_timeout_ends_the_whole_pass_and_every_job_stays_due() {
     assert!(integrity_is_clean(&mut runner));
 }
 
+/// The pass `first_pass` (the job's state and last error) met a merge that took the job's user
+/// away while its bind waited for that user's chain: the bind was undone, and the job waits for
+/// its retry, which binds github `external_id` to `bound_to`, where the merges end.
+fn assert_the_retry_follows_the_merge(
+    app: &mut Client,
+    runner: &mut Client,
+    first_pass: (String, Option<String>),
+    external_id: &str,
+    (queued_for, bound_to): (Uuid, Uuid),
+) {
+    let (state, last_error) = first_pass;
+    assert_eq!(state, "pending");
+    let last_error = last_error.unwrap();
+    assert!(
+        last_error.starts_with("40001: ") && last_error.contains("a merge took that user away"),
+        "{last_error}"
+    );
+    let bound: i64 = app
+        .query_one(
+            "SELECT count(*) FROM identity.user_bindings WHERE external_id = $1",
+            &[&external_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(bound, 0, "the bind was undone");
+
+    thread::sleep(Duration::from_millis(50));
+    let state: String = runner
+        .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "succeeded");
+    assert_eq!(
+        bound_by_job(app, external_id),
+        (bound_to, Some(queued_for.to_string()))
+    );
+    assert!(integrity_is_clean(app));
+}
+
 #[test]
-fn a_job_whose_user_is_merged_on_while_it_waits_binds_where_the_merges_end() {
+fn a_job_whose_user_is_merged_on_while_it_waits_is_retried_and_binds_where_the_merges_end() {
     let database = TestDatabase::create("queue_merge");
     let (queued_for, merged_into, last) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let (mut app, mut merger, mut runner) =
         (database.connect(), database.connect(), database.connect());
     app.execute(MERGE, &[&queued_for, &merged_into]).unwrap();
     enqueue(&mut app, queued_for, "5");
+    runner
+        .batch_execute("SET identity.retry_initial_interval = '1ms'")
+        .unwrap();
 
-    // The runner follows the committed merge to `merged_into`, who stands when it looks, and
-    // waits for that user's chain, which a second merge holds until it commits.
+    // The runner follows the committed merge to `merged_into`, who stands when it looks, binds
+    // to them and waits for their chain, which a second merge holds until it commits.
     let mut merging = merger.transaction().unwrap();
     merging.execute(MERGE, &[&merged_into, &last]).unwrap();
-    let (state, _) = run_jobs_behind(&database, &mut runner, merging);
-
-    assert_eq!(state, "succeeded");
-    assert_eq!(
-        bound_by_job(&mut app, "5"),
-        (last, Some(queued_for.to_string())),
-        "bound to the user the merges end at, once the merge it waited for committed"
-    );
-    assert!(integrity_is_clean(&mut app));
+    let first_pass = run_jobs_behind(&database, &mut runner, merging);
+    assert_the_retry_follows_the_merge(&mut app, &mut runner, first_pass, "5", (queued_for, last));
 }
 
 #[test]
@@ -479,38 +515,105 @@ fn a_job_whose_bind_meets_the_first_merge_of_its_user_is_retried_and_then_follow
         .batch_execute("SET identity.retry_initial_interval = '1ms'")
         .unwrap();
 
-    // The user has no chain: the merge starts one, uncommitted, so the runner finds nothing to
-    // lock and nobody merged, and its bind waits for that chain. It then appends after the merge:
-    // bound to a user merged away, which the runner undoes and leaves for the retry.
+    // The user has no chain: the merge starts one, uncommitted, and the runner's bind waits for
+    // it. It then appends after the merge: bound to a user merged away.
     let mut merging = merger.transaction().unwrap();
     merging
         .execute(MERGE, &[&queued_for, &merged_into])
         .unwrap();
-    let (state, last_error) = run_jobs_behind(&database, &mut runner, merging);
-    assert_eq!(state, "pending");
-    let last_error = last_error.unwrap();
-    assert!(
-        last_error.starts_with("40001: ") && last_error.contains("a merge took that user away"),
-        "{last_error}"
+    let first_pass = run_jobs_behind(&database, &mut runner, merging);
+    assert_the_retry_follows_the_merge(
+        &mut app,
+        &mut runner,
+        first_pass,
+        "6",
+        (queued_for, merged_into),
     );
-    let bound: i64 = app
-        .query_one("SELECT count(*) FROM identity.user_bindings", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(bound, 0, "the bind was undone");
+}
 
-    // The retry follows the merge.
-    thread::sleep(Duration::from_millis(50));
-    let state: String = runner
-        .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(state, "succeeded");
-    assert_eq!(
-        bound_by_job(&mut app, "6"),
-        (merged_into, Some(queued_for.to_string()))
+#[test]
+fn a_pass_and_a_create_binding_of_the_same_binding_take_its_locks_in_the_same_order() {
+    let database = TestDatabase::create("queue_direct_order");
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let (mut app, mut holder, mut runner, mut binder, mut observer) = (
+        database.connect(),
+        database.connect(),
+        database.connect(),
+        database.connect(),
+        database.connect(),
     );
+    app.execute(
+        "SELECT identity.create_binding($1, 'github', '90')",
+        &[&user],
+    )
+    .unwrap();
+    enqueue(&mut app, user, "1");
+    enqueue(&mut app, user, "9");
+    // `holder` binds github 1 to another user and keeps its transaction open: the pass's first
+    // job waits for it, in the middle of the pass.
+    holder.batch_execute("BEGIN").unwrap();
+    holder
+        .execute(
+            "SELECT identity.create_binding($1, 'github', '1')",
+            &[&other],
+        )
+        .unwrap();
+
+    // Meanwhile the application binds the second job's binding itself. Had the pass locked the
+    // user's chain before writing the first job's binding, create_binding (which writes the
+    // binding, then appends to the chain) would wait for the pass, and the pass's second job for
+    // create_binding's binding: a deadlock, and one of them its victim.
+    let binder_pid = backend_pid(&mut binder);
+    let (pass, bound) = thread::scope(|scope| {
+        let runner_pid = backend_pid(&mut runner);
+        let running = scope.spawn(|| {
+            runner.query(
+                "SELECT job_key, state FROM identity.run_binding_jobs() ORDER BY job_key",
+                &[],
+            )
+        });
+        assert!(soon_waits_for_a_lock(&mut observer, runner_pid));
+        let binding = scope.spawn(|| {
+            binder
+                .query_one(
+                    "SELECT created FROM identity.create_binding($1, 'github', '9')",
+                    &[&user],
+                )
+                .map(|row| row.get::<_, bool>(0))
+        });
+        let settled = eventually(Duration::from_secs(10), || {
+            binding.is_finished() || waits_for_a_lock(&mut observer, binder_pid)
+        });
+        assert!(settled, "create_binding neither finished nor waited");
+        holder.batch_execute("ROLLBACK").unwrap();
+        (running.join().unwrap(), binding.join().unwrap())
+    });
+
+    let created = bound.expect("create_binding is not a deadlock's victim");
+    assert!(
+        created,
+        "create_binding made the binding: it waited for nothing of the pass"
+    );
+    let outcomes: Vec<(String, String)> = pass
+        .expect("the pass is not a deadlock's victim")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let succeeded = |key: &str| (key.to_owned(), "succeeded".to_owned());
+    assert_eq!(
+        outcomes,
+        [succeeded("bind:github:1"), succeeded("bind:github:9")]
+    );
+    assert_eq!(bound_by_job(&mut app, "9"), (user, None));
     assert!(integrity_is_clean(&mut app));
+}
+
+/// Whether the backend `pid` is blocked by another session's lock now.
+fn waits_for_a_lock(observer: &mut Client, pid: i32) -> bool {
+    observer
+        .query_one("SELECT cardinality(pg_blocking_pids($1)) > 0", &[&pid])
+        .unwrap()
+        .get(0)
 }
 
 #[test]
