@@ -90,6 +90,9 @@ pub enum IdentityError {
     /// 40001: a first login's binding gave up waiting for another transaction's unfinished
     /// binding (or revoke) of the same wallet.
     LoginBehindAnother { address: String },
+    /// 55P03: a queued binding's id is being bound or revoked by a transaction not finished yet,
+    /// which a pass does not wait for: that transaction may be waiting for a chain it holds.
+    JobIdInUse { job_key: String },
     /// 42501: identity.identity_events refuses UPDATE, DELETE and TRUNCATE.
     AppendOnly { operation: &'static str },
     /// 42501: identity.providers refuses UPDATE, DELETE and TRUNCATE: a provider is permanent.
@@ -137,6 +140,7 @@ impl IdentityError {
             | NotYourBackfillRun { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             NoUsersTable => ERRCODE_UNDEFINED_TABLE,
             TooManyOutstandingNonces { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            JobIdInUse { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
             ReadOnly { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
@@ -213,6 +217,9 @@ impl IdentityError {
             }
             QueuedUserMergedMeanwhile { .. } => {
                 "Run the job again (identity.run_binding_jobs retries it): it then binds to the user merged into.".into()
+            }
+            JobIdInUse { .. } => {
+                "Nothing to do: identity.run_binding_jobs retries the job once that transaction has finished.".into()
             }
             BackfillPlannedMeanwhile { .. } => {
                 "CALL it again: the new run then replaces that one, as under READ COMMITTED.".into()
@@ -346,6 +353,10 @@ impl fmt::Display for IdentityError {
             QueuedUserMergedMeanwhile { user_id } => write!(
                 f,
                 "could not make the queued binding for user {user_id}: a merge took that user away while the binding waited for their event chain"
+            ),
+            JobIdInUse { job_key } => write!(
+                f,
+                "could not run binding job {job_key} now: another transaction is binding or revoking its id and has not finished"
             ),
             LoginConflict { address } => write!(
                 f,

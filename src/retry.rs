@@ -4,6 +4,7 @@
 //! same job (FOR UPDATE SKIP LOCKED). A job whose user a merge took away binds to the user the
 //! merges end at: a job is for a person, and a merge says who that person now is.
 
+use crate::binding_index::{claim_on, Claim};
 use crate::bindings::bind_queued;
 use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::events::{pg_uuid, rust_uuid};
@@ -169,6 +170,15 @@ fn run_job(job: Job, policy: &RetryPolicy) -> Result<JobOutcome, IdentityError> 
     let attempts = job.attempts.saturating_add(1);
     let result = in_subtransaction(|| {
         Spi::connect_mut(|client| {
+            // A pass keeps the chains of the jobs it has run locked until it ends, and another
+            // transaction binding or revoking this job's id may be waiting for one of them:
+            // waiting for that transaction here would be a deadlock. Retried, the job finds out
+            // what it did.
+            if claim_on(&job.provider, &job.external_id)? == Some(Claim::InProgress) {
+                return Err(IdentityError::JobIdInUse {
+                    job_key: job.key.clone(),
+                });
+            }
             bind_queued(
                 client,
                 job.user_id,

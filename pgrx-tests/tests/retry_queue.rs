@@ -16,11 +16,16 @@ use uuid::Uuid;
 /// A session holding `user`'s event-chain lock (an open transaction that appended for them),
 /// so any other append for that user waits: the way a real lock conflict looks.
 fn hold_chain_lock(client: &mut Client, user: Uuid) {
+    hold_chain_lock_binding(client, user, "999");
+}
+
+/// `hold_chain_lock`, the append being a binding of discord id `external_id` (one per holder).
+fn hold_chain_lock_binding(client: &mut Client, user: Uuid, external_id: &str) {
     client.batch_execute("BEGIN").unwrap();
     client
         .execute(
-            "SELECT identity.create_binding($1, 'discord', '999', '{\"method\": \"lock holder\"}')",
-            &[&user],
+            "SELECT identity.create_binding($1, 'discord', $2, '{\"method\": \"lock holder\"}')",
+            &[&user, &external_id],
         )
         .unwrap();
 }
@@ -531,8 +536,23 @@ fn a_job_whose_bind_meets_the_first_merge_of_its_user_is_retried_and_then_follow
     );
 }
 
+/// The sessions `pid` waits for, as PostgreSQL sees it now.
+fn blockers_of(observer: &mut Client, pid: i32) -> Vec<i32> {
+    observer
+        .query_one("SELECT pg_blocking_pids($1)", &[&pid])
+        .unwrap()
+        .get(0)
+}
+
+/// Waits (a few seconds at most) until `pid` waits for `blocker`.
+fn soon_waits_for(observer: &mut Client, pid: i32, blocker: i32) -> bool {
+    eventually(Duration::from_secs(10), || {
+        blockers_of(observer, pid).contains(&blocker)
+    })
+}
+
 #[test]
-fn a_pass_and_a_create_binding_of_the_same_binding_take_its_locks_in_the_same_order() {
+fn a_job_writes_its_binding_before_it_waits_for_the_users_chain_as_create_binding_does() {
     let database = TestDatabase::create("queue_direct_order");
     let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
     let (mut app, mut holder, mut runner, mut binder, mut observer) = (
@@ -547,73 +567,118 @@ fn a_pass_and_a_create_binding_of_the_same_binding_take_its_locks_in_the_same_or
         &[&user],
     )
     .unwrap();
-    enqueue(&mut app, user, "1");
     enqueue(&mut app, user, "9");
-    // `holder` binds github 1 to another user and keeps its transaction open: the pass's first
-    // job waits for it, in the middle of the pass.
-    holder.batch_execute("BEGIN").unwrap();
-    holder
-        .execute(
-            "SELECT identity.create_binding($1, 'github', '1')",
-            &[&other],
-        )
-        .unwrap();
 
-    // Meanwhile the application binds the second job's binding itself. Had the pass locked the
-    // user's chain before writing the first job's binding, create_binding (which writes the
-    // binding, then appends to the chain) would wait for the pass, and the pass's second job for
-    // create_binding's binding: a deadlock, and one of them its victim.
-    let binder_pid = backend_pid(&mut binder);
+    // The pass writes the job's binding and then waits for the user's chain, which `holder`
+    // keeps: a create_binding of the same id (here for another user) waits for the pass. The
+    // other order, the chain first, was create_binding's reversed: a pass and a create_binding
+    // of the same binding could each wait for what the other held, a deadlock whose victim
+    // could be the application's call.
+    hold_chain_lock(&mut holder, user);
+    let holder_pid = backend_pid(&mut holder);
+    let (runner_pid, binder_pid) = (backend_pid(&mut runner), backend_pid(&mut binder));
     let (pass, bound) = thread::scope(|scope| {
-        let runner_pid = backend_pid(&mut runner);
         let running = scope.spawn(|| {
-            runner.query(
-                "SELECT job_key, state FROM identity.run_binding_jobs() ORDER BY job_key",
-                &[],
+            runner
+                .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
+                .map(|row| row.get::<_, String>(0))
+        });
+        assert!(soon_waits_for(&mut observer, runner_pid, holder_pid));
+        let binding = scope.spawn(|| {
+            binder.query_one(
+                "SELECT created FROM identity.create_binding($1, 'github', '9')",
+                &[&other],
             )
         });
-        assert!(soon_waits_for_a_lock(&mut observer, runner_pid));
-        let binding = scope.spawn(|| {
-            binder
-                .query_one(
-                    "SELECT created FROM identity.create_binding($1, 'github', '9')",
-                    &[&user],
-                )
-                .map(|row| row.get::<_, bool>(0))
-        });
-        let settled = eventually(Duration::from_secs(10), || {
-            binding.is_finished() || waits_for_a_lock(&mut observer, binder_pid)
-        });
-        assert!(settled, "create_binding neither finished nor waited");
-        holder.batch_execute("ROLLBACK").unwrap();
+        let waits = soon_waits_for(&mut observer, binder_pid, runner_pid);
+        holder.batch_execute("COMMIT").unwrap();
+        assert!(waits, "create_binding waits for the binding the pass wrote");
         (running.join().unwrap(), binding.join().unwrap())
     });
 
-    let created = bound.expect("create_binding is not a deadlock's victim");
-    assert!(
-        created,
-        "create_binding made the binding: it waited for nothing of the pass"
-    );
-    let outcomes: Vec<(String, String)> = pass
-        .expect("the pass is not a deadlock's victim")
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    let succeeded = |key: &str| (key.to_owned(), "succeeded".to_owned());
+    assert_eq!(pass.unwrap(), "succeeded");
     assert_eq!(
-        outcomes,
-        [succeeded("bind:github:1"), succeeded("bind:github:9")]
+        sqlstate(&bound.unwrap_err()),
+        "23505",
+        "the pass bound it first"
     );
     assert_eq!(bound_by_job(&mut app, "9"), (user, None));
     assert!(integrity_is_clean(&mut app));
 }
 
-/// Whether the backend `pid` is blocked by another session's lock now.
-fn waits_for_a_lock(observer: &mut Client, pid: i32) -> bool {
-    observer
-        .query_one("SELECT cardinality(pg_blocking_pids($1)) > 0", &[&pid])
-        .unwrap()
-        .get(0)
+#[test]
+fn a_pass_leaves_a_job_whose_id_another_transaction_is_binding_for_its_retry() {
+    let database = TestDatabase::create("queue_id_in_use");
+    let mut users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    users.sort();
+    let [first, second, third] = users;
+    let (mut app, mut holders, mut runner, mut binder, mut observer) = (
+        database.connect(),
+        [database.connect(), database.connect()],
+        database.connect(),
+        database.connect(),
+        database.connect(),
+    );
+    for (user, external_id) in [(first, "1"), (second, "2"), (third, "3")] {
+        enqueue(&mut app, user, external_id);
+    }
+
+    // The pass runs the first user's job and keeps their chain; its second job waits for the
+    // second user's chain, which a holder keeps. Meanwhile the application binds the third job's
+    // id to the first user: create_binding writes the binding and waits for the pass, for that
+    // chain. Had the pass then written the third job's binding, it would wait for create_binding,
+    // and create_binding for it: a deadlock. It leaves that job for its retry instead.
+    hold_chain_lock_binding(&mut holders[0], first, "998");
+    hold_chain_lock_binding(&mut holders[1], second, "999");
+    let holder_pids = [backend_pid(&mut holders[0]), backend_pid(&mut holders[1])];
+    let (runner_pid, binder_pid) = (backend_pid(&mut runner), backend_pid(&mut binder));
+    let [holds_first, holds_second] = &mut holders;
+    let (pass, bound) = thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            runner.query(
+                "SELECT job_key, state, last_error FROM identity.run_binding_jobs() ORDER BY job_key",
+                &[],
+            )
+        });
+        assert!(soon_waits_for(&mut observer, runner_pid, holder_pids[0]));
+        holds_first.batch_execute("COMMIT").unwrap();
+        assert!(soon_waits_for(&mut observer, runner_pid, holder_pids[1]));
+        let binding = scope.spawn(|| {
+            binder
+                .query_one(
+                    "SELECT created FROM identity.create_binding($1, 'github', '3')",
+                    &[&first],
+                )
+                .map(|row| row.get::<_, bool>(0))
+        });
+        assert!(soon_waits_for(&mut observer, binder_pid, runner_pid));
+        holds_second.batch_execute("COMMIT").unwrap();
+        (running.join().unwrap(), binding.join().unwrap())
+    });
+
+    assert!(bound.expect("create_binding is not a deadlock's victim"));
+    let outcomes: Vec<(String, String, Option<String>)> = pass
+        .expect("the pass is not a deadlock's victim")
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        outcomes[0],
+        ("bind:github:1".into(), "succeeded".into(), None)
+    );
+    assert_eq!(
+        outcomes[1],
+        ("bind:github:2".into(), "succeeded".into(), None)
+    );
+    let (key, state, last_error) = &outcomes[2];
+    assert_eq!((key.as_str(), state.as_str()), ("bind:github:3", "pending"));
+    assert!(
+        last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("55P03: ")),
+        "{last_error:?}"
+    );
+    assert!(integrity_is_clean(&mut app));
 }
 
 #[test]
