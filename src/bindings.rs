@@ -14,6 +14,7 @@ use crate::evidence::{evidence_object, EvidenceArg};
 use crate::providers::{canonical_external_id, canonical_if_valid};
 use crate::set_returning::{return_rows, V1_API};
 use crate::statements::{text_uuid_rows, writable, Statement};
+use crate::subtransaction::in_subtransaction;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::pg_sys::{self, TEXTARRAYOID, TEXTOID, UUIDARRAYOID, UUIDOID};
@@ -367,25 +368,50 @@ fn revoke_binding(
                     external_id: canonical_id,
                 });
             };
-            let mut chains = lock_chains(client, &[user_id])?;
-            let deleted = DELETE_BINDING.first_uuid(
-                client,
-                &[
-                    provider.into(),
-                    canonical_id.as_str().into(),
-                    pg_uuid(user_id).into(),
-                ],
-            )?;
-            // A binding's id is its primary key: a deleted row always has one.
-            if let Some(binding_id) = deleted.map(rust_uuid) {
-                let payload = binding_payload(binding_id, provider, &canonical_id, &evidence);
-                append_to_locked(client, &mut chains, user_id, EventType::Revoke, &payload)?;
-                return Ok((binding_id, user_id));
+            // Each round in a subtransaction: a round that found the binding moved is undone,
+            // and lets go of the old owner's chain before the next round locks the new owner's.
+            // Kept, the two were locked in merge order, not user order, and a merge that holds
+            // the new owner's chain and waits for the old one's deadlocked with the revoke.
+            let mut moved = false;
+            let round = in_subtransaction(|| {
+                let revoked = revoke_from(client, user_id, provider, &canonical_id, &evidence)?;
+                revoked.ok_or_else(|| {
+                    moved = true;
+                    IdentityError::ChainAppendConflict
+                })
+            });
+            match round {
+                Ok(revoked) => return Ok(revoked),
+                Err(_) if moved => continue,
+                Err(failure) => return Err(failure.into()),
             }
         }
         Err(IdentityError::ChainAppendConflict)
     })?;
     Ok(TableIterator::once((pg_uuid(binding_id), pg_uuid(user_id))))
+}
+
+/// Revokes the binding from `owner`, holding their chain: the binding's id and `owner`, or
+/// `None` when it is no longer theirs (a merge moved it while this waited for the chain).
+fn revoke_from(
+    client: &mut SpiClient<'_>,
+    owner: Uuid,
+    provider: &str,
+    canonical_id: &str,
+    evidence: &Value,
+) -> Result<Option<(Uuid, Uuid)>, IdentityError> {
+    let mut chains = lock_chains(client, &[owner])?;
+    let deleted = DELETE_BINDING.first_uuid(
+        client,
+        &[provider.into(), canonical_id.into(), pg_uuid(owner).into()],
+    )?;
+    // A binding's id is its primary key: a deleted row always has one.
+    let Some(binding_id) = deleted.map(rust_uuid) else {
+        return Ok(None);
+    };
+    let payload = binding_payload(binding_id, provider, canonical_id, evidence);
+    append_to_locked(client, &mut chains, owner, EventType::Revoke, &payload)?;
+    Ok(Some((binding_id, owner)))
 }
 
 static MOVE_BINDINGS: Statement = Statement::write(

@@ -248,7 +248,7 @@ fn merge_during_a_bind(
 }
 
 fn merge(
-    client: &mut postgres::Client,
+    client: &mut impl GenericClient,
     from_user: Uuid,
     into_user: Uuid,
 ) -> Result<i32, postgres::Error> {
@@ -374,5 +374,57 @@ fn a_revoke_during_a_merge_waits_for_it_and_revokes_from_the_user_merged_into() 
     assert_eq!(merged.unwrap(), 2);
     assert_eq!(revoked.unwrap(), into_user);
     assert_eq!(bindings_of(&mut client, into_user), 2, "bindings 1 and 3");
+    assert!(integrity_is_clean(&mut client));
+}
+
+#[test]
+fn a_revoke_that_finds_the_binding_moved_lets_go_of_the_old_owners_chain() {
+    let database = TestDatabase::create("revoke_moved");
+    let mut users = [Uuid::new_v4(), Uuid::new_v4()];
+    users.sort();
+    let [lower, higher] = users;
+    let (mut client, mut first_merger, mut second_merger, mut revoker, mut observer) = (
+        database.connect(),
+        database.connect(),
+        database.connect(),
+        database.connect(),
+        database.connect(),
+    );
+    bind(&mut client, higher, "4").unwrap();
+    bind(&mut client, lower, "5").unwrap();
+
+    // A first merge moves binding 4 from the higher user to the lower one and stays open. The
+    // revoke of binding 4 waits for the higher user's chain (whose binding it still sees), and a
+    // second merge of the two for the lower user's chain, which merges take first. Once the first
+    // merge commits, the revoke has the higher chain and finds the binding gone, and the second
+    // merge has the lower chain and wants the higher: kept, the revoke would wait for the lower
+    // chain while holding the higher one, a deadlock. It lets go of it and follows the binding.
+    let mut first = first_merger.transaction().unwrap();
+    assert_eq!(merge(&mut first, higher, lower).unwrap(), 1);
+    let (revoker_pid, merger_pid) = (backend_pid(&mut revoker), backend_pid(&mut second_merger));
+    let (revoked, merged) = thread::scope(|scope| {
+        let revoking = scope.spawn(|| {
+            revoker
+                .query_one(
+                    "SELECT user_id FROM identity.revoke_binding('github', '4', '{}')",
+                    &[],
+                )
+                .map(|row| row.get::<_, Uuid>(0))
+        });
+        let revoke_waits = soon_waits_for_a_lock(&mut observer, revoker_pid);
+        let merging = scope.spawn(|| merge(&mut second_merger, higher, lower));
+        let merge_waits = soon_waits_for_a_lock(&mut observer, merger_pid);
+        first.commit().unwrap();
+        assert!(revoke_waits && merge_waits, "both wait for the first merge");
+        (revoking.join().unwrap(), merging.join().unwrap())
+    });
+
+    assert_eq!(merged.expect("the merge is not a deadlock's victim"), 0);
+    assert_eq!(
+        revoked.expect("the revoke is not a deadlock's victim"),
+        lower,
+        "revoked from the user the binding was merged into"
+    );
+    assert_eq!(bindings_of(&mut client, lower), 1, "binding 5");
     assert!(integrity_is_clean(&mut client));
 }
