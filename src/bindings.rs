@@ -8,7 +8,7 @@ use crate::binding_index::{live_binding, LiveBinding};
 use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::events::{
     append_many, append_to_locked, insert_binding_with_event, lock_chains, pg_uuid, rust_uuid,
-    EventType,
+    EventType, IdInUse,
 };
 use crate::evidence::{evidence_object, EvidenceArg};
 use crate::providers::{canonical_external_id, canonical_if_valid};
@@ -45,7 +45,15 @@ pub fn bind(
     external_id: &str,
     evidence: Value,
 ) -> Result<BindOutcome, IdentityError> {
-    bind_recording(client, user_id, None, provider, external_id, evidence)
+    bind_recording(
+        client,
+        user_id,
+        None,
+        provider,
+        external_id,
+        evidence,
+        IdInUse::Wait,
+    )
 }
 
 /// Binds a queued job's binding (retry.rs) to the user it was queued for or, when a merge took
@@ -62,9 +70,21 @@ pub fn bind_queued(
     provider: &str,
     external_id: &str,
     evidence: Value,
+    waits: QueuedWaits,
 ) -> Result<BindOutcome, IdentityError> {
     let user_id = where_merges_end(client, queued_for)?;
     let redirected_from = (user_id != queued_for).then_some(queued_for);
+    let id_in_use = match waits {
+        QueuedWaits::AsCreateBinding => IdInUse::Wait,
+        QueuedWaits::InPass { highest_chain } => {
+            if highest_chain.is_some_and(|highest| user_id < highest) {
+                return Err(IdentityError::ChainOutOfOrder {
+                    user_id: user_id.to_string(),
+                });
+            }
+            IdInUse::GiveUp
+        }
+    };
     let outcome = bind_recording(
         client,
         user_id,
@@ -72,6 +92,7 @@ pub fn bind_queued(
         provider,
         external_id,
         evidence,
+        id_in_use,
     )?;
     // A merge of the user that committed while the append waited for their chain (or started
     // it) left the new binding on a user merged away; only a retry can follow that merge. Once
@@ -84,6 +105,19 @@ pub fn bind_queued(
     Ok(outcome)
 }
 
+/// What a queued binding may wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueuedWaits {
+    /// What create_binding waits for (a login that a pending job promised the wallet to).
+    AsCreateBinding,
+    /// What a pass of the queue may wait for, holding the chains of the jobs it ran, the
+    /// highest in user order `highest_chain`: never for an id another transaction is writing,
+    /// which may be waiting for one of those chains (`IdInUse`), and for a user's chain only
+    /// above it, the order merges take chains in. A job whose merges now lead below it (a merge
+    /// committed during the pass) is left for its retry (`ChainOutOfOrder`).
+    InPass { highest_chain: Option<Uuid> },
+}
+
 fn bind_recording(
     client: &mut SpiClient<'_>,
     user_id: Uuid,
@@ -91,6 +125,7 @@ fn bind_recording(
     provider: &str,
     external_id: &str,
     evidence: Value,
+    id_in_use: IdInUse,
 ) -> Result<BindOutcome, IdentityError> {
     let canonical_id = canonical_external_id(client, provider, external_id)?;
     // Most calls bind what is bound already (every login re-binds its wallet): one read answers
@@ -128,6 +163,7 @@ fn bind_recording(
             provider,
             &canonical_id,
             &payload,
+            id_in_use,
         )?;
         if created {
             return Ok(BindOutcome {
@@ -804,7 +840,7 @@ mod tests {
 
     #[pg_test]
     fn a_first_binding_of_an_id_bound_meanwhile_writes_nothing() {
-        use crate::events::insert_binding_with_event;
+        use crate::events::{insert_binding_with_event, IdInUse};
         use uuid::Uuid;
         crate::testing::take_turns();
         create(ALICE, "github", "1");
@@ -812,7 +848,15 @@ mod tests {
         let binding_id = Uuid::now_v7();
         let payload = super::binding_payload(binding_id, "github", "1", &serde_json::json!({}));
         let created = Spi::connect_mut(|client| {
-            insert_binding_with_event(client, binding_id, bob, "github", "1", &payload)
+            insert_binding_with_event(
+                client,
+                binding_id,
+                bob,
+                "github",
+                "1",
+                &payload,
+                IdInUse::Wait,
+            )
         });
         assert_eq!(created, Ok(false));
         assert_eq!(count("SELECT count(*) FROM identity.user_bindings"), 1);

@@ -92,7 +92,13 @@ pub enum IdentityError {
     LoginBehindAnother { address: String },
     /// 55P03: a queued binding's id is being bound or revoked by a transaction not finished yet,
     /// which a pass does not wait for: that transaction may be waiting for a chain it holds.
-    JobIdInUse { job_key: String },
+    IdInUse {
+        provider: String,
+        external_id: String,
+    },
+    /// 55P03: a queued binding's merges lead to a user whose chain comes, in user order, before
+    /// one the pass holds: taken now, it could deadlock with a merge.
+    ChainOutOfOrder { user_id: String },
     /// 42501: identity.identity_events refuses UPDATE, DELETE and TRUNCATE.
     AppendOnly { operation: &'static str },
     /// 42501: identity.providers refuses UPDATE, DELETE and TRUNCATE: a provider is permanent.
@@ -140,7 +146,7 @@ impl IdentityError {
             | NotYourBackfillRun { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             NoUsersTable => ERRCODE_UNDEFINED_TABLE,
             TooManyOutstandingNonces { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            JobIdInUse { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
+            IdInUse { .. } | ChainOutOfOrder { .. } => ERRCODE_LOCK_NOT_AVAILABLE,
             ReadOnly { .. } => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
@@ -218,7 +224,7 @@ impl IdentityError {
             QueuedUserMergedMeanwhile { .. } => {
                 "Run the job again (identity.run_binding_jobs retries it): it then binds to the user merged into.".into()
             }
-            JobIdInUse { .. } => {
+            IdInUse { .. } | ChainOutOfOrder { .. } => {
                 "Nothing to do: identity.run_binding_jobs retries the job once that transaction has finished.".into()
             }
             BackfillPlannedMeanwhile { .. } => {
@@ -354,9 +360,13 @@ impl fmt::Display for IdentityError {
                 f,
                 "could not make the queued binding for user {user_id}: a merge took that user away while the binding waited for their event chain"
             ),
-            JobIdInUse { job_key } => write!(
+            IdInUse { provider, external_id } => write!(
                 f,
-                "could not run binding job {job_key} now: another transaction is binding or revoking its id and has not finished"
+                "could not bind {provider} id \"{external_id}\" now: another transaction is binding or revoking it and has not finished"
+            ),
+            ChainOutOfOrder { user_id } => write!(
+                f,
+                "could not make the queued binding for user {user_id} in this pass: a merge during the pass put that user's event chain before one the pass holds, and a pass takes chains in user order"
             ),
             LoginConflict { address } => write!(
                 f,

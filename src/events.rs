@@ -7,6 +7,7 @@
 //! is found too. The head row is the per-user lock as well: appends for one user serialize,
 //! appends for different users never wait for each other.
 
+use crate::binding_index::{claim_on, Claim};
 use crate::errors::IdentityError;
 use crate::set_returning::{RowSink, V1_API};
 use crate::statements::Statement;
@@ -291,6 +292,17 @@ static BIND_STARTING_CHAIN: Statement = Statement::write(
     ],
 );
 
+/// What writing a binding does when another transaction that has not finished is binding or
+/// revoking the same id: wait for it, or give up at once with `IdInUse` (55P03), as a pass of
+/// the binding queue does. A pass keeps the chains of the jobs
+/// it ran locked, and that transaction may be waiting for one of them: waiting for it would be
+/// a deadlock, whose victim could be the application's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdInUse {
+    Wait,
+    GiveUp,
+}
+
 /// Inserts binding `binding_id` of `(provider, external_id)` to `user_id` with its bind event
 /// (`payload`). `false`: the id was bound meanwhile, and nothing is written.
 ///
@@ -306,6 +318,7 @@ pub fn insert_binding_with_event(
     provider: &str,
     external_id: &str,
     payload: &serde_json::Value,
+    id_in_use: IdInUse,
 ) -> Result<bool, IdentityError> {
     let created_at = transaction_started();
     let link = PendingLink::after(
@@ -315,6 +328,13 @@ pub fn insert_binding_with_event(
         created_at,
         jsonb_with_text(payload),
     );
+    if id_in_use == IdInUse::GiveUp {
+        if !insert_binding_unless_in_use(client, binding_id, user_id, provider, external_id)? {
+            return Ok(false);
+        }
+        append_parsed(client, user_id, EventType::Bind, link.payload, None)?;
+        return Ok(true);
+    }
     // SAFETY: the payload datum is a jsonb datum built in this memory context.
     let payload_arg = unsafe { DatumWithOid::new(link.payload.0, JSONBOID) };
     let written = run_linking(
@@ -340,6 +360,40 @@ pub fn insert_binding_with_event(
         append_parsed(client, user_id, EventType::Bind, link.payload, None)?;
     }
     Ok(true)
+}
+
+static INSERT_BINDING: Statement = Statement::write(
+    "INSERT INTO identity.user_bindings (id, user_id, provider, external_id)
+     VALUES ($1, $2, $3, $4)
+     ON CONFLICT (provider, external_id) DO NOTHING RETURNING id",
+    &[UUIDOID, UUIDOID, TEXTOID, TEXTOID],
+);
+
+/// The binding alone, unless another transaction that has not finished is writing the same id
+/// (`IdInUse::GiveUp`): then `IdInUse`, without waiting for it. Its event is appended after it,
+/// as for a user who has a chain. The look (the unique check's dirty snapshot) and the insert
+/// are two steps: a transaction that writes the id in the instant between them is still waited
+/// for.
+fn insert_binding_unless_in_use(
+    client: &mut SpiClient<'_>,
+    binding_id: Uuid,
+    user_id: Uuid,
+    provider: &str,
+    external_id: &str,
+) -> Result<bool, IdentityError> {
+    if claim_on(provider, external_id)? == Some(Claim::InProgress) {
+        return Err(IdentityError::IdInUse {
+            provider: provider.to_owned(),
+            external_id: external_id.to_owned(),
+        });
+    }
+    let args = [
+        pg_uuid(binding_id).into(),
+        pg_uuid(user_id).into(),
+        provider.into(),
+        external_id.into(),
+    ];
+    Ok(!INSERT_BINDING.run(client, &args)?.is_empty())
 }
 
 /// Runs `statement`, which inserts events. It inserts them without ON CONFLICT: a speculative

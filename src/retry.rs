@@ -4,8 +4,7 @@
 //! same job (FOR UPDATE SKIP LOCKED). A job whose user a merge took away binds to the user the
 //! merges end at: a job is for a person, and a merge says who that person now is.
 
-use crate::binding_index::{claim_on, Claim};
-use crate::bindings::bind_queued;
+use crate::bindings::{bind_queued, where_merges_end, QueuedWaits};
 use crate::errors::{required, required_or_left_out, IdentityError};
 use crate::events::{pg_uuid, rust_uuid};
 use crate::evidence::{evidence_object, EvidenceArg};
@@ -130,6 +129,8 @@ pub struct JobOutcome {
     pub state: &'static str,
     pub attempts: i32,
     pub last_error: Option<String>,
+    /// The user whose chain the job appended to, which the pass holds until it ends.
+    pub chain_locked: Option<Uuid>,
 }
 
 fn claim_due_jobs(client: &mut SpiClient<'_>, max_jobs: i64) -> Result<Vec<Job>, IdentityError> {
@@ -166,28 +167,30 @@ fn jitter() -> f64 {
 /// Tries one job in its own subtransaction and records what happened. A cancel or statement
 /// timeout is not the job's outcome but the pass's end: raised again, it rolls the pass back,
 /// and every job it took is due as before.
-fn run_job(job: Job, policy: &RetryPolicy) -> Result<JobOutcome, IdentityError> {
+/// `highest_chain`: the highest user, in user order, whose chain the pass holds (see
+/// `QueuedWaits::InPass`); the outcome says whose chain the job locked, if it did.
+fn run_job(
+    job: Job,
+    policy: &RetryPolicy,
+    highest_chain: Option<Uuid>,
+) -> Result<JobOutcome, IdentityError> {
     let attempts = job.attempts.saturating_add(1);
     let result = in_subtransaction(|| {
         Spi::connect_mut(|client| {
-            // A pass keeps the chains of the jobs it has run locked until it ends, and another
-            // transaction binding or revoking this job's id may be waiting for one of them:
-            // waiting for that transaction here would be a deadlock. Retried, the job finds out
-            // what it did.
-            if claim_on(&job.provider, &job.external_id)? == Some(Claim::InProgress) {
-                return Err(IdentityError::JobIdInUse {
-                    job_key: job.key.clone(),
-                });
-            }
             bind_queued(
                 client,
                 job.user_id,
                 &job.provider,
                 &job.external_id,
                 job.evidence.clone(),
+                QueuedWaits::InPass { highest_chain },
             )
         })
     });
+    let chain_locked = match &result {
+        Ok(outcome) if outcome.created => Some(outcome.user_id),
+        _ => None,
+    };
     let (state, last_error, delay_ms) = match result {
         Ok(_) => ("succeeded", None, 0),
         Err(failure) if failure.is_query_canceled() => return Err(failure.into()),
@@ -217,17 +220,33 @@ fn run_job(job: Job, policy: &RetryPolicy) -> Result<JobOutcome, IdentityError> 
         state,
         attempts,
         last_error,
+        chain_locked,
     })
 }
 
 /// One pass over due jobs: at most `max_jobs`, each in its own subtransaction.
 pub fn run_due_jobs(max_jobs: i64) -> Result<Vec<JobOutcome>, IdentityError> {
     let policy = RetryPolicy::current();
-    let mut jobs = Spi::connect_mut(|client| claim_due_jobs(client, max_jobs))?;
     // A pass keeps every chain lock its jobs took until it commits. Taken in user order, the
-    // order merges and other passes take them in, they cannot deadlock with those.
-    jobs.sort_by_key(|job| job.user_id);
-    jobs.into_iter().map(|job| run_job(job, &policy)).collect()
+    // order merges and other passes take them in, they cannot deadlock with those: the jobs run
+    // in the order of the users they bind for, where merges have taken the users they were
+    // queued for (`QueuedWaits::InPass`).
+    let mut jobs = Spi::connect_mut(|client| {
+        let jobs = claim_due_jobs(client, max_jobs)?;
+        jobs.into_iter()
+            .map(|job| Ok((where_merges_end(client, job.user_id)?, job)))
+            .collect::<Result<Vec<_>, IdentityError>>()
+    })?;
+    jobs.sort_by_key(|(bound_for, _)| *bound_for);
+    let jobs = jobs.into_iter().map(|(_, job)| job);
+    let mut highest_chain = None;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let outcome = run_job(job, &policy, highest_chain)?;
+        highest_chain = highest_chain.max(outcome.chain_locked);
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
 }
 
 /// `identity.run_binding_jobs(max_jobs)`: one pass over the due jobs, with each job's outcome.

@@ -2,7 +2,7 @@
 //! wallet) in one round trip, link a wallet to a known user, and re-check stored evidence.
 
 use crate::binding_index::{claim_on, Claim};
-use crate::bindings::{bind, bind_queued, owner_of, where_merges_end, BindOutcome};
+use crate::bindings::{bind, bind_queued, owner_of, where_merges_end, BindOutcome, QueuedWaits};
 use crate::errors::{echo, required, required_or_left_out, IdentityError};
 use crate::events::{pg_uuid, rust_uuid, with_binding_owners};
 use crate::nonces::consume;
@@ -241,7 +241,14 @@ fn siwe_login(
         // The binding step runs in a subtransaction: whatever happens to it, the login stands.
         let evidence = login.evidence;
         let binding_step = |client: &mut SpiClient<'_>| match promised {
-            Some(user) => bind_queued(client, user, "wallet", &address, evidence.clone()),
+            Some(user) => bind_queued(
+                client,
+                user,
+                "wallet",
+                &address,
+                evidence.clone(),
+                QueuedWaits::AsCreateBinding,
+            ),
             None => bind(client, user_id, "wallet", &address, evidence.clone()),
         };
         match in_subtransaction(|| binding_step(client)) {
