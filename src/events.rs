@@ -294,9 +294,9 @@ static BIND_STARTING_CHAIN: Statement = Statement::write(
 
 /// What writing a binding does when another transaction that has not finished is binding or
 /// revoking the same id: wait for it, or give up at once with `IdInUse` (55P03), as a pass of
-/// the binding queue does. A pass keeps the chains of the jobs
-/// it ran locked, and that transaction may be waiting for one of them: waiting for it would be
-/// a deadlock, whose victim could be the application's call.
+/// the binding queue does. A pass keeps the chains of the jobs it ran locked, and that
+/// transaction may be waiting for one of them: waiting for it would be a deadlock, whose victim
+/// could be the application's call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdInUse {
     Wait,
