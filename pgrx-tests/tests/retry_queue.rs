@@ -682,6 +682,82 @@ fn a_pass_leaves_a_job_whose_id_another_transaction_is_binding_for_its_retry() {
 }
 
 #[test]
+fn a_job_that_a_merge_during_the_pass_puts_before_a_chain_the_pass_holds_waits_for_its_retry() {
+    let database = TestDatabase::create("queue_out_of_order");
+    let mut users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    users.sort();
+    let [low, middle, high] = users;
+    let (mut app, mut holder, mut runner, mut merger, mut observer) = (
+        database.connect(),
+        database.connect(),
+        database.connect(),
+        database.connect(),
+        database.connect(),
+    );
+    enqueue(&mut app, middle, "21");
+    enqueue(&mut app, high, "22");
+    runner
+        .batch_execute("SET identity.retry_initial_interval = '1ms'")
+        .unwrap();
+
+    // The pass runs the middle user's job first and waits for their chain, which `holder`
+    // keeps. Meanwhile the high user is merged into the low one: the second job now binds for a
+    // user whose chain comes before the middle one's, which the pass holds once the holder lets
+    // go. Taking it then, out of the order merges take chains in, could deadlock with a merge;
+    // the job is left for its retry instead.
+    hold_chain_lock(&mut holder, middle);
+    let (holder_pid, runner_pid) = (backend_pid(&mut holder), backend_pid(&mut runner));
+    let pass = thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            runner.query(
+                "SELECT job_key, state, last_error FROM identity.run_binding_jobs() ORDER BY job_key",
+                &[],
+            )
+        });
+        let waits = soon_waits_for(&mut observer, runner_pid, holder_pid);
+        let merged = merger.execute(MERGE, &[&high, &low]);
+        holder.batch_execute("COMMIT").unwrap();
+        assert!(waits, "the pass waits for the middle user's chain");
+        merged.expect("the merge waits for nothing the pass holds");
+        running.join().unwrap()
+    });
+
+    let outcomes: Vec<(String, String, Option<String>)> = pass
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        outcomes[0],
+        ("bind:github:21".into(), "succeeded".into(), None)
+    );
+    let (key, state, last_error) = &outcomes[1];
+    assert_eq!(
+        (key.as_str(), state.as_str()),
+        ("bind:github:22", "pending")
+    );
+    assert!(
+        last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("55P03: ") && e.contains("user order")),
+        "{last_error:?}"
+    );
+
+    thread::sleep(Duration::from_millis(50));
+    let retried: String = runner
+        .query_one("SELECT state FROM identity.run_binding_jobs()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(retried, "succeeded");
+    assert_eq!(
+        bound_by_job(&mut app, "22"),
+        (low, Some(high.to_string())),
+        "the retry binds for the user the merge ended at"
+    );
+    assert!(integrity_is_clean(&mut app));
+}
+
+#[test]
 fn a_pass_and_a_merge_take_the_users_chains_in_the_same_order() {
     let database = TestDatabase::create("queue_lock_order");
     let mut users = [Uuid::new_v4(), Uuid::new_v4()];
